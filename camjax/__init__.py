@@ -1,0 +1,3 @@
+"""camjax: high-throughput JAX/Flax camera-model identification."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,50 @@
+"""Model registry: `create` builds a classifier from a config; importing registers every family."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from camjax.models import camnet  # noqa: F401  (registers)
+from camjax.models.head import Classifier, FlagHead
+from camjax.models.layers import preprocess
+from camjax.models.registry import BACKBONES, BackboneSpec, get, register
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_from_name(name: str):
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}") from None
+
+
+def create(
+    model_config,
+    num_classes: int,
+    *,
+    dtype: str = "float32",
+    bn_axis_name: str | None = None,
+    seed: int = 0,
+) -> Classifier:
+    """Builds the classifier described by `config.model` (name, kwargs, highpass, pooling, head)."""
+    spec = get(model_config.name)
+    rngs = nnx.Rngs(seed)
+    compute = dtype_from_name(dtype)
+    backbone = spec.build(
+        rngs=rngs, dtype=compute, param_dtype=jnp.float32, bn_axis_name=bn_axis_name, **dict(model_config.get("kwargs", {}))
+    )
+    return Classifier(
+        backbone,
+        num_classes,
+        highpass=model_config.get("highpass", "none"),
+        pooling=model_config.get("pooling", "avg"),
+        head_kwargs=dict(model_config.get("head", {})),
+        dtype=compute,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+__all__ = ["BACKBONES", "BackboneSpec", "Classifier", "FlagHead", "create", "dtype_from_name", "get", "preprocess", "register"]

@@ -1,0 +1,100 @@
+"""The classifier: high-pass stage, backbone, pooling and the flag-injection head."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from camjax.cameras import NUM_MANIPULATIONS
+from camjax.models.layers import HighPass
+
+
+class FlagHead(nnx.Module):
+    """Pooled features ++ is_manipulated -> FC layers with dropout -> class logits.
+
+    The flag tells the network whether a patch was manipulated (the challenge's test file
+    names say so); an optional auxiliary head predicts which of the 9 manipulations it was.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        hidden: Sequence[int] = (512, 256),
+        dropout: Sequence[float] = (0.3, 0.1),
+        inject_flag: bool = True,
+        aux_head: bool = True,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if len(dropout) != len(hidden):
+            raise ValueError(f"head.dropout {tuple(dropout)} needs one rate per hidden layer {tuple(hidden)}")
+        self.inject_flag = inject_flag
+        dims = [in_features + int(inject_flag), *hidden]
+        self.dropouts = nnx.List([nnx.Dropout(rate) for rate in dropout])
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, dtype=dtype, param_dtype=param_dtype, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])]
+        )
+        self.logits = nnx.Linear(dims[-1], num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.manip_logits = (
+            nnx.Linear(dims[-1], NUM_MANIPULATIONS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            if aux_head
+            else None
+        )
+
+    def __call__(self, features: jax.Array, is_manipulated: jax.Array, *, rngs: nnx.Rngs | None = None):
+        x = features
+        if self.inject_flag:
+            x = jnp.concatenate([x, is_manipulated.astype(x.dtype)[:, None]], axis=-1)
+        for dropout, dense in zip(self.dropouts, self.hidden):
+            x = dropout(x, rngs=rngs)  # Keras order: Dropout before each Dense
+            x = nnx.relu(dense(x))
+        out = {"logits": self.logits(x).astype(jnp.float32)}
+        if self.manip_logits is not None:
+            out["manip_logits"] = self.manip_logits(x).astype(jnp.float32)
+        return out
+
+
+class Classifier(nnx.Module):
+    """images (preprocessed float NHWC) + is_manipulated -> {'logits', 'manip_logits'}."""
+
+    def __init__(
+        self,
+        backbone: nnx.Module,
+        num_classes: int,
+        *,
+        highpass: str = "none",
+        pooling: str = "avg",
+        head_kwargs: dict | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if pooling not in ("avg", "max", "avgmax"):
+            raise ValueError(f"unknown pooling {pooling!r}; expected avg, max or avgmax")
+        self.highpass = HighPass(highpass, rngs=rngs)
+        self.backbone = backbone
+        self.pooling = pooling
+        self.dtype = dtype
+        in_features = backbone.num_features * (2 if pooling == "avgmax" else 1)
+        self.head = FlagHead(
+            in_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **(head_kwargs or {})
+        )
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """Pooled backbone features (float32): the embedding users extract."""
+        x = self.highpass(images.astype(jnp.float32)).astype(self.dtype)
+        fmap = self.backbone(x).astype(jnp.float32)
+        if self.pooling == "avg":
+            return fmap.mean(axis=(1, 2))
+        if self.pooling == "max":
+            return fmap.max(axis=(1, 2))
+        return jnp.concatenate([fmap.mean(axis=(1, 2)), fmap.max(axis=(1, 2))], axis=-1)
+
+    def __call__(self, images: jax.Array, is_manipulated: jax.Array, *, rngs: nnx.Rngs | None = None):
+        return self.head(self.features(images).astype(self.dtype), is_manipulated, rngs=rngs)
