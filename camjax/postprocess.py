@@ -1,0 +1,203 @@
+"""Prediction post-processing: blending, count-constrained class balancing, submission files.
+
+Blending merges probabilities over test-time views, image tiles and models; balancing uses
+the challenge's known test composition (equal counts per camera within the unaltered and
+the manipulated halves) to re-assign classes where the model is least sure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from camjax.cameras import manipulation_by_name
+
+GEOMETRIC_EPS = 1e-12
+# Floor for log-probabilities in balancing: keeps the assignment feasible when a class
+# has probability 0 everywhere, while still counting it as (almost) impossible.
+LOG_PROB_FLOOR = -1e4
+
+
+def blend(
+    probs: np.ndarray,
+    axis: int,
+    agg: str = "mean",
+    p: float = 2.0,
+    weights: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Blends probabilities along `axis` and renormalises along the class (last) axis.
+
+    agg: 'mean' (arithmetic), 'geometric' (exp of the mean log, eps 1e-12) or 'power'
+    (mean of probs ** p, no 1/p root: p = 2 is the "mean of squares"; the root would not
+    change the argmax and renormalisation follows anyway). `weights`, one per entry along
+    `axis` (e.g. per model), make every mean a weighted mean.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if not -probs.ndim <= axis < probs.ndim - 1 or axis == -1:
+        raise ValueError(f"blend axis {axis} must be a non-class axis of probs with shape {probs.shape}")
+    axis %= probs.ndim
+    n = probs.shape[axis]
+    if weights is None:
+        w = np.full(n, 1.0 / n)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (n,) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"blend weights must be {n} non-negative numbers with a positive sum, got {weights}")
+        w = w / w.sum()
+    shape = [1] * probs.ndim
+    shape[axis] = n
+    w = w.reshape(shape)
+    if agg == "mean":
+        out = (w * probs).sum(axis=axis)
+    elif agg == "geometric":
+        out = np.exp((w * np.log(probs + GEOMETRIC_EPS)).sum(axis=axis))
+    elif agg == "power":
+        out = (w * probs**p).sum(axis=axis)
+    else:
+        raise ValueError(f"unknown blend agg {agg!r}; expected mean, geometric or power")
+    return out / out.sum(axis=-1, keepdims=True)
+
+
+def default_counts(log_probs: np.ndarray) -> np.ndarray:
+    """Equal counts per class for one group; the n % C leftover slots go to the classes
+    with the most total probability mass in the group (ties to the lower class index)."""
+    n, c = log_probs.shape
+    counts = np.full(c, n // c, dtype=np.int64)
+    mass = np.exp(log_probs).sum(axis=0)
+    counts[np.argsort(-mass, kind="stable")[: n % c]] += 1
+    return counts
+
+
+def _group_problems(log_probs, groups, counts):
+    """Yields (row indices, log-probs, per-class counts) for each group, validated."""
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    groups = np.asarray(groups)
+    if log_probs.ndim != 2 or groups.shape != log_probs.shape[:1]:
+        raise ValueError(f"balance needs log_probs [N, C] and groups [N], got {log_probs.shape} and {groups.shape}")
+    if np.isnan(log_probs).any():
+        raise ValueError("balance: log_probs contain NaN")
+    log_probs = np.maximum(log_probs, LOG_PROB_FLOOR)
+    num_classes = log_probs.shape[1]
+    for g in np.unique(groups).tolist():
+        rows = np.flatnonzero(groups == g)
+        lp = log_probs[rows]
+        if counts is None:
+            cnt = default_counts(lp)
+        else:
+            if g not in counts:
+                raise ValueError(f"balance: counts has no entry for group {g!r}")
+            cnt = np.asarray(counts[g], dtype=np.int64)
+            if cnt.shape != (num_classes,) or np.any(cnt < 0) or cnt.sum() != len(rows):
+                raise ValueError(
+                    f"balance: counts for group {g!r} must be {num_classes} non-negative ints "
+                    f"summing to the group size {len(rows)}, got {counts[g]}"
+                )
+        yield rows, lp, cnt
+
+
+def balance(
+    log_probs: np.ndarray, groups: np.ndarray, counts: Mapping[int, Sequence[int]] | None = None
+) -> np.ndarray:
+    """The class assignment maximising total log-probability with exact per-group class counts.
+
+    counts maps a group id to C counts summing to the group's size (default: `default_counts`).
+    Solved exactly per group as a linear assignment of rows to class slots (one column per
+    slot), so an n-row group costs an n x n Hungarian problem.
+    """
+    assign = np.empty(len(np.asarray(groups)), dtype=np.int64)
+    for rows, lp, cnt in _group_problems(log_probs, groups, counts):
+        slot_class = np.repeat(np.arange(len(cnt)), cnt)
+        r, c = linear_sum_assignment(lp[:, slot_class], maximize=True)
+        assign[rows[r]] = slot_class[c]
+    return assign
+
+
+def balance_greedy(
+    log_probs: np.ndarray, groups: np.ndarray, counts: Mapping[int, Sequence[int]] | None = None
+) -> np.ndarray:
+    """Same constraints as `balance`, filled greedily: most confident (row, class) pairs
+    first, skipping full classes and assigned rows. Not optimal; kept for comparison."""
+    assign = np.empty(len(np.asarray(groups)), dtype=np.int64)
+    for rows, lp, cnt in _group_problems(log_probs, groups, counts):
+        left = cnt.copy()
+        done = np.zeros(len(rows), dtype=bool)
+        num_classes = lp.shape[1]
+        for flat in np.argsort(-lp, axis=None, kind="stable"):
+            i, k = divmod(int(flat), num_classes)
+            if not done[i] and left[k] > 0:
+                assign[rows[i]] = k
+                done[i] = True
+                left[k] -= 1
+    return assign
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """Opens a temp file next to `path` and moves it over `path` only if the block succeeds,
+    so readers never see a half-written file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_submission(path: str | os.PathLike, fnames: Sequence[str], camera_names: Sequence[str]) -> None:
+    """Writes the challenge's submission CSV (header `fname,camera`), atomically."""
+    if len(fnames) != len(camera_names):
+        raise ValueError(f"write_submission: {len(fnames)} file names but {len(camera_names)} cameras")
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["fname", "camera"])
+        writer.writerows(zip(fnames, camera_names))
+
+
+def _read_csv(path, columns: tuple[str, ...], check=None) -> list[tuple[str, ...]]:
+    """Rows of a CSV with exactly `columns`; `check(row)` may raise ValueError for a bad row."""
+    path = os.fspath(path)
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != columns:
+            raise ValueError(f"{path}: expected header {','.join(columns)}, got {header}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(columns) or not all(v.strip() for v in row):
+                raise ValueError(f"{path}:{line}: expected {len(columns)} non-empty fields {columns}, got {row}")
+            row = tuple(v.strip() for v in row)
+            if check is not None:
+                try:
+                    check(row)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{line}: {e}") from None
+            rows.append(row)
+    return rows
+
+
+def read_submission(path: str | os.PathLike) -> dict[str, str]:
+    """fname -> camera from a submission CSV; duplicate file names are an error."""
+    rows = _read_csv(path, ("fname", "camera"))
+    out = dict(rows)
+    if len(out) != len(rows):
+        raise ValueError(f"{os.fspath(path)}: duplicate file names")
+    return out
+
+
+def read_labels(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+    """(fname, camera, manipulation) rows of a `test_labels.csv`; manipulation is a name of
+    `camjax.cameras.MANIPULATION_NAMES` ('none' for unaltered files)."""
+    return _read_csv(path, ("fname", "camera", "manipulation"), check=lambda row: manipulation_by_name(row[2]))

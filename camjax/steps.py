@@ -1,0 +1,144 @@
+"""The pure train and eval steps: (state, batch) -> (state, metrics), (state, batch) -> probs.
+
+Both are plain functions of pytrees built on `nnx.split`/`nnx.merge`; `camjax.parallel`
+wraps the same function with `jax.jit` + shardings or with `jax.pmap` (then `axis_name`
+names the device axis for gradient and metric averaging).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from camjax.models import Classifier, preprocess
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: nnx.State
+    model_state: nnx.State  # BatchNorm statistics and any other non-parameter variables
+    opt_state: Any
+    rng: jax.Array
+
+
+@struct.dataclass
+class ModelDef:
+    """The static half of a split model: graph definitions for training and inference."""
+
+    train: nnx.GraphDef = struct.field(pytree_node=False)
+    eval: nnx.GraphDef = struct.field(pytree_node=False)
+    preprocess: str = struct.field(pytree_node=False)
+
+
+def init_state(model: Classifier, tx: optax.GradientTransformation, preprocess_mode: str, seed: int):
+    """Splits a freshly built model into its static ModelDef and a TrainState."""
+    model.train()
+    train_def, params, model_state = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    eval_def = nnx.graphdef(model)
+    model.train()
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+    return ModelDef(train_def, eval_def, preprocess_mode), state
+
+
+def cross_entropy(logits, labels, *, label_smoothing=0.0, weights=None):
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing else (
+        jax.nn.one_hot(labels, num_classes)
+    )
+    losses = optax.softmax_cross_entropy(logits, targets)
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / jnp.maximum(weights.sum(), 1e-9)
+
+
+def _forward_loss(params, model_state, batch, rng, *, model_def, config, class_weights):
+    model = nnx.merge(model_def.train, params, model_state, copy=True)
+    images = preprocess(batch["image"], model_def.preprocess)
+    out = model(images, batch["is_manipulated"], rngs=nnx.Rngs(dropout=rng))
+    weights = None if class_weights is None else jnp.asarray(class_weights)[batch["label"]]
+    loss = cross_entropy(out["logits"], batch["label"], label_smoothing=config.label_smoothing, weights=weights)
+    metrics = {
+        "train/ce": loss,
+        "train/accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"]),
+    }
+    if "manip_logits" in out and config.aux_loss_weight > 0:
+        aux = cross_entropy(out["manip_logits"], batch["manipulation"])
+        loss = loss + config.aux_loss_weight * aux
+        metrics["train/manip_accuracy"] = jnp.mean(jnp.argmax(out["manip_logits"], -1) == batch["manipulation"])
+    metrics["train/loss"] = loss
+    new_model_state = nnx.state(model, nnx.Not(nnx.Param))
+    return loss, (new_model_state, metrics)
+
+
+def train_step(state: TrainState, batch, *, model_def: ModelDef, tx, config, class_weights=None, axis_name=None):
+    """One optimizer update; with config.grad_accum > 1 the batch is split into micro-batches
+    scanned in order (BatchNorm statistics update after each), gradients averaged."""
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    grad_fn = jax.grad(
+        functools.partial(_forward_loss, model_def=model_def, config=config, class_weights=class_weights),
+        has_aux=True,
+    )
+    accum = config.grad_accum
+    if accum == 1:
+        grads, (model_state, metrics) = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+        # Micro-batch i takes every accum-th example, so a batch sharded on its first axis
+        # stays local to each device.
+        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+
+        def body(carry, xs):
+            grads_sum, model_state = carry
+            mb, i = xs
+            g, (model_state, m) = grad_fn(state.params, model_state, mb, jax.random.fold_in(rng, i))
+            return (jax.tree.map(jnp.add, grads_sum, g), model_state), m
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, model_state), metrics = jax.lax.scan(body, (zeros, state.model_state), (micro, jnp.arange(accum)))
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        metrics = jax.tree.map(jnp.mean, metrics)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        metrics = jax.lax.pmean(metrics, axis_name)
+        # Each replica normalised with the global statistics already (BatchNorm axis_name);
+        # averaging keeps the running statistics identical across replicas.
+        model_state = jax.lax.pmean(model_state, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics["train/grad_norm"] = optax.global_norm(grads)
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+    return new_state, metrics
+
+
+def predict_logits(params, model_state, images, is_manipulated, *, model_def: ModelDef):
+    """Inference logits (BatchNorm running statistics, no dropout)."""
+    model = nnx.merge(model_def.eval, params, model_state, copy=True)
+    return model(preprocess(images, model_def.preprocess), is_manipulated)["logits"]
+
+
+def eval_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
+    """Class probabilities (float32) of a batch, no TTA; evaluation adds views via camjax.tta."""
+    logits = predict_logits(state.params, state.model_state, batch["image"], batch["is_manipulated"], model_def=model_def)
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def class_weights_array(counts: np.ndarray) -> np.ndarray:
+    """Inverse-frequency class weights, mean 1."""
+    counts = np.maximum(np.asarray(counts, np.float64), 1)
+    w = counts.sum() / (len(counts) * counts)
+    return (w / w.mean()).astype(np.float32)

@@ -1,0 +1,46 @@
+"""Run outputs: metrics.jsonl (one JSON object per line) and TensorBoard events, process 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+
+
+class MetricWriter:
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter  # no TensorFlow needed
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        row.update({k: (float(v) if math.isfinite(float(v)) else None) for k, v in scalars.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in scalars.items():
+            self._tb.add_scalar(k, float(v), int(step))
+        self._tb.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drops rows logged after `step`: a resumed run rewrites them."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(rows)
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,69 @@
+"""Defaults shared by every model config: the winning recipe (DESIGN.md section 1).
+
+Every knob of a run lives here or in the model config that extends it; any field can be
+overridden from the command line with --config.<field>=<value>.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.root = ""  # challenge layout; empty -> the synthetic dataset, generated once into cache_dir
+    c.data.cache_dir = ".cache/camjax"
+    c.data.synth = ml_collections.ConfigDict(
+        dict(cameras=10, images_per_camera=40, test_per_camera=24, seed=0)
+    )
+    c.data.patch = 512
+    c.data.patches_per_image = 8  # patches cut from each decoded frame (decoding dominates)
+    c.data.crop_step = 0  # 0 -> 8 px for JPEG sources (DCT grid), 2 px otherwise (CFA phase)
+    c.data.manip_prob = 0.5  # probability of one of the eight challenge manipulations
+    c.data.d4 = "d4"  # dihedral augmentation in training: none | flips | rot90 | d4
+    c.data.d4_exempt_classes = ()  # classes whose orientation is meaningful: never rotated
+    c.data.class_balance = "sampling"  # sampling | weights | none
+    c.data.val_fraction = 0.1  # per class, by file, deterministic
+    c.data.val_crops = 4  # deterministic crops per validation image, each under every manipulation
+    c.data.workers = 2  # grain worker processes (0: in the main process)
+    c.data.prefetch = 4  # batches buffered per worker
+    c.data.shuffle_seed = 0
+    c.data.extra = ""  # an extra training source (e.g. pseudo-labels), same layout
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet50"
+    c.model.kwargs = ml_collections.ConfigDict()
+    c.model.highpass = "none"  # none | box3 | kv5 | constrained
+    c.model.pooling = "avg"  # avg | max | avgmax
+    c.model.head = ml_collections.ConfigDict(
+        dict(hidden=(512, 256), dropout=(0.3, 0.1), inject_flag=True, aux_head=True)
+    )
+    c.model.init_from = ""  # a `camjax.convert` output directory (ImageNet weights)
+
+    c.dtype = "float32"  # compute dtype: float32 | bfloat16; parameters stay float32
+    c.batch_size = 32  # global, across all devices and processes
+    c.grad_accum = 1  # micro-batches per optimizer step
+    c.num_epochs = 60
+    c.steps_per_epoch = 0  # 0 -> one pass of (train images x patches_per_image) / batch_size
+    c.max_train_seconds = 0.0  # > 0: stop at the first epoch end after this wall time
+    c.label_smoothing = 0.0
+    c.aux_loss_weight = 0.1  # manipulation-id head
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-4
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.weight_decay = 0.0
+    c.optim.schedule = "plateau"  # plateau | cosine | constant
+    c.optim.warmup_epochs = 0.0
+    c.optim.plateau = ml_collections.ConfigDict(
+        dict(patience=5, factor=0.5, cooldown=0, min_lr=1e-7, min_delta=1e-4, metric="val/weighted_accuracy")
+    )
+
+    c.parallel = "sharded"  # sharded (jit + NamedSharding) | pmap
+    c.log_every = 20
+    c.checkpoint_keep_best = 3
+    c.compilation_cache = ".cache/jax"
+    c.eval = ml_collections.ConfigDict(dict(tta="", agg="geometric", max_tiles=16, batch_size=64))
+    return c
