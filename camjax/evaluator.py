@@ -1,0 +1,191 @@
+"""Evaluation behind `python -m camjax.evaluate`: TTA predictions, blending, balancing, scoring.
+
+Restores the best checkpoint of each run, predicts every test file (tiled on the 8 px grid
+when larger than the patch) under the requested D4 views in one vmapped call, blends views,
+tiles and models, optionally balances the class counts, and writes the submission. With
+ROOT/test_labels.csv present it also scores the result (last line: weighted_accuracy=...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from camjax import metrics as scoring
+from camjax import optim, plots, postprocess, steps, tta
+from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
+from camjax.checkpoint import Checkpointer
+from camjax.data import pipeline, sources
+from camjax.parallel import DataParallel
+from camjax.trainer import Run, build_model
+
+
+@dataclasses.dataclass
+class RestoredModel:
+    run: Run
+    config: ml_collections.ConfigDict
+    model_def: steps.ModelDef
+    state: steps.TrainState  # on device, replicated
+    step: int
+
+
+def restore(workdir: str, dp: DataParallel, step: int | None = None) -> RestoredModel:
+    """The best (or the given) checkpoint of a training run, placed on the devices."""
+    run = Run.load(workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model, preprocess_mode = build_model(run, "sharded", seed=0)
+    tx = optim.make_optimizer(config.optim, 1, 1)  # only its state's structure matters here
+    model_def, host_state = steps.init_state(model, tx, preprocess_mode, 0)
+    ckpt = Checkpointer(workdir, best_metric=config.optim.plateau.metric, read_only=True)
+    step = ckpt.best_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(dp.local_devices[0])),
+        host_state,
+    )
+    step, state, _ = ckpt.restore(target, step)
+    ckpt.close()
+    return RestoredModel(run, config, model_def, dp.put_state(state), step)
+
+
+def make_tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...]):
+    """(state, batch) -> probs [B, V, C]: all views through one vmapped model call."""
+
+    def apply(images, is_manipulated, params, model_state):
+        return steps.predict_logits(params, model_state, images, is_manipulated, model_def=model_def)
+
+    predict = tta.make_tta_predict(apply, view_ids)
+
+    def step(state, batch):
+        probs = predict(batch["image"], batch["is_manipulated"], state.params, state.model_state)
+        return probs.swapaxes(0, 1)
+
+    return step
+
+
+def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_ids, *, agg: str, p: float,
+                  batch_size: int, max_tiles: int | None, pad: bool, skip_bad: bool):
+    """Per-file probabilities [N, V, C], tiles blended, streaming: only the tiles of files still
+    arriving are held in memory. Returns (probs, skipped paths)."""
+    batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
+    batches = pipeline.make_test_batches(
+        test_paths, patch=restored.run.patch, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad
+    )
+    predict = dp.predict(make_tta_step(restored.model_def, view_ids))
+    num_classes = len(restored.run.classes)
+    out = np.full((len(test_paths), len(view_ids), num_classes), np.nan, np.float32)
+    open_tiles: dict[int, list[np.ndarray]] = {}
+
+    def close(files):
+        for f in files:
+            out[f] = postprocess.blend(np.stack(open_tiles.pop(f)), axis=0, agg=agg, p=p)
+
+    for batch in batches:
+        probs = dp.fetch_per_example(predict(restored.state, dp.put_batch(
+            {"image": batch["image"], "is_manipulated": batch["is_manipulated"]})))
+        for row, f, m in zip(probs, batch["file_index"], batch["mask"]):
+            if m > 0:
+                open_tiles.setdefault(int(f), []).append(row)
+        # Files arrive in order: those before the batch's last file are complete.
+        last = int(batch["file_index"][batch["mask"] > 0].max()) if (batch["mask"] > 0).any() else -1
+        close([f for f in list(open_tiles) if f < last])
+    close(list(open_tiles))
+    skipped = list(getattr(batches, "skipped", []))
+    return out, skipped
+
+
+def _score_report(pred, labels_by_fname, fnames, classes) -> dict:
+    cls = {c: i for i, c in enumerate(classes)}
+    rows = [labels_by_fname[f] for f in fnames]
+    label = np.array([cls.get(camera, -1) for camera, _ in rows])
+    manip = np.array([MANIPULATION_NAMES.index(m) for _, m in rows])
+    return scoring.report(pred, label, manip, list(classes))
+
+
+def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0, weights=None, balance=False,
+             out="submission.csv", batch_size=64, max_tiles=None, pad=False, skip_bad=False) -> dict:
+    dp = DataParallel("sharded")
+    restored = [restore(w, dp) for w in workdirs]
+    classes = restored[0].run.classes
+    for r, w in zip(restored, workdirs):
+        if r.run.classes != classes:
+            raise ValueError(f"{w} was trained on classes {r.run.classes}, {workdirs[0]} on {classes}: cannot blend")
+    root = data_root or restored[0].run.data_root
+    test_paths = sources.list_test_files(root)
+    fnames = [os.path.basename(p_) for p_ in test_paths]
+
+    per_model, view_sets = [], []
+    for r, w in zip(restored, workdirs):
+        name = tta_name or r.run.trained_views
+        unseen = tta.views_unseen(r.run.trained_views, name)
+        if unseen:
+            logging.warning("%s trained with %r views; TTA %r adds unseen views %s (CFA/JPEG phase moves: expect a loss)",
+                            w, r.run.trained_views, name, [tta.D4_NAMES[k] for k in unseen])
+        view_ids = tta.views(name)
+        probs, skipped = predict_files(r, dp, test_paths, view_ids, agg=agg, p=p, batch_size=batch_size,
+                                       max_tiles=max_tiles, pad=pad, skip_bad=skip_bad)
+        per_model.append(probs)
+        view_sets.append(view_ids)
+    skipped_idx = sorted({test_paths.index(s) for s in skipped})
+
+    blended = postprocess.blend(
+        np.stack([postprocess.blend(pm, axis=1, agg=agg, p=p) for pm in per_model]), axis=0, agg=agg, p=p,
+        weights=weights,
+    )
+    good = np.isfinite(blended).all(-1)
+    unbalanced = blended.argmax(-1)
+    if skipped_idx:
+        most_frequent = np.bincount(unbalanced[good], minlength=len(classes)).argmax()
+        unbalanced[~good] = most_frequent
+        logging.warning("skipped %d unreadable test files, predicted %s for them: %s", len(skipped_idx),
+                        classes[most_frequent], ", ".join(fnames[i] for i in skipped_idx))
+    groups = np.array([int(bool(is_manipulated_from_fname(f))) for f in fnames])
+    balanced = unbalanced.copy()
+    balanced[good] = postprocess.balance(np.log(np.clip(blended[good], 1e-12, 1.0)), groups[good])
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    stem = os.path.splitext(out)[0]
+    chosen = balanced if balance else unbalanced
+    postprocess.write_submission(f"{stem}_unbalanced.csv", fnames, [classes[i] for i in unbalanced])
+    postprocess.write_submission(f"{stem}_balanced.csv", fnames, [classes[i] for i in balanced])
+    postprocess.write_submission(out, fnames, [classes[i] for i in chosen])
+    np.savez_compressed(f"{stem}_probs.npz", fnames=np.array(fnames), classes=np.array(classes), probs=blended,
+                        **{f"model{i}_views": pm for i, pm in enumerate(per_model)},
+                        **{f"model{i}_view_ids": np.array(v) for i, v in enumerate(view_sets)})
+
+    result = {"out": out, "workdirs": list(workdirs), "steps": [r.step for r in restored], "skipped": [fnames[i] for i in skipped_idx]}
+    labels_path = os.path.join(root, "test_labels.csv")
+    if os.path.exists(labels_path):
+        labels = {f: (camera, m) for f, camera, m in postprocess.read_labels(labels_path)}
+        missing = [f for f in fnames if f not in labels]
+        if missing:
+            raise ValueError(f"{labels_path} has no row for {len(missing)} test files, e.g. {missing[:3]}")
+        report = _score_report(chosen, labels, fnames, classes)
+        report["unbalanced_weighted_accuracy"] = _score_report(unbalanced, labels, fnames, classes)["weighted_accuracy"]
+        report["balanced_weighted_accuracy"] = _score_report(balanced, labels, fnames, classes)["weighted_accuracy"]
+        # Each TTA subset's score, from the same predictions (views the models were run with).
+        report["tta_subsets"] = {}
+        for name in tta.VIEW_SETS:
+            if all(set(tta.views(name)) <= set(v) for v in view_sets):
+                sub = [pm[:, [list(v).index(k) for k in tta.views(name)]] for pm, v in zip(per_model, view_sets)]
+                probs = postprocess.blend(np.stack([postprocess.blend(s, axis=1, agg=agg, p=p) for s in sub]), axis=0,
+                                          agg=agg, p=p, weights=weights)
+                report["tta_subsets"][name] = _score_report(probs.argmax(-1), labels, fnames, classes)["weighted_accuracy"]
+        report.update(result)
+        report["tta"] = [tta_name or r.run.trained_views for r in restored]
+        report["agg"] = agg
+        report["balance"] = balance
+        with postprocess.atomic_write(f"{stem}_report.json") as f:
+            json.dump(report, f, indent=2)
+        plots.confusion_png(np.array(report["confusion"]), classes, f"{stem}_confusion.png",
+                            title=f"weighted accuracy {report['weighted_accuracy']:.4f}")
+        result = report
+    return result

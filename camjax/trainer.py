@@ -1,0 +1,345 @@
+"""The training loop behind `python -m camjax.train`: data, steps, validation, checkpoints, logs.
+
+Started again on the same DIR, the run resumes from its latest checkpoint: model, optimizer,
+plateau tracker and data-iterator position, so it continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from camjax import metrics as scoring
+from camjax import models, optim, steps
+from camjax.checkpoint import Checkpointer
+from camjax.data import pipeline, sources
+from camjax.parallel import DataParallel, bn_axis_name, compile_count, prefetch
+from camjax.writers import MetricWriter
+
+RUN_FILE = "run.json"
+log = logging.getLogger("camjax")
+
+
+def enable_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache: a restarted run does not compile again."""
+    if path:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def resolve_data_root(data_config) -> str:
+    """`data.root`, or the synthetic dataset generated once into `data.cache_dir`."""
+    if data_config.root:
+        return data_config.root
+    from camjax import synth
+
+    return str(synth.ensure_dataset(data_config.cache_dir, **data_config.synth.to_dict()))
+
+
+@dataclasses.dataclass
+class Run:
+    """What evaluation needs to rebuild a trained model: written to DIR/run.json."""
+
+    model: dict
+    dtype: str
+    classes: list[str]
+    patch: int
+    trained_views: str  # the D4 subset seen in training: none | flips | rot90 | d4
+    d4_exempt_classes: list[str]
+    data_root: str
+
+    @classmethod
+    def load(cls, workdir: str) -> "Run":
+        path = os.path.join(workdir, RUN_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: {workdir} is not a camjax training directory")
+        with open(path) as f:
+            return cls(**json.load(f))
+
+    def save(self, workdir: str) -> None:
+        _write_json(os.path.join(workdir, RUN_FILE), dataclasses.asdict(self))
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _check_same_run(workdir: str, run: Run) -> None:
+    """A workdir belongs to one model and class list: resuming another is an error."""
+    path = os.path.join(workdir, RUN_FILE)
+    if not os.path.exists(path):
+        return
+    old = Run.load(workdir)
+    for field in ("model", "classes", "patch"):
+        if getattr(old, field) != getattr(run, field):
+            raise ValueError(
+                f"{workdir} holds a run with another {field} ({getattr(old, field)!r}, now {getattr(run, field)!r}); "
+                "use a new --workdir"
+            )
+
+
+def build_model(run: Run, parallel_mode: str, seed: int):
+    model = models.create(
+        _to_config(run.model), len(run.classes), dtype=run.dtype, bn_axis_name=bn_axis_name(parallel_mode), seed=seed
+    )
+    return model, models.get(run.model["name"]).preprocess
+
+
+def _to_config(d: dict):
+    import ml_collections
+
+    return ml_collections.ConfigDict(d)
+
+
+def quiet_libraries() -> None:
+    """camjax's own messages at INFO; orbax's and absl's per-save chatter only when it matters."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    log.setLevel(logging.INFO)
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask the loop to checkpoint and exit at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("signal %d: checkpointing and stopping at the next step", signum)
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes) -> dict[str, float]:
+    """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set."""
+    preds, labels, manips = [], [], []
+    for batch in pipeline.make_eval_batches(index.val, data_config, batch_size=batch_size):
+        probs = dp.fetch_per_example(predict(state, dp.put_batch(_model_inputs(batch))))
+        keep = batch["mask"] > 0
+        preds.append(probs.argmax(-1)[keep])
+        labels.append(batch["label"][keep])
+        manips.append(batch["manipulation"][keep])
+    if not preds:
+        return {}
+    report = scoring.report(np.concatenate(preds), np.concatenate(labels), np.concatenate(manips), list(classes))
+    out = {
+        "val/accuracy": report["accuracy"],
+        "val/weighted_accuracy": report["weighted_accuracy"],
+        "val/accuracy_unalt": report["acc_unalt"],
+        "val/accuracy_manip": report["acc_manip"],
+    }
+    out.update({f"val/class/{name}": acc for name, acc in report["per_class"].items()})
+    return out
+
+
+_MODEL_INPUTS = ("image", "label", "is_manipulated", "manipulation")
+
+
+def _model_inputs(batch):
+    return {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the last validation metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    enable_compilation_cache(config.compilation_cache)
+    root = resolve_data_root(config.data)
+    index = sources.scan_root(root, val_fraction=config.data.val_fraction, seed=config.seed)
+    run = Run(
+        model=json.loads(json.dumps(config.model.to_dict())),  # tuples -> lists, as stored
+        dtype=config.dtype,
+        classes=list(index.classes),
+        patch=config.data.patch,
+        trained_views=config.data.d4,
+        d4_exempt_classes=list(config.data.d4_exempt_classes),
+        data_root=os.path.abspath(root),
+    )
+    _check_same_run(workdir, run)
+    is_main = jax.process_index() == 0
+    if is_main:
+        run.save(workdir)
+        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+
+    dp = DataParallel(config.parallel)
+    local_batch = dp.check_batch_size(config.batch_size)
+    if config.batch_size % (config.grad_accum * dp.num_devices):
+        raise ValueError(f"batch_size {config.batch_size} must divide into grad_accum x devices")
+    steps_per_epoch = config.steps_per_epoch or max(
+        1, len(index.train) * config.data.patches_per_image // config.batch_size
+    )
+    total_steps = steps_per_epoch * config.num_epochs
+
+    model, preprocess_mode = build_model(run, config.parallel, config.seed)
+    if config.model.init_from:
+        from camjax.models import pretrained
+
+        pretrained.restore_backbone(model.backbone, config.model.init_from)
+    tx = optim.make_optimizer(config.optim, steps_per_epoch, total_steps)
+    model_def, host_state = steps.init_state(model, tx, preprocess_mode, config.seed)
+    del model
+    plateau = optim.PlateauTracker.from_config(config.optim.plateau, config.optim.learning_rate)
+    schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
+
+    ckpt = Checkpointer(workdir, keep_best=config.checkpoint_keep_best, best_metric=config.optim.plateau.metric)
+    writer = MetricWriter(workdir)
+    step, data_state = 0, None
+    if ckpt.latest_step() is not None:
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(dp.local_devices[0])),
+            host_state,
+        )
+        step, host_state, record = ckpt.restore(target)
+        plateau = optim.PlateauTracker.from_state_dict(record["plateau"])
+        data_state = record.get("data_state")
+        writer.truncate_after(step)
+        log.info("resumed from step %d (epoch %d)", step, step // steps_per_epoch)
+    state = dp.put_state(host_state)
+    del host_state
+
+    class_weights = None
+    if config.data.class_balance == "weights":
+        class_weights = pipeline.class_weights(index)
+    train_step = dp.train_step(
+        functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config, class_weights=class_weights)
+    )
+    predict = dp.predict(functools.partial(steps.eval_step, model_def=model_def))
+
+    loader = pipeline.make_train_loader(
+        index,
+        config.data,
+        batch_size=local_batch,
+        seed=config.seed,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+    if data_state is not None:
+        loader.set_state(_decode_data_state(data_state))
+
+    def with_position(it):
+        for batch in it:
+            yield batch, it.get_state()
+
+    def to_device(item):
+        batch, position = item
+        return dp.put_batch(_model_inputs(batch)), int(batch["skipped"].sum()), position
+
+    batches = prefetch(with_position(loader), to_device, size=2)
+
+    val_batch = max(dp.num_devices, config.eval.batch_size // dp.num_devices * dp.num_devices)
+    last_val: dict[str, float] = {}
+    skipped_total = 0
+    start = time.time()
+    bar = tqdm(total=total_steps, initial=step, disable=not is_main, mininterval=2.0, dynamic_ncols=True,
+               file=sys.stdout, desc="train")
+    pending, window_start, window_steps = [], None, 0
+    compiles_after_first = None
+
+    def save(metrics=None, *, force=False):
+        record = {
+            "step": int(step),
+            "epoch": step // steps_per_epoch,
+            "plateau": plateau.state_dict(),
+            "data_state": _encode_data_state(position),
+            "metrics": metrics or {},
+        }
+        saveable = jax.tree.map(lambda x: x[0], state) if dp.mode == "pmap" else state
+        ckpt.save(step, saveable, record, metrics, force=force)
+
+    position = data_state
+    with _StopFlag() as stop:
+        while step < total_steps:
+            dev_batch, skipped, position = next(batches)
+            state, metrics = train_step(state, dev_batch)
+            step += 1
+            skipped_total += skipped
+            pending.append(metrics)
+            window_steps += 1
+            if window_start is None:  # exclude the first step's compilation from images/sec
+                jax.block_until_ready(metrics)
+                window_start, window_steps, pending = time.time(), 0, []
+                compiles_after_first = compile_count()
+            bar.update(1)
+            end_of_epoch = step % steps_per_epoch == 0
+            if (step % config.log_every == 0 or end_of_epoch) and pending:
+                fetched = [dp.fetch_metrics(m) for m in pending]
+                scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
+                elapsed = time.time() - window_start
+                scalars["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
+                scalars["lr"] = float(schedule(step)) * plateau.scale
+                scalars["data/skipped_files"] = skipped_total
+                if not math.isfinite(scalars["train/loss"]):
+                    raise FloatingPointError(
+                        f"train/loss is {scalars['train/loss']} at step {step}; the last good checkpoint is "
+                        f"step {ckpt.latest_step()} in {workdir}"
+                    )
+                writer.write(step, scalars)
+                bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['images_per_sec']:.0f}")
+                pending, window_start, window_steps = [], time.time(), 0
+            if end_of_epoch:
+                last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes)
+                if last_val:
+                    scale = plateau.update(last_val[config.optim.plateau.metric])
+                    state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
+                    writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
+                    bar.write(f"epoch {step // steps_per_epoch}: "
+                              f"val/accuracy={last_val['val/accuracy']:.4f} "
+                              f"val/weighted_accuracy={last_val['val/weighted_accuracy']:.4f} lr_scale={scale:g}")
+                save(last_val)
+                if is_main:
+                    from camjax import plots
+
+                    plots.curves_png(writer.path, os.path.join(workdir, "curves.png"))
+                if config.max_train_seconds and time.time() - start > config.max_train_seconds:
+                    logging.warning("max_train_seconds reached at step %d", step)
+                    break
+            if stop.requested:
+                save(force=True)
+                break
+    bar.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if compiles_after_first is not None:
+        recompiles = compile_count() - compiles_after_first
+        log.info("compilations after the first step: %d (validation included)", recompiles)
+    return last_val
+
+
+def _encode_data_state(state):
+    if isinstance(state, bytes):
+        return {"bytes": state.decode("latin-1")}
+    return state
+
+
+def _decode_data_state(state):
+    if isinstance(state, dict) and set(state) == {"bytes"}:
+        return state["bytes"].encode("latin-1")
+    return state
