@@ -98,8 +98,7 @@ def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_id
         last = int(batch["file_index"][batch["mask"] > 0].max()) if (batch["mask"] > 0).any() else -1
         close([f for f in list(open_tiles) if f < last])
     close(list(open_tiles))
-    skipped = list(getattr(batches, "skipped", []))
-    return out, skipped
+    return out, [path for path, _ in batches.skipped]  # (path, reason) pairs, already logged
 
 
 def _score_report(pred, labels_by_fname, fnames, classes) -> dict:

@@ -1,0 +1,142 @@
+"""End to end on a tiny challenge-layout set: train, resume exactly, evaluate, score, bad test files."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from camjax import trainer
+from camjax.checkpoint import Checkpointer
+from configs import camnet
+from datasets import make_challenge_tree
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_challenge_tree(tmp_path_factory.mktemp("data"), classes=CLASSES, per_class=5, test_per_class=2)
+    tests = sorted(os.listdir(root / "test"))
+    with open(root / "test_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fname", "camera", "manipulation"])
+        for i, name in enumerate(tests):
+            w.writerow([name, CLASSES[i % len(CLASSES)], "jpeg70" if "manip" in name else "none"])
+    return root
+
+
+def tiny_config(root, **overrides):
+    c = camnet.get_config("quick")
+    c.data.root = str(root)
+    c.data.workers = 0
+    c.data.patch = 32
+    c.data.patches_per_image = 4
+    c.data.val_crops = 1
+    c.model.kwargs.widths = (8, 16)
+    c.model.head.hidden = (16, 8)
+    c.batch_size = 8
+    c.steps_per_epoch = 3
+    c.num_epochs = 2
+    c.log_every = 2
+    c.compilation_cache = ""
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def final_params(workdir):
+    ckpt = Checkpointer(str(workdir), read_only=True)
+    step = ckpt.latest_step()
+    from orbax import checkpoint as ocp
+
+    state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    ckpt.close()
+    return step, jax.tree.leaves(state["params"])
+
+
+@pytest.fixture(scope="module")
+def trained(root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    val = trainer.train_and_evaluate(tiny_config(root), str(workdir))
+    return workdir, val
+
+
+def test_training_writes_the_contracted_outputs(trained):
+    workdir, val = trained
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    keys = set().union(*rows)
+    for key in ("train/loss", "train/accuracy", "lr", "images_per_sec", "val/accuracy", "val/weighted_accuracy"):
+        assert key in keys, key
+    assert all("step" in r for r in rows)
+    assert 0.0 <= val["val/weighted_accuracy"] <= 1.0
+    assert json.load(open(workdir / "run.json"))["classes"] == list(CLASSES)
+    assert json.load(open(workdir / "config.json"))["model"]["name"] == "camnet"
+    assert (workdir / "curves.png").stat().st_size > 0
+    assert any((workdir / "tensorboard").iterdir())
+    assert Checkpointer(str(workdir), read_only=True).latest_step() == 6
+
+
+def test_resume_is_exact(root, trained, tmp_path):
+    """One epoch, stop, resume for the second: bit-identical to the uninterrupted run."""
+    trainer.train_and_evaluate(tiny_config(root, num_epochs=1), str(tmp_path))
+    trainer.train_and_evaluate(tiny_config(root), str(tmp_path))
+    step_a, a = final_params(trained[0])
+    step_b, b = final_params(tmp_path)
+    assert step_a == step_b == 6
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == sorted(steps), "a resumed run must not duplicate metric rows"
+
+
+def test_resume_refuses_another_model(root, trained):
+    with pytest.raises(ValueError, match="another model"):
+        trainer.train_and_evaluate(tiny_config(root, **{"model.kwargs.widths": (4, 8)}), str(trained[0]))
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "camjax.evaluate", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_evaluate_cli_scores_and_writes_everything(trained, root, tmp_path):
+    out = tmp_path / "sub.csv"
+    r = run_cli("--workdir", str(trained[0]), "--tta", "d4", "--balance", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("weighted_accuracy=") and 0.0 <= float(last.split("=")[1]) <= 1.0
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [r_["fname"] for r_ in rows] == sorted(os.listdir(root / "test"))
+    assert {r_["camera"] for r_ in rows} <= set(CLASSES)
+    report = json.load(open(tmp_path / "sub_report.json"))
+    assert set(report["tta_subsets"]) == {"none", "flips", "rot90", "d4"}
+    assert report["balance"] is True
+    for suffix in ("_balanced.csv", "_unbalanced.csv", "_probs.npz", "_confusion.png"):
+        assert (tmp_path / f"sub{suffix}").exists(), suffix
+    probs = np.load(tmp_path / "sub_probs.npz")["probs"]
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_evaluate_names_a_corrupt_test_file_and_writes_nothing(trained, root, tmp_path):
+    bad_root = tmp_path / "root"
+    (bad_root / "test").mkdir(parents=True)
+    for name in os.listdir(root / "test"):
+        os.symlink(root / "test" / name, bad_root / "test" / name)
+    (bad_root / "test" / "img_bad0000_unalt.tif").write_bytes(b"not an image")
+    out = tmp_path / "sub.csv"
+    r = run_cli("--workdir", str(trained[0]), "--data_root", str(bad_root), "--out", str(out))
+    assert r.returncode != 0
+    assert "img_bad0000_unalt.tif" in r.stderr
+    assert not out.exists()
+    r = run_cli("--workdir", str(trained[0]), "--data_root", str(bad_root), "--out", str(out), "--skip_bad")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == len(os.listdir(bad_root / "test"))
+    assert "img_bad0000_unalt.tif" in r.stderr
