@@ -1,0 +1,1 @@
+"""Data sources, decoding, manipulations and the Grain input pipelines."""

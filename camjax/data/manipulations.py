@@ -1,0 +1,93 @@
+"""Host-side versions of the challenge manipulations (PIL JPEG, OpenCV bicubic, gamma LUT).
+
+These are the reference implementations: the synthetic test set is made with them and the
+training pipeline augments with them, so train and test see the same operations.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from camjax.cameras import MANIPULATIONS, Manipulation
+
+
+def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encode with libjpeg (PIL, IJG tables, 4:2:0) at `quality` and decode again."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def resize(image: np.ndarray, scale: float) -> np.ndarray:
+    """Bicubic resize by `scale` (OpenCV INTER_CUBIC, a = -0.75, half-pixel centres)."""
+    h, w = image.shape[:2]
+    size = (int(round(w * scale)), int(round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
+
+
+def gamma_table(gamma: float) -> np.ndarray:
+    """The uint8 lookup table of out = round(255 * (in / 255) ** gamma)."""
+    x = np.arange(256, dtype=np.float64) / 255.0
+    return np.clip(np.round(255.0 * x**gamma), 0, 255).astype(np.uint8)
+
+
+_GAMMA_TABLES = {m.value: gamma_table(m.value) for m in MANIPULATIONS if m.kind == "gamma"}
+
+
+def gamma_correct(image: np.ndarray, gamma: float) -> np.ndarray:
+    table = _GAMMA_TABLES.get(gamma)
+    if table is None:
+        table = gamma_table(gamma)
+    return np.take(table, image)
+
+
+def source_size(patch: int, manipulation: Manipulation) -> int:
+    """Side of the crop that `manipulation` turns into a `patch` x `patch` result.
+
+    Resizing by s needs ceil(patch / s) source pixels, resized and then centre-cropped to
+    `patch`, so every output shape is static. Other manipulations keep the size.
+    """
+    if manipulation.kind == "resize":
+        return int(math.ceil(patch / manipulation.value))
+    return patch
+
+
+def max_source_size(patch: int) -> int:
+    return max(source_size(patch, m) for m in MANIPULATIONS)
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"cannot centre-crop {size}x{size} from {h}x{w}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def apply(image: np.ndarray, manipulation: Manipulation) -> np.ndarray:
+    """Apply one manipulation to a uint8 HxWx3 image; resizing changes the size."""
+    if manipulation.kind == "none":
+        return image
+    if manipulation.kind == "jpeg":
+        return jpeg_compress(image, int(manipulation.value))
+    if manipulation.kind == "resize":
+        return resize(image, manipulation.value)
+    if manipulation.kind == "gamma":
+        return gamma_correct(image, manipulation.value)
+    raise ValueError(f"unknown manipulation kind {manipulation.kind!r}")
+
+
+def manipulate_patch(source: np.ndarray, patch: int, manipulation: Manipulation) -> np.ndarray:
+    """Make a `patch`-sized manipulated patch from the centre of `source`.
+
+    `source` must be at least `source_size(patch, manipulation)` on each side; its centre
+    crop of that size is manipulated and the result centre-cropped to `patch`.
+    """
+    region = centre_crop(source, source_size(patch, manipulation))
+    out = apply(np.ascontiguousarray(region), manipulation)
+    return np.ascontiguousarray(centre_crop(out, patch))

@@ -1,0 +1,403 @@
+"""Grain input pipelines: endless training patches, fixed validation crops, tiled test images.
+
+Every batch is a dict of numpy arrays with static shapes. Training decodes each file once and
+cuts `patches_per_image` patches from it (decoding dominates), on the 8 px JPEG grid for JPEG
+sources and the 2 px CFA grid otherwise, so crops keep the traces' phase. Every random draw
+comes from a generator seeded by (seed, shard, epoch, position), so a run restored from a
+Grain iterator state sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import flags
+from grain.experimental import RebatchIterDataset
+
+from camjax.cameras import MANIPULATIONS, canonical_class_name, is_manipulated_from_fname
+from camjax.data import manipulations
+from camjax.data.decode import BadImageError, decode_image, is_jpeg, read_bytes
+from camjax.data.sources import Record, class_weights  # noqa: F401  (class_weights: re-exported)
+
+JPEG_GRID = 8  # the DCT block: crops of JPEG sources move in steps of 8 px
+CFA_GRID = 2  # the Bayer period: crops of other sources move in steps of 2 px
+_MAX_FILES_PER_GROUP = 64
+
+# Paths found bad in this process -> reason; a bad file is decoded (and warned about) once.
+_BAD_FILES: dict[str, str] = {}
+log = logging.getLogger(__name__)
+
+
+def crop_step(override: int, jpeg: bool) -> int:
+    """The crop grid: `override` (data.crop_step) when set, else by the source's format."""
+    return int(override) or (JPEG_GRID if jpeg else CFA_GRID)
+
+
+def d4_host(image: np.ndarray, k: int) -> np.ndarray:
+    """D4 element k on one HxWxC image, in camjax.tta's encoding: k // 4 horizontal flips,
+    then k % 4 counter-clockwise quarter turns."""
+    if k >= 4:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(np.rot90(image, k % 4, axes=(0, 1)))
+
+
+def _load_frame(path: str, min_size: int) -> tuple[np.ndarray, bool]:
+    """The decoded frame and whether its source is a JPEG (which picks the crop grid)."""
+    data, name = read_bytes(path)
+    return decode_image(data, name=name, min_size=min_size), is_jpeg(data)
+
+
+def _feasible_manipulations(height: int, width: int, patch: int) -> list[int]:
+    side = min(height, width)
+    return [m.id for m in MANIPULATIONS[1:] if manipulations.source_size(patch, m) <= side]
+
+
+def cut_train_patches(
+    frame: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    patch: int,
+    count: int,
+    step: int,
+    manip_prob: float,
+    views: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """`count` random patches of one frame, each possibly manipulated, then D4-transformed.
+
+    A manipulation m crops `source_size(patch, m)` at a random grid offset and turns it into
+    a `patch`-sized result; manipulations whose source would not fit the frame are not drawn.
+    `origin` is the top-left corner of each source crop in the frame.
+    """
+    h, w = frame.shape[:2]
+    feasible = _feasible_manipulations(h, w, patch)
+    images = np.empty((count, patch, patch, 3), np.uint8)
+    manip = np.zeros(count, np.int32)
+    d4 = np.zeros(count, np.int32)
+    origin = np.zeros((count, 2), np.int32)
+    for i in range(count):
+        m = 0
+        if feasible and rng.random() < manip_prob:
+            m = int(rng.choice(feasible))
+        size = manipulations.source_size(patch, MANIPULATIONS[m])
+        top = step * int(rng.integers(0, (h - size) // step + 1))
+        left = step * int(rng.integers(0, (w - size) // step + 1))
+        crop = frame[top : top + size, left : left + size]
+        if m:
+            crop = manipulations.manipulate_patch(crop, patch, MANIPULATIONS[m])
+        k = int(rng.choice(views)) if len(views) > 1 else int(views[0])
+        images[i] = d4_host(crop, k)
+        manip[i], d4[i], origin[i] = m, k, (top, left)
+    return dict(image=images, manipulation=manip, d4=d4, origin=origin)
+
+
+class _TrainPlan:
+    """What one process's shard reads: the per-epoch file order and the patches of a slot.
+
+    Slot s is position s % n of epoch s // n (n = files in the shard); groups of consecutive
+    slots are decoded together and their patches shuffled, so a batch mixes images.
+    """
+
+    def __init__(self, records: list[Record], data_config, *, seed: int, shard_index: int, views, group: int):
+        if not records:
+            raise ValueError(f"shard {shard_index} has no training files")
+        self.paths = [r.path for r in records]
+        self.labels = np.array([r.label for r in records], np.int32)
+        exempt = {canonical_class_name(c) for c in data_config.d4_exempt_classes}
+        self.exempt = np.array([r.class_name in exempt for r in records])
+        self.balance = data_config.class_balance
+        if self.balance not in ("sampling", "weights", "none"):
+            raise ValueError(f"data.class_balance must be sampling | weights | none, got {self.balance!r}")
+        self.seed, self.shard_index = int(seed), int(shard_index)
+        self.patch, self.count = int(data_config.patch), int(data_config.patches_per_image)
+        self.manip_prob, self.views, self.group = float(data_config.manip_prob), tuple(views), group
+        self.crop_step = int(data_config.crop_step)
+        self._order_cache: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        """File indices in the order epoch `epoch` reads them (class-balanced if asked)."""
+        cached = self._order_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        rng = np.random.default_rng((self.seed, 1, self.shard_index, epoch))
+        n = len(self.paths)
+        if self.balance == "sampling":
+            by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
+            quota = np.full(len(by_class), n // len(by_class))
+            quota[rng.choice(len(by_class), n % len(by_class), replace=False)] += 1
+            picks = []
+            for files, q in zip(by_class, quota):
+                cycles = [rng.permutation(files) for _ in range(-(-q // len(files)))]
+                picks.append(np.concatenate(cycles)[:q])
+            order = rng.permutation(np.concatenate(picks))
+        else:
+            order = rng.permutation(n)
+        self._order_cache = (epoch, order)
+        return order
+
+    def _frame(self, i: int) -> tuple[np.ndarray, bool]:
+        path = self.paths[i]
+        if path in _BAD_FILES:
+            raise BadImageError(path, _BAD_FILES[path])
+        try:
+            return _load_frame(path, self.patch)
+        except BadImageError as e:
+            _BAD_FILES[path] = e.reason
+            log.warning("skipping training file %s: %s", path, e.reason)
+            raise
+
+    def _replacements(self, order: np.ndarray, pos: int):
+        """The files after position `pos` of the epoch, those of the same class first."""
+        rolled = np.roll(order, -pos)[1:]
+        same = self.labels[rolled] == self.labels[order[pos]]
+        return np.concatenate([rolled[same], rolled[~same]])
+
+    def slot(self, s: int) -> dict[str, np.ndarray]:
+        n = len(self.paths)
+        epoch, pos = divmod(s, n)
+        order = self.order(epoch)
+        i, skipped = int(order[pos]), 0
+        try:
+            frame, jpeg = self._frame(i)
+        except BadImageError:  # replaced by the next good file, keeping the class balance
+            skipped = 1
+            for i in self._replacements(order, pos):
+                try:
+                    frame, jpeg = self._frame(int(i))
+                    break
+                except BadImageError:
+                    pass
+            else:
+                raise RuntimeError(
+                    f"none of the {n} training files of shard {self.shard_index} can be decoded "
+                    f"(e.g. {self.paths[0]}: {_BAD_FILES.get(self.paths[0], '?')})"
+                ) from None
+        rng = np.random.default_rng((self.seed, 0, self.shard_index, epoch, pos))
+        out = cut_train_patches(
+            frame,
+            rng,
+            patch=self.patch,
+            count=self.count,
+            step=crop_step(self.crop_step, jpeg),
+            manip_prob=self.manip_prob,
+            views=(0,) if self.exempt[i] else self.views,
+        )
+        del out["origin"]
+        out["label"] = np.full(self.count, self.labels[i], np.int32)
+        out["is_manipulated"] = (out["manipulation"] != 0).astype(np.float32)
+        out["skipped"] = np.zeros(self.count, np.int32)
+        out["skipped"][0] = skipped
+        return out
+
+    def group_of_slots(self, g: int) -> dict[str, np.ndarray]:
+        parts = [self.slot(g * self.group + j) for j in range(self.group)]
+        batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        perm = np.random.default_rng((self.seed, 2, self.shard_index, g)).permutation(len(batch["label"]))
+        return {k: v[perm] for k, v in batch.items()}
+
+
+def shard_records(records: Sequence[Record], shard_index: int, shard_count: int) -> list[Record]:
+    """Every shard_count-th file from shard_index: disjoint shards covering all files, each
+    with about the same share of every class (records are grouped by class)."""
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    return list(records[shard_index::shard_count])
+
+
+def make_train_dataset(
+    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
+) -> grain.IterDataset:
+    """The endless, in-process training dataset of one process's shard (see the module doc)."""
+    # Imported here so that worker processes, which unpickle this module's objects, need not import JAX.
+    from camjax.tta import views
+
+    records = shard_records(index.train, shard_index, shard_count)
+    group = max(1, min(_MAX_FILES_PER_GROUP, math.ceil(2 * batch_size / data_config.patches_per_image)))
+    plan = _TrainPlan(
+        records, data_config, seed=seed, shard_index=shard_index, views=views(data_config.d4), group=group
+    )
+    ds = grain.MapDataset.range(sys.maxsize).map(plan.group_of_slots)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    return RebatchIterDataset(ds, batch_size, drop_remainder=True)
+
+
+def make_train_loader(
+    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
+) -> grain.DatasetIterator:
+    """An iterator over training batches, read by `data_config.workers` processes; its
+    `get_state()`/`set_state()` (or grain.checkpoint with orbax) make resumption exact."""
+    ds = make_train_dataset(
+        index, data_config, batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count
+    )
+    if data_config.workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside app.run use defaults
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=data_config.workers, per_worker_buffer_size=data_config.prefetch)
+        )
+    return iter(ds)
+
+
+class _Batches:
+    """A re-iterable stream of fixed-size batches; `skipped` lists (path, reason) of bad files."""
+
+    def __init__(self, rows: Callable[[], Iterator[dict[str, Any]]], spec: dict, batch_size: int):
+        self._rows, self._spec, self._batch_size = rows, spec, batch_size
+        self.skipped: list[tuple[str, str]] = []
+
+    def _empty(self) -> dict[str, np.ndarray]:
+        return {k: np.full((self._batch_size, *shape), fill, dtype) for k, (shape, dtype, fill) in self._spec.items()}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        self.skipped.clear()
+        batch, n = self._empty(), 0
+        for row in self._rows():
+            for k, v in row.items():
+                batch[k][n] = v
+            batch["mask"][n] = 1.0
+            n += 1
+            if n == self._batch_size:
+                yield batch
+                batch, n = self._empty(), 0
+        if n:
+            yield batch
+
+    def _decode(self, path: str, min_size: int, skip_bad: bool) -> tuple[np.ndarray, bool] | None:
+        try:
+            return _load_frame(path, min_size)
+        except BadImageError as e:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s: %s", path, e.reason)
+            self.skipped.append((path, e.reason))
+            return None
+
+
+def eval_origins(height: int, width: int, patch: int, step: int, count: int) -> list[tuple[int, int]]:
+    """`count` patch corners on the grid: the centre first, then an even tiling of the frame."""
+
+    def snap(v):
+        return int(v) // step * step
+
+    origins = [(snap((height - patch) / 2), snap((width - patch) / 2))]
+    if count > 1:
+        g = math.ceil(math.sqrt(count - 1))
+        ys = [snap(v) for v in np.linspace(0, height - patch, g)]
+        xs = [snap(v) for v in np.linspace(0, width - patch, g)]
+        origins += [(y, x) for y in ys for x in xs][: count - 1]
+    return origins
+
+
+def manipulated_at(frame: np.ndarray, top: int, left: int, patch: int, manipulation) -> np.ndarray:
+    """The `patch` at (top, left) under `manipulation`: its source crop is centred on the patch,
+    moved inside the frame where it would leave it, and the frame mirrored where too small."""
+    size = manipulations.source_size(patch, manipulation)
+    h, w = frame.shape[:2]
+    if h < size or w < size:
+        frame = np.pad(frame, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="symmetric")
+        h, w = frame.shape[:2]
+    off = (size - patch) // 2
+    y = min(max(top - off, 0), h - size)
+    x = min(max(left - off, 0), w - size)
+    crop = frame[y : y + size, x : x + size]
+    return manipulations.manipulate_patch(crop, patch, manipulation) if manipulation.kind != "none" else crop
+
+
+def make_eval_batches(records: Sequence[Record], data_config, *, batch_size: int, skip_bad: bool = True) -> _Batches:
+    """Deterministic validation batches: `data_config.val_crops` grid-aligned crops per file,
+    each under all 9 manipulations (ids 0..8), so one pass scores unaltered and manipulated.
+
+    Fields: image, label, is_manipulated, manipulation, record_index, mask (0 = padding).
+    A bad file raises BadImageError, or with `skip_bad` is logged and listed in `.skipped`.
+    """
+    p = int(data_config.patch)
+    spec = dict(
+        image=((p, p, 3), np.uint8, 0),
+        label=((), np.int32, 0),
+        is_manipulated=((), np.float32, 0),
+        manipulation=((), np.int32, 0),
+        record_index=((), np.int32, -1),
+        mask=((), np.float32, 0),
+    )
+
+    def rows():
+        for r, rec in enumerate(records):
+            loaded = batches._decode(rec.path, p, skip_bad)
+            if loaded is None:
+                continue
+            frame, jpeg = loaded
+            h, w = frame.shape[:2]
+            for top, left in eval_origins(h, w, p, crop_step(data_config.crop_step, jpeg), int(data_config.val_crops)):
+                for m in MANIPULATIONS:
+                    yield dict(
+                        image=manipulated_at(frame, top, left, p, m),
+                        label=rec.label,
+                        is_manipulated=float(m.id != 0),
+                        manipulation=m.id,
+                        record_index=r,
+                    )
+
+    batches = _Batches(rows, spec, batch_size)
+    return batches
+
+
+def tile_origins(height: int, width: int, patch: int, step: int = JPEG_GRID, max_tiles: int | None = None):
+    """Corners of the tiles that cover a frame: ceil(side / patch) per axis, evenly spread and
+    snapped down to the grid; `max_tiles` keeps an evenly spaced subset."""
+
+    def axis(side):
+        n = math.ceil(side / patch)
+        return sorted({int(v) // step * step for v in np.linspace(0, side - patch, n)})
+
+    origins = [(y, x) for y in axis(height) for x in axis(width)]
+    if max_tiles and len(origins) > max_tiles:
+        keep = np.unique(np.round(np.linspace(0, len(origins) - 1, max_tiles)).astype(int))
+        origins = [origins[i] for i in keep]
+    return origins
+
+
+def make_test_batches(
+    test_paths: Sequence[str],
+    *,
+    patch: int,
+    batch_size: int,
+    max_tiles: int | None = None,
+    pad: bool = False,
+    skip_bad: bool = False,
+) -> _Batches:
+    """Streams the test images as batches of tiles (fields image, is_manipulated, file_index,
+    mask). Tiles sit on the 8 px grid. An image smaller than the patch is an error unless
+    `pad` (mirrored at the bottom/right edges, keeping the grid phase); a bad file is an error
+    unless `skip_bad` (then listed in `.skipped`)."""
+    spec = dict(
+        image=((patch, patch, 3), np.uint8, 0),
+        is_manipulated=((), np.float32, 0),
+        file_index=((), np.int32, -1),
+        mask=((), np.float32, 0),
+    )
+
+    def rows():
+        for f, path in enumerate(test_paths):
+            loaded = batches._decode(path, 0, skip_bad)
+            if loaded is None:
+                continue
+            frame = loaded[0]
+            h, w = frame.shape[:2]
+            if h < patch or w < patch:
+                if not pad:
+                    raise BadImageError(
+                        path, f"image is {h}x{w}, smaller than the {patch}x{patch} patch (pass pad=True)"
+                    )
+                frame = np.pad(frame, ((0, max(0, patch - h)), (0, max(0, patch - w)), (0, 0)), mode="symmetric")
+                h, w = frame.shape[:2]
+            flag = float(bool(is_manipulated_from_fname(path.replace("\\", "/").rsplit("/", 1)[-1])))
+            for top, left in tile_origins(h, w, patch, JPEG_GRID, max_tiles):
+                yield dict(image=frame[top : top + patch, left : left + patch], is_manipulated=flag, file_index=f)
+
+    batches = _Batches(rows, spec, batch_size)
+    return batches

@@ -1,0 +1,160 @@
+"""Indexes a dataset root in the challenge layout: classes, train/val records, test files.
+
+ROOT/train/<class>/*.jpg (any of jpg, jpeg, png, tif, tiff), an optional ROOT/val/<class>/
+used as the validation set as is, and ROOT/test/*. Without ROOT/val the validation files are
+split off per class by a hash of their path, so the split is deterministic, stratified, and a
+file stays on its side when files are added (to any class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from camjax.cameras import CHALLENGE_CLASSES, canonical_class_name
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    path: str
+    label: int
+    class_name: str
+
+
+@dataclasses.dataclass
+class DatasetIndex:
+    classes: tuple[str, ...]
+    train: list[Record]
+    val: list[Record]
+    test: list[str]  # sorted test file paths
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def order_classes(names) -> tuple[str, ...]:
+    """Challenge classes in the challenge's order, then the others alphabetically."""
+    names = set(names)
+    known = [c for c in CHALLENGE_CLASSES if c in names]
+    return tuple(known + sorted(names - set(known)))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _class_folders(split_dir: Path) -> dict[str, Path]:
+    """Canonical class name -> folder; two folders naming the same class is an error."""
+    folders: dict[str, Path] = {}
+    for d in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        name = canonical_class_name(d.name)
+        if name in folders:
+            raise ValueError(f"{split_dir}: folders {folders[name].name!r} and {d.name!r} both name class {name!r}")
+        folders[name] = d
+    return folders
+
+
+def _scan_split(split_dir: Path) -> dict[str, list[Path]]:
+    folders = _class_folders(split_dir)
+    files = {name: _image_files(d) for name, d in folders.items()}
+    empty = sorted(str(folders[n]) for n, f in files.items() if not f)
+    if empty:
+        raise ValueError(
+            f"{split_dir}: class folders without images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}"
+        )
+    return files
+
+
+def _split_key(rel_path: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by the file's relative path and the seed."""
+    digest = hashlib.blake2b(f"{seed}:{rel_path}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
+
+
+def _split_class(files: list[Path], train_dir: Path, fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """The lowest-keyed `fraction` of a class goes to validation (one at least, when >= 2 files)."""
+    if fraction <= 0 or len(files) < 2:
+        return files, []
+    n_val = min(max(1, int(round(fraction * len(files)))), len(files) - 1)
+    keyed = sorted(files, key=lambda p: _split_key(p.relative_to(train_dir).as_posix(), seed))
+    val = set(keyed[:n_val])
+    return [p for p in files if p not in val], [p for p in files if p in val]
+
+
+def scan_root(root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0) -> DatasetIndex:
+    """Indexes `root` (see the module docstring); errors name the path and the problem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist or is not a folder")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"{root}: no train/ folder (expected ROOT/train/<class>/*.jpg)")
+    train_files = _scan_split(train_dir)
+    if len(train_files) < 2:
+        raise ValueError(f"{train_dir}: need at least 2 class folders, found {sorted(train_files)}")
+    classes = order_classes(train_files)
+    label = {c: i for i, c in enumerate(classes)}
+
+    val_dir = root / "val"
+    if val_dir.is_dir():
+        val_files = _scan_split(val_dir)
+        unknown = sorted(set(val_files) - set(classes))
+        if unknown:
+            raise ValueError(f"{val_dir}: classes {unknown} have no train/ folder")
+    else:
+        val_files = {}
+        for c in classes:
+            train_files[c], val_files[c] = _split_class(train_files[c], train_dir, val_fraction, seed)
+
+    def records(files: dict[str, list[Path]]) -> list[Record]:
+        return [Record(str(p), label[c], c) for c in classes for p in files.get(c, [])]
+
+    return DatasetIndex(classes, records(train_files), records(val_files), list_test_files(root, required=False))
+
+
+def list_test_files(root: str | os.PathLike, *, required: bool = True) -> list[str]:
+    """Sorted image paths in ROOT/test (an error when `required` and there are none)."""
+    test_dir = Path(root) / "test"
+    files = [str(p) for p in _image_files(test_dir)] if test_dir.is_dir() else []
+    if required and not files:
+        raise FileNotFoundError(f"{test_dir}: no test images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def class_counts(records: list[Record], num_classes: int) -> np.ndarray:
+    return np.bincount([r.label for r in records], minlength=num_classes)
+
+
+def class_weights(index: DatasetIndex) -> np.ndarray:
+    """Per-class loss weights n / (C * n_c): a class-balanced loss with mean sample weight 1."""
+    counts = class_counts(index.train, index.num_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+    return weights.astype(np.float32)
+
+
+def save_classes(path: str | os.PathLike, classes) -> None:
+    """Writes a run's class list (its label order) as JSON."""
+    Path(path).write_text(json.dumps({"classes": list(classes)}, indent=1) + "\n")
+
+
+def load_classes(path: str | os.PathLike) -> tuple[str, ...]:
+    try:
+        data = json.loads(Path(path).read_text())
+        classes = data["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a camjax class list ({e})") from e
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{path}: 'classes' must be a list of names")
+    return tuple(classes)

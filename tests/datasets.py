@@ -1,0 +1,61 @@
+"""Small datasets in the challenge layout for tests (textured JPEGs, 512x512 .tif test files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def texture(height: int, width: int, seed: int) -> np.ndarray:
+    """A uint8 RGB image with gradients, blobs and noise (JPEG-compressible, never flat)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 128 + 60 * np.sin(x / rng.uniform(7, 40) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(7, 40))
+    img = base[..., None] + rng.normal(0, 12, (height, width, 3)) + rng.uniform(-40, 40, 3)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def coordinate_image(height: int, width: int) -> np.ndarray:
+    """R = row % 256, G = col % 256, B = (row // 256) * 16 + col // 256: every pixel names its place."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([y % 256, x % 256, (y // 256) * 16 + x // 256], axis=-1).astype(np.uint8)
+
+
+def locate(patch: np.ndarray) -> tuple[int, int]:
+    """The (row, col) of a coordinate_image patch's top-left pixel."""
+    r, g, b = (int(v) for v in patch[0, 0])
+    return (b // 16) * 256 + r, (b % 16) * 256 + g
+
+
+def save(image: np.ndarray, path: Path, quality: int = 95) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        Image.fromarray(image).save(path, quality=quality)
+    else:
+        Image.fromarray(image).save(path)
+    return path
+
+
+def make_challenge_tree(
+    root: Path,
+    classes=("HTC-1-M7", "iPhone-4s"),
+    per_class: int = 3,
+    sizes=((300, 400), (480, 640), (700, 900)),
+    test_per_class: int = 1,
+    ext: str = ".jpg",
+    seed: int = 0,
+) -> Path:
+    """ROOT/train/<class>/<class>_<i><ext> and ROOT/test/img_<hex>_{unalt,manip}.tif."""
+    root = Path(root)
+    k = 0
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            h, w = sizes[(c + i) % len(sizes)]
+            save(texture(h, w, seed * 1000 + k), root / "train" / name / f"{name}_{i}{ext}")
+            k += 1
+    for j in range(test_per_class * len(classes)):
+        suffix = "manip" if j % 2 else "unalt"
+        save(texture(512, 512, seed * 1000 + 500 + j), root / "test" / f"img_{j:07x}_{suffix}.tif")
+    return root
