@@ -1,0 +1,121 @@
+"""ResNet50, layer for layer as keras.applications.ResNet50 (include_top=False), in Flax NNX.
+
+Faithful to the Keras definition (not torchvision's): biased convolutions before every
+BatchNorm (epsilon 1.001e-5, momentum 0.99), explicit zero padding before the 7x7 stem and
+the max pool, the stride on the first 1x1 convolution of each stage - so ImageNet weights
+import exactly (`camjax.convert`) and the features match Keras to float precision.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from camjax.models.registry import register
+
+BN_EPSILON = 1.001e-5
+BN_MOMENTUM = 0.99  # Keras' default
+
+
+def zero_pad(x: jax.Array, pad: int) -> jax.Array:
+    """keras.layers.ZeroPadding2D(pad) on NHWC."""
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+class Bottleneck(nnx.Module):
+    """Keras' `block1`: 1x1 (stride) -> 3x3 -> 1x1 (x4), plus identity or projected shortcut."""
+
+    def __init__(self, name: str, cin: int, filters: int, stride: int, project: bool, *, conv, bn):
+        self.name = name
+        self.conv0 = conv(cin, 4 * filters, (1, 1), strides=stride) if project else None
+        self.bn0 = bn(4 * filters) if project else None
+        self.conv1 = conv(cin, filters, (1, 1), strides=stride)
+        self.bn1 = bn(filters)
+        self.conv2 = conv(filters, filters, (3, 3), padding="SAME")
+        self.bn2 = bn(filters)
+        self.conv3 = conv(filters, 4 * filters, (1, 1))
+        self.bn3 = bn(4 * filters)
+
+    def keras_layers(self) -> list[tuple[str, nnx.Module]]:
+        n = self.name
+        head = [
+            (f"{n}_1_conv", self.conv1),
+            (f"{n}_1_bn", self.bn1),
+            (f"{n}_2_conv", self.conv2),
+            (f"{n}_2_bn", self.bn2),
+        ]
+        if self.conv0 is None:
+            return head + [(f"{n}_3_conv", self.conv3), (f"{n}_3_bn", self.bn3)]
+        # Keras' topological order interleaves the two branches' last layers.
+        return head + [
+            (f"{n}_0_conv", self.conv0),
+            (f"{n}_3_conv", self.conv3),
+            (f"{n}_0_bn", self.bn0),
+            (f"{n}_3_bn", self.bn3),
+        ]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shortcut = x if self.conv0 is None else self.bn0(self.conv0(x))
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = nnx.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return nnx.relu(shortcut + y)
+
+
+class ResNet50(nnx.Module):
+    """NHWC images -> the conv5 feature map (stride 32, 2048 channels)."""
+
+    STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # filters, blocks, first stride
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        bn_axis_name: str | None = None,
+        rngs: nnx.Rngs,
+    ):
+        conv = functools.partial(
+            nnx.Conv, padding="VALID", use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+        bn = functools.partial(
+            nnx.BatchNorm,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            axis_name=bn_axis_name,
+            rngs=rngs,
+        )
+        self.conv1 = conv(in_channels, 64, (7, 7), strides=2)
+        self.bn1 = bn(64)
+        blocks, cin = [], 64
+        for stage, (filters, n, stride) in enumerate(self.STAGES, start=2):
+            for i in range(n):
+                name = f"conv{stage}_block{i + 1}"
+                blocks.append(Bottleneck(name, cin, filters, stride if i == 0 else 1, i == 0, conv=conv, bn=bn))
+                cin = 4 * filters
+        self.blocks = nnx.List(blocks)
+        self.num_features = cin
+
+    def keras_layers(self) -> list[tuple[str, nnx.Module]]:
+        layers = [("conv1_conv", self.conv1), ("conv1_bn", self.bn1)]
+        for block in self.blocks:
+            layers += block.keras_layers()
+        return layers
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.relu(self.bn1(self.conv1(zero_pad(x, 3))))
+        x = nnx.max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2), padding="VALID")
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+@register("resnet50", preprocess="caffe", keras_application="ResNet50")
+def resnet50(**kwargs) -> ResNet50:
+    return ResNet50(**kwargs)

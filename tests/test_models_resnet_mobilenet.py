@@ -1,0 +1,220 @@
+"""ResNet50, MobileNet and MobileNetV2 against keras.applications: sizes, weights import, features."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+from flax import nnx
+
+from camjax import convert
+from camjax.models import create, layers, mobilenet, registry
+
+KERAS_PARAMS = {  # include_top=False, BatchNorm statistics included (DESIGN.md)
+    "resnet50": 23_587_712,
+    "mobilenet": 3_228_864,
+    "mobilenet_v2": 2_257_984,
+}
+
+
+def param_count(name, **kwargs):
+    model = nnx.eval_shape(lambda: registry.get(name).build(rngs=nnx.Rngs(0), **kwargs))
+    return sum(int(np.prod(v.shape)) for v in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat)))
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_param_count_matches_keras(name):
+    assert param_count(name) == KERAS_PARAMS[name]
+
+
+@pytest.mark.parametrize(
+    "name,alpha,keras_count",  # Keras' counts for these widths (include_top=False)
+    [("mobilenet", 0.25, 218_544), ("mobilenet_v2", 0.35, 410_208), ("mobilenet_v2", 1.4, 4_363_712)],
+)
+def test_width_multiplier_rounds_like_keras(name, alpha, keras_count):
+    assert param_count(name, alpha=alpha) == keras_count
+
+
+@pytest.fixture(scope="module", autouse=True)
+def numpy_keras_initialisers():
+    """Keras (JAX backend) compiles a threefry kernel per weight shape when it initialises a model
+    (~0.5 s each, 15 s for ResNet50); every weight that matters is set below, so numpy draws do."""
+    from keras.src.backend.jax import random as keras_random
+
+    rng = np.random.default_rng(0)
+
+    def uniform(shape, minval=0.0, maxval=1.0, dtype=None, seed=None):
+        return rng.uniform(minval, maxval, shape).astype(dtype or "float32")
+
+    def normal(shape, mean=0.0, stddev=1.0, dtype=None, seed=None):
+        return rng.normal(mean, stddev, shape).astype(dtype or "float32")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_random, "uniform", uniform)
+        patch.setattr(keras_random, "normal", normal)
+        patch.setattr(keras_random, "truncated_normal", normal)
+        yield
+
+
+def randomise(keras_model, seed=0):
+    """Non-trivial BatchNorm statistics, gammas, betas and biases, so parity means something."""
+    rng = np.random.default_rng(seed)
+    for layer in keras_model.layers:
+        for w in layer.weights:
+            shape = tuple(w.shape)
+            if w.name in ("moving_variance", "gamma"):
+                w.assign(rng.uniform(0.5, 1.5, shape).astype(np.float32))
+            elif w.name in ("moving_mean", "beta", "bias"):
+                w.assign(rng.normal(0, 0.2, shape).astype(np.float32))
+
+
+def keras_backbone(app, input_shape=(None, None, 3), **kwargs):
+    return getattr(keras.applications, app)(weights=None, include_top=False, input_shape=input_shape, **kwargs)
+
+
+def abstract(name, **kwargs):
+    """The backbone without running its initialisers (each would compile): weights come next."""
+    return nnx.eval_shape(lambda: registry.get(name).build(rngs=nnx.Rngs(0), **kwargs))
+
+
+def converted(name, keras_model, **kwargs):
+    backbone = abstract(name, **kwargs)
+    convert.copy_keras_weights(backbone, keras_model)
+    backbone.eval()
+    return backbone
+
+
+def fill(backbone, seed=0):
+    """Random parameters and positive variances, set from numpy (no per-shape compiles)."""
+    rng = np.random.default_rng(seed)
+    for path, var in nnx.iter_graph(backbone):
+        if isinstance(var, (nnx.Param, nnx.BatchStat)):
+            low = 0.5 if path[-1] in ("var", "scale") else -0.5
+            value = rng.uniform(low, low + 1, var.shape) * (0.2 if path[-1] == "kernel" else 1)
+            var.set_value(jnp.asarray(value.astype(np.dtype(var.dtype))))
+    return backbone
+
+
+def forward(backbone, x):
+    graphdef, state = nnx.split(backbone)
+    return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, jnp.asarray(x))
+
+
+def assert_close(got, want, rtol=1e-4):
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < rtol, f"relative max error {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    "name,app,kwargs,sizes",
+    [
+        ("resnet50", "ResNet50", {}, (64, 67)),
+        ("mobilenet", "MobileNet", {"alpha": 0.25}, (64, 75)),
+        ("mobilenet_v2", "MobileNetV2", {"alpha": 0.25}, (64, 75)),
+    ],
+)
+def test_features_match_keras(name, app, kwargs, sizes):
+    keras_model = keras_backbone(app, **kwargs)
+    randomise(keras_model)
+    backbone = converted(name, keras_model, **kwargs)
+    for size in sizes:
+        if name == "mobilenet_v2" and size % 2:  # Keras pads by the static size (correct_pad)
+            sized = keras_backbone(app, (size, size, 3), **kwargs)
+            sized.set_weights(keras_model.get_weights())
+        else:
+            sized = keras_model
+        x = (
+            np.random.default_rng(size)
+            .normal(0, 50 if name == "resnet50" else 1, (2, size, size, 3))
+            .astype(np.float32)
+        )
+        want = sized.predict(x, verbose=0)
+        got = np.asarray(forward(backbone, x))
+        assert got.shape == want.shape and got.shape[-1] == backbone.num_features
+        assert_close(got.mean(axis=(1, 2)), want.mean(axis=(1, 2)))
+
+
+def test_keras_layers_cover_every_variable():
+    backbone = nnx.eval_shape(lambda: mobilenet.MobileNetV2(alpha=0.35, rngs=nnx.Rngs(0)))
+    listed = {id(m) for _, m in backbone.keras_layers()}
+    owners = {id(m) for _, m in nnx.iter_graph(backbone) if isinstance(m, (nnx.Conv, nnx.BatchNorm, nnx.Linear))}
+    assert listed == owners
+
+
+def test_copy_rejects_mismatched_width():
+    keras_model = keras_backbone("MobileNet", alpha=0.25)
+    backbone = abstract("mobilenet", alpha=0.5)
+    with pytest.raises(ValueError, match=r"conv1.*shape"):
+        convert.copy_keras_weights(backbone, keras_model)
+
+
+def test_copy_skips_top_layers():
+    keras_model = keras.applications.MobileNet(weights=None, include_top=True, alpha=0.25, input_shape=(32, 32, 3))
+    randomise(keras_model)
+    backbone = converted("mobilenet", keras_model, alpha=0.25)
+    np.testing.assert_array_equal(
+        np.asarray(backbone.blocks[-1].pw_bn.var[...]),
+        np.asarray(keras_model.get_layer("conv_pw_13_bn").moving_variance),
+    )
+
+
+@pytest.mark.parametrize("family,mode", [("resnet50", "caffe"), ("mobilenet", "tf"), ("mobilenet_v2", "tf")])
+def test_preprocess_matches_keras(family, mode):
+    module = {
+        "resnet50": keras.applications.resnet50,
+        "mobilenet": keras.applications.mobilenet,
+        "mobilenet_v2": keras.applications.mobilenet_v2,
+    }[family]
+    assert registry.get(family).preprocess == mode
+    x = np.random.default_rng(0).uniform(0, 255, (2, 5, 7, 3)).astype(np.float32)
+    want = np.asarray(module.preprocess_input(x.copy()))
+    np.testing.assert_allclose(np.asarray(layers.preprocess(jnp.asarray(x), mode)), want, rtol=1e-6, atol=1e-4)
+
+
+def test_bfloat16_forward_close_to_float32():
+    f32 = fill(abstract("mobilenet_v2", alpha=0.25))
+    bf16 = abstract("mobilenet_v2", alpha=0.25, dtype=jnp.bfloat16)
+    nnx.update(bf16, nnx.state(f32))
+    f32.eval(), bf16.eval()
+    x = np.random.default_rng(0).normal(size=(2, 40, 40, 3)).astype(np.float32)
+    got = forward(bf16, x)
+    assert got.dtype == jnp.bfloat16
+    assert_close(np.asarray(got, np.float32).mean(axis=(1, 2)), np.asarray(forward(f32, x)).mean(axis=(1, 2)), 5e-2)
+
+
+def test_resnet_batchnorm_modes_and_odd_sizes():
+    """Train mode normalises by batch statistics and moves the moving ones; eval mode uses them."""
+    model = fill(abstract("resnet50"))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 33, 35, 3)).astype(np.float32))
+    before = np.asarray(model.bn1.mean[...])
+    model.eval()
+    assert forward(model, x).shape == (2, 2, 2, 2048)  # 33: 17, 9, 5, 3, 2
+    np.testing.assert_array_equal(np.asarray(model.bn1.mean[...]), before)
+    model.train()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(state, x):
+        model = nnx.merge(graphdef, state)
+        model(x)
+        return nnx.state(model)
+
+    nnx.update(model, step(state, x))
+    mean = model.bn1.mean[...]
+    batch_mean = np.asarray(model.conv1(jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))).mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(np.asarray(mean), 0.99 * before + 0.01 * batch_mean, rtol=1e-4, atol=1e-5)
+
+
+def test_models_table_counts_and_flops():
+    from camjax.models import __main__ as table
+
+    classifier = nnx.eval_shape(lambda: create(table.model_config("mobilenet"), 10))
+    assert table.count(classifier.backbone) == KERAS_PARAMS["mobilenet"]
+    head = (1024 + 1) * 512 + 512 + 513 * 256 + 256 * 10 + 10 + 256 * 9 + 9  # FC 512, 256, classes, aux
+    assert table.count(classifier) == KERAS_PARAMS["mobilenet"] + head
+    # MobileNet: 569 M multiply-adds at 224x224 (its paper), so ~2 * 569e6 * (512 / 224) ** 2 flops.
+    assert 5.5 < table.gflops(classifier) < 6.5
