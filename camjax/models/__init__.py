@@ -6,8 +6,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from camjax.models import camnet  # noqa: F401  (registers)
+from camjax.models import densenet  # noqa: F401  (registers)
+from camjax.models import inception_resnet  # noqa: F401  (registers)
+from camjax.models import mobilenet  # noqa: F401  (registers)
+from camjax.models import resnet  # noqa: F401  (registers)
 from camjax.models.head import Classifier, FlagHead
 from camjax.models.layers import preprocess
+from camjax.models.pretrained import load
 from camjax.models.registry import BACKBONES, BackboneSpec, get, register
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -47,4 +52,4 @@ def create(
     )
 
 
-__all__ = ["BACKBONES", "BackboneSpec", "Classifier", "FlagHead", "create", "dtype_from_name", "get", "preprocess", "register"]
+__all__ = ["BACKBONES", "BackboneSpec", "Classifier", "FlagHead", "create", "dtype_from_name", "get", "load", "preprocess", "register"]

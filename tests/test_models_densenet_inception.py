@@ -1,0 +1,132 @@
+"""DenseNet and InceptionResNetV2 backbones against keras.applications (JAX backend)."""
+
+import functools
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+from flax import nnx
+
+from camjax.convert import copy_keras_weights
+from camjax.models import densenet, get
+
+# Keras' count_params(), include_top=False, BatchNorm statistics included.
+KERAS_PARAMS = {
+    "densenet121": 7_037_504,
+    "densenet169": 12_642_880,
+    "densenet201": 18_321_984,
+    "inception_resnet_v2": 54_336_736,
+}
+
+
+@functools.cache
+def _abstract(name):
+    return nnx.eval_shape(lambda: get(name).build(rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_PARAMS))
+def test_param_count_matches_keras(name):
+    model = _abstract(name)
+    assert sum(x.size for x in jax.tree.leaves(nnx.state(model))) == KERAS_PARAMS[name]
+
+
+def _keras_model(name):
+    """A fresh-session Keras application with random weights and random BatchNorm statistics."""
+    keras.backend.clear_session()
+    app = getattr(keras.applications, get(name).keras_application)
+    model = app(include_top=False, weights=None, input_shape=(None, None, 3))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            if layer.gamma is not None:
+                layer.gamma.assign(rng.uniform(0.5, 1.5, c))
+            layer.beta.assign(rng.normal(0.0, 0.2, c))
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, c))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, c))
+    return model
+
+
+@pytest.fixture(scope="module", params=["densenet121", "inception_resnet_v2"])
+def pair(request):
+    """(name, Keras model, camjax backbone holding the same weights, in eval mode)."""
+    name = request.param
+    keras_model = _keras_model(name)
+    graphdef, state = nnx.split(_abstract(name))  # every weight comes from Keras: skip the init
+    backbone = nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state))
+    copy_keras_weights(backbone, keras_model)
+    backbone.eval()
+    return name, keras_model, backbone
+
+
+def test_keras_layers_follow_keras_order(pair):
+    """Names (auto names included: fresh session), kinds and shapes, position by position."""
+    _, keras_model, backbone = pair
+    keras_layers = [layer for layer in keras_model.layers if layer.weights]
+    ours = backbone.keras_layers()
+    assert [name for name, _ in ours] == [layer.name for layer in keras_layers]
+    for (_, module), layer in zip(ours, keras_layers):
+        theirs = [tuple(w.shape) for w in layer.weights]
+        if isinstance(module, nnx.Conv):
+            mine = [module.kernel.shape] + ([module.bias.shape] if module.bias is not None else [])
+        else:
+            mine = [v.shape for v in (module.scale, module.bias, module.mean, module.var) if v is not None]
+        assert mine == theirs, layer.name
+
+
+SIZES = {"densenet121": ((2, 32), (2, 45)), "inception_resnet_v2": ((1, 75), (1, 83))}
+
+
+def _pooled(backbone, x):
+    graphdef, state = nnx.split(backbone)
+    return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).mean(axis=(1, 2)))(state, x)
+
+
+def test_features_match_keras(pair):
+    name, keras_model, backbone = pair
+    for batch, size in SIZES[name]:
+        x = np.random.default_rng(size).normal(size=(batch, size, size, 3)).astype(np.float32)
+        ref = np.asarray(keras_model.predict(x, verbose=0)).mean(axis=(1, 2))
+        ours = np.asarray(_pooled(backbone, jnp.asarray(x)))
+        assert ours.shape == (batch, backbone.num_features)
+        assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4, (name, size)
+
+
+def test_bfloat16_forward_close_to_float32():
+    """bf16 compute with f32 params, on a short DenseNet (same modules, cheap compile)."""
+
+    def build(dtype):
+        return densenet.DenseNet(blocks=(1, 1, 1, 1), dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+
+    f32 = nnx.jit(build, static_argnums=0)(jnp.float32)  # one compile instead of one per layer shape
+    bf16 = nnx.eval_shape(lambda: build(jnp.bfloat16))
+    nnx.update(bf16, nnx.state(f32))
+    f32.eval()
+    bf16.eval()
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 45, 45, 3)), jnp.float32)
+    ref = np.asarray(_pooled(f32, x))
+    low = _pooled(bf16, x)
+    assert low.dtype == jnp.bfloat16
+    assert np.abs(np.asarray(low, np.float32) - ref).max() / np.abs(ref).max() < 5e-2
+
+
+def test_inception_resnet_bfloat16_compute_keeps_float32_params():
+    model = nnx.eval_shape(lambda: get("inception_resnet_v2").build(rngs=nnx.Rngs(0), dtype=jnp.bfloat16))
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model))} == {jnp.dtype(jnp.float32)}
+    model.eval()  # train-mode BatchNorm updates make abstract tracing much slower
+    graphdef, state = nnx.split(model)
+    out = jax.eval_shape(
+        lambda s, x: nnx.merge(graphdef, s)(x), state, jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
+    )
+    assert out.dtype == jnp.bfloat16 and out.shape == (1, 1, 1, 1536)
+
+
+def test_inception_resnet_rejects_small_inputs():
+    model = _abstract("inception_resnet_v2")
+    with pytest.raises(ValueError, match="needs >= 75"):
+        model(jnp.zeros((1, 74, 80, 3)))
