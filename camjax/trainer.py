@@ -324,6 +324,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 save(force=True)
                 break
     bar.close()
+    batches.close()
+    loader.close()
     ckpt.wait()
     ckpt.close()
     writer.close()

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.data.patch = 512
     c.data.patches_per_image = 8  # patches cut from each decoded frame (decoding dominates)
+    c.data.mix_files = 32  # files whose patches are shuffled together (per worker) before batching
     c.data.crop_step = 0  # 0 -> 8 px for JPEG sources (DCT grid), 2 px otherwise (CFA phase)
     c.data.manip_prob = 0.5  # probability of one of the eight challenge manipulations
     c.data.d4 = "d4"  # dihedral augmentation in training: none | flips | rot90 | d4

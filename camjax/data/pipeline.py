@@ -27,7 +27,6 @@ from camjax.data.sources import Record, class_weights  # noqa: F401  (class_weig
 
 JPEG_GRID = 8  # the DCT block: crops of JPEG sources move in steps of 8 px
 CFA_GRID = 2  # the Bayer period: crops of other sources move in steps of 2 px
-_MAX_FILES_PER_GROUP = 64
 
 # Paths found bad in this process -> reason; a bad file is decoded (and warned about) once.
 _BAD_FILES: dict[str, str] = {}
@@ -217,7 +216,9 @@ def make_train_dataset(
     from camjax.tta import views
 
     records = shard_records(index.train, shard_index, shard_count)
-    group = max(1, min(_MAX_FILES_PER_GROUP, math.ceil(2 * batch_size / data_config.patches_per_image)))
+    # Patches of `mix_files` consecutive files are shuffled together: with fewer, a batch holds
+    # the patches of a handful of images (correlated gradients, skewed BatchNorm statistics).
+    group = max(1, int(data_config.mix_files))
     plan = _TrainPlan(
         records, data_config, seed=seed, shard_index=shard_index, views=views(data_config.d4), group=group
     )
