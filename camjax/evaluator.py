@@ -22,6 +22,7 @@ from camjax import optim, plots, postprocess, steps, tta
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
+from camjax.data.decode import read_bytes
 from camjax.parallel import DataParallel
 from camjax.trainer import Run, build_model
 
@@ -72,12 +73,13 @@ def make_tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...]):
 
 
 def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_ids, *, agg: str, p: float,
-                  batch_size: int, max_tiles: int | None, pad: bool, skip_bad: bool):
+                  batch_size: int, max_tiles: int | None, pad: bool, skip_bad: bool, read=read_bytes):
     """Per-file probabilities [N, V, C], tiles blended, streaming: only the tiles of files still
     arriving are held in memory. Returns (probs, skipped paths)."""
     batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
     batches = pipeline.make_test_batches(
-        test_paths, patch=restored.run.patch, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad
+        test_paths, patch=restored.run.patch, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad,
+        read=read,
     )
     predict = dp.predict(make_tta_step(restored.model_def, view_ids))
     num_classes = len(restored.run.classes)
@@ -117,8 +119,14 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0,
     for r, w in zip(restored, workdirs):
         if r.run.classes != classes:
             raise ValueError(f"{w} was trained on classes {r.run.classes}, {workdirs[0]} on {classes}: cannot blend")
-    root = data_root or restored[0].run.data_root
-    test_paths = sources.list_test_files(root)
+    first = restored[0].run
+    root, read = data_root or first.data_root, read_bytes
+    if data_root is None and first.data_source == "tfds":
+        from camjax.data import tfds_builder
+
+        test_paths, read = tfds_builder.load_index(root).test, tfds_builder.BytesReader(root)
+    else:
+        test_paths = sources.list_test_files(root)
     fnames = [os.path.basename(p_) for p_ in test_paths]
 
     per_model, view_sets = [], []
@@ -130,7 +138,7 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0,
                             w, r.run.trained_views, name, [tta.D4_NAMES[k] for k in unseen])
         view_ids = tta.views(name)
         probs, skipped = predict_files(r, dp, test_paths, view_ids, agg=agg, p=p, batch_size=batch_size,
-                                       max_tiles=max_tiles, pad=pad, skip_bad=skip_bad)
+                                       max_tiles=max_tiles, pad=pad, skip_bad=skip_bad, read=read)
         per_model.append(probs)
         view_sets.append(view_ids)
     skipped_idx = sorted({test_paths.index(s) for s in skipped})

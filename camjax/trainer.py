@@ -24,6 +24,7 @@ from camjax import metrics as scoring
 from camjax import models, optim, steps
 from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
+from camjax.data.decode import read_bytes
 from camjax.parallel import DataParallel, bn_axis_name, compile_count, prefetch
 from camjax.writers import MetricWriter
 
@@ -47,6 +48,22 @@ def resolve_data_root(data_config) -> str:
     return str(synth.ensure_dataset(data_config.cache_dir, **data_config.synth.to_dict()))
 
 
+def open_dataset(data_config, seed: int):
+    """(index, read, location) for `data.source`: a challenge-layout folder or a TFDS build
+    (`python -m camjax.data.tfds_builder`) holding the original file bytes."""
+    if data_config.source == "tfds":
+        from camjax.data import tfds_builder
+
+        if not data_config.tfds_dir:
+            raise ValueError("data.source='tfds' needs data.tfds_dir (built by python -m camjax.data.tfds_builder)")
+        index = tfds_builder.load_index(data_config.tfds_dir, val_fraction=data_config.val_fraction, seed=seed)
+        return index, tfds_builder.BytesReader(data_config.tfds_dir), data_config.tfds_dir
+    if data_config.source != "folder":
+        raise ValueError(f"unknown data.source {data_config.source!r}; expected 'folder' or 'tfds'")
+    root = resolve_data_root(data_config)
+    return sources.scan_root(root, val_fraction=data_config.val_fraction, seed=seed), read_bytes, root
+
+
 @dataclasses.dataclass
 class Run:
     """What evaluation needs to rebuild a trained model: written to DIR/run.json."""
@@ -57,7 +74,8 @@ class Run:
     patch: int
     trained_views: str  # the D4 subset seen in training: none | flips | rot90 | d4
     d4_exempt_classes: list[str]
-    data_root: str
+    data_root: str  # the dataset folder, or the TFDS data_dir when data_source is 'tfds'
+    data_source: str = "folder"
 
     @classmethod
     def load(cls, workdir: str) -> "Run":
@@ -138,10 +156,10 @@ class _StopFlag:
         return False
 
 
-def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes) -> dict[str, float]:
+def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes, read) -> dict[str, float]:
     """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set."""
     preds, labels, manips = [], [], []
-    for batch in pipeline.make_eval_batches(index.val, data_config, batch_size=batch_size):
+    for batch in pipeline.make_eval_batches(index.val, data_config, batch_size=batch_size, read=read):
         probs = dp.fetch_per_example(predict(state, dp.put_batch(_model_inputs(batch))))
         keep = batch["mask"] > 0
         preds.append(probs.argmax(-1)[keep])
@@ -171,8 +189,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the last validation metrics."""
     os.makedirs(workdir, exist_ok=True)
     enable_compilation_cache(config.compilation_cache)
-    root = resolve_data_root(config.data)
-    index = sources.scan_root(root, val_fraction=config.data.val_fraction, seed=config.seed)
+    index, read, root = open_dataset(config.data, config.seed)
     run = Run(
         model=json.loads(json.dumps(config.model.to_dict())),  # tuples -> lists, as stored
         dtype=config.dtype,
@@ -181,6 +198,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         trained_views=config.data.d4,
         d4_exempt_classes=list(config.data.d4_exempt_classes),
         data_root=os.path.abspath(root),
+        data_source=config.data.source,
     )
     _check_same_run(workdir, run)
     is_main = jax.process_index() == 0
@@ -239,6 +257,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         seed=config.seed,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
+        read=read,
     )
     if data_state is not None:
         loader.set_state(_decode_data_state(data_state))
@@ -304,7 +323,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['images_per_sec']:.0f}")
                 pending, window_start, window_steps = [], time.time(), 0
             if end_of_epoch:
-                last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes)
+                last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read)
                 if last_val:
                     scale = plateau.update(last_val[config.optim.plateau.metric])
                     state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))

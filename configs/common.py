@@ -12,7 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
+    c.data.source = "folder"  # folder (challenge layout under data.root) | tfds (data.tfds_dir)
     c.data.root = ""  # challenge layout; empty -> the synthetic dataset, generated once into cache_dir
+    c.data.tfds_dir = ""  # a `python -m camjax.data.tfds_builder` output, for data.source='tfds'
     c.data.cache_dir = ".cache/camjax"
     c.data.synth = ml_collections.ConfigDict(
         dict(cameras=10, images_per_camera=40, test_per_camera=24, seed=0)

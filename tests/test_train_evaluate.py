@@ -140,3 +140,22 @@ def test_evaluate_names_a_corrupt_test_file_and_writes_nothing(trained, root, tm
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == len(os.listdir(bad_root / "test"))
     assert "img_bad0000_unalt.tif" in r.stderr
+
+
+def test_training_and_evaluation_from_a_tfds_build(root, tmp_path):
+    """data.source='tfds' reads the packed original bytes: same classes, same validation size."""
+    from camjax import evaluator
+    from camjax.data import sources, tfds_builder
+
+    tfds_dir = tmp_path / "tfds"
+    tfds_builder.build(str(root), str(tfds_dir))
+    workdir = tmp_path / "run"
+    val = trainer.train_and_evaluate(
+        tiny_config(root, **{"data.source": "tfds", "data.tfds_dir": str(tfds_dir), "num_epochs": 1}), str(workdir)
+    )
+    run = trainer.Run.load(str(workdir))
+    assert run.data_source == "tfds" and run.classes == list(CLASSES)
+    assert 0.0 <= val["val/weighted_accuracy"] <= 1.0
+    result = evaluator.evaluate([str(workdir)], out=str(tmp_path / "sub.csv"))
+    rows = list(csv.DictReader(open(result["out"])))
+    assert [r_["fname"] for r_ in rows] == [os.path.basename(p) for p in sources.list_test_files(root)]

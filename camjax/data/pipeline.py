@@ -25,6 +25,9 @@ from camjax.data import manipulations
 from camjax.data.decode import BadImageError, decode_image, is_jpeg, read_bytes
 from camjax.data.sources import Record, class_weights  # noqa: F401  (class_weights: re-exported)
 
+# path -> (bytes, name): files on disk by default; `tfds_builder.BytesReader` for a TFDS build.
+Reader = Callable[[str], tuple[bytes, str]]
+
 JPEG_GRID = 8  # the DCT block: crops of JPEG sources move in steps of 8 px
 CFA_GRID = 2  # the Bayer period: crops of other sources move in steps of 2 px
 
@@ -46,9 +49,9 @@ def d4_host(image: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k % 4, axes=(0, 1)))
 
 
-def _load_frame(path: str, min_size: int) -> tuple[np.ndarray, bool]:
+def _load_frame(path: str, min_size: int, read: Reader = read_bytes) -> tuple[np.ndarray, bool]:
     """The decoded frame and whether its source is a JPEG (which picks the crop grid)."""
-    data, name = read_bytes(path)
+    data, name = read(path)
     return decode_image(data, name=name, min_size=min_size), is_jpeg(data)
 
 
@@ -102,7 +105,9 @@ class _TrainPlan:
     slots are decoded together and their patches shuffled, so a batch mixes images.
     """
 
-    def __init__(self, records: list[Record], data_config, *, seed: int, shard_index: int, views, group: int):
+    def __init__(self, records: list[Record], data_config, *, seed: int, shard_index: int, views, group: int,
+                 read: Reader = read_bytes):
+        self.read = read
         if not records:
             raise ValueError(f"shard {shard_index} has no training files")
         self.paths = [r.path for r in records]
@@ -144,7 +149,7 @@ class _TrainPlan:
         if path in _BAD_FILES:
             raise BadImageError(path, _BAD_FILES[path])
         try:
-            return _load_frame(path, self.patch)
+            return _load_frame(path, self.patch, self.read)
         except BadImageError as e:
             _BAD_FILES[path] = e.reason
             log.warning("skipping training file %s: %s", path, e.reason)
@@ -209,7 +214,8 @@ def shard_records(records: Sequence[Record], shard_index: int, shard_count: int)
 
 
 def make_train_dataset(
-    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
+    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+    read: Reader = read_bytes,
 ) -> grain.IterDataset:
     """The endless, in-process training dataset of one process's shard (see the module doc)."""
     # Imported here so that worker processes, which unpickle this module's objects, need not import JAX.
@@ -220,7 +226,7 @@ def make_train_dataset(
     # the patches of a handful of images (correlated gradients, skewed BatchNorm statistics).
     group = max(1, int(data_config.mix_files))
     plan = _TrainPlan(
-        records, data_config, seed=seed, shard_index=shard_index, views=views(data_config.d4), group=group
+        records, data_config, seed=seed, shard_index=shard_index, views=views(data_config.d4), group=group, read=read
     )
     ds = grain.MapDataset.range(sys.maxsize).map(plan.group_of_slots)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
@@ -228,12 +234,14 @@ def make_train_dataset(
 
 
 def make_train_loader(
-    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1
+    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+    read: Reader = read_bytes,
 ) -> grain.DatasetIterator:
     """An iterator over training batches, read by `data_config.workers` processes; its
     `get_state()`/`set_state()` (or grain.checkpoint with orbax) make resumption exact."""
     ds = make_train_dataset(
-        index, data_config, batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count
+        index, data_config, batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count,
+        read=read,
     )
     if data_config.workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside app.run use defaults
@@ -247,8 +255,9 @@ def make_train_loader(
 class _Batches:
     """A re-iterable stream of fixed-size batches; `skipped` lists (path, reason) of bad files."""
 
-    def __init__(self, rows: Callable[[], Iterator[dict[str, Any]]], spec: dict, batch_size: int):
-        self._rows, self._spec, self._batch_size = rows, spec, batch_size
+    def __init__(self, rows: Callable[[], Iterator[dict[str, Any]]], spec: dict, batch_size: int,
+                 read: Reader = read_bytes):
+        self._rows, self._spec, self._batch_size, self._read = rows, spec, batch_size, read
         self.skipped: list[tuple[str, str]] = []
 
     def _empty(self) -> dict[str, np.ndarray]:
@@ -270,7 +279,7 @@ class _Batches:
 
     def _decode(self, path: str, min_size: int, skip_bad: bool) -> tuple[np.ndarray, bool] | None:
         try:
-            return _load_frame(path, min_size)
+            return _load_frame(path, min_size, self._read)
         except BadImageError as e:
             if not skip_bad:
                 raise
@@ -309,7 +318,9 @@ def manipulated_at(frame: np.ndarray, top: int, left: int, patch: int, manipulat
     return manipulations.manipulate_patch(crop, patch, manipulation) if manipulation.kind != "none" else crop
 
 
-def make_eval_batches(records: Sequence[Record], data_config, *, batch_size: int, skip_bad: bool = True) -> _Batches:
+def make_eval_batches(
+    records: Sequence[Record], data_config, *, batch_size: int, skip_bad: bool = True, read: Reader = read_bytes
+) -> _Batches:
     """Deterministic validation batches: `data_config.val_crops` grid-aligned crops per file,
     each under all 9 manipulations (ids 0..8), so one pass scores unaltered and manipulated.
 
@@ -343,7 +354,7 @@ def make_eval_batches(records: Sequence[Record], data_config, *, batch_size: int
                         record_index=r,
                     )
 
-    batches = _Batches(rows, spec, batch_size)
+    batches = _Batches(rows, spec, batch_size, read)
     return batches
 
 
@@ -370,6 +381,7 @@ def make_test_batches(
     max_tiles: int | None = None,
     pad: bool = False,
     skip_bad: bool = False,
+    read: Reader = read_bytes,
 ) -> _Batches:
     """Streams the test images as batches of tiles (fields image, is_manipulated, file_index,
     mask). Tiles sit on the 8 px grid. An image smaller than the patch is an error unless
@@ -400,5 +412,5 @@ def make_test_batches(
             for top, left in tile_origins(h, w, patch, JPEG_GRID, max_tiles):
                 yield dict(image=frame[top : top + patch, left : left + patch], is_manipulated=flag, file_index=f)
 
-    batches = _Batches(rows, spec, batch_size)
+    batches = _Batches(rows, spec, batch_size, read)
     return batches
