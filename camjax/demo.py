@@ -35,12 +35,14 @@ def main(argv):
     t2 = time.time()
     print(f"[demo] trained camnet:quick in {t2 - t1:.0f} s: val/weighted_accuracy={val['val/weighted_accuracy']:.4f}")
     result = evaluator.evaluate(
-        [workdir], data_root=root, agg=config.eval.agg, max_tiles=config.eval.max_tiles,
+        [workdir], data_root=root, agg=config.eval.agg, max_tiles=config.eval.max_tiles or None,
         out=os.path.join(workdir, "submission.csv"),
     )
     t3 = time.time()
     print(f"[demo] evaluated the test set in {t3 - t2:.0f} s; TTA subsets: "
           + ", ".join(f"{k}={v:.4f}" for k, v in result["tta_subsets"].items()))
+    print(f"[demo] unbalanced={result['unbalanced_weighted_accuracy']:.4f} "
+          f"balanced={result['balanced_weighted_accuracy']:.4f} (python -m camjax.evaluate --balance)")
     print(f"[demo] submission: {result['out']}; report: {os.path.splitext(result['out'])[0]}_report.json")
     print(f"[demo] total {t3 - t0:.0f} s")
     print(f"weighted_accuracy={result['weighted_accuracy']:.4f}")

@@ -1,0 +1,332 @@
+"""Shared benchmark helpers: machine description, memory, compile counts, timing, JSON lines.
+
+Every benchmark prints one JSON object per measurement (DESIGN.md section 2) built by
+`record`, so results from different scripts and machines can be concatenated and compared.
+`CAMJAX_BENCH_SMOKE=1` asks the scripts for their tiniest settings (used by the tests and to
+check benchmarks/gpu.sh on a CPU).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("CAMJAX_BENCH_CACHE", REPO / ".cache" / "bench"))  # generated JPEGs
+
+
+def smoke() -> bool:
+    return os.environ.get("CAMJAX_BENCH_SMOKE", "") not in ("", "0")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def machine() -> dict:
+    """Where a number was measured: CPU, cores, library versions, accelerator."""
+    import jax
+
+    devices = jax.devices()
+    return {
+        "cpu": cpu_model(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": _version("jax"),
+        "jaxlib": _version("jaxlib"),
+        "flax": _version("flax"),
+        "platform": devices[0].platform,
+        "device": devices[0].device_kind,
+        "num_devices": len(devices),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, in MiB (workers: `child_peak_rss_mb`)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    kib = usage.ru_maxrss / 1024 if sys.platform == "darwin" else usage.ru_maxrss  # macOS: bytes
+    return round(kib / 1024, 1)
+
+
+def child_peak_rss_mb() -> dict[int, float]:
+    """Peak RSS (VmHWM) of each live child process, by pid; empty where /proc is missing."""
+    import psutil
+
+    out = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            for line in Path(f"/proc/{child.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out[child.pid] = round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+    return out
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def record(benchmark: str, **fields) -> dict:
+    """A measurement with its machine and moment attached."""
+    m = machine()
+    return {
+        "benchmark": benchmark,
+        **fields,
+        "device": m["device"],
+        "machine": m,
+        "load_avg": load_average(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def emit(rec: dict) -> None:
+    """Prints one JSON line (flushed, so a killed run keeps what it measured)."""
+    print(json.dumps(rec, default=_jsonable), flush=True)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def time_calls(fn, n: int) -> list[float]:
+    """Wall seconds of `n` calls of fn(); fn must block until its work is done."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def median(times) -> float:
+    return float(statistics.median(times))
+
+
+def rounded(x, digits: int = 3):
+    return None if x is None else round(float(x), digits)
+
+
+def csv_ints(text: str) -> list[int]:
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def csv_floats(text: str) -> list[float]:
+    return [float(v) for v in str(text).split(",") if v.strip()]
+
+
+def csv_strs(text: str) -> list[str]:
+    return [v.strip() for v in str(text).split(",") if v.strip()]
+
+
+def enable_compilation_cache(path: str) -> None:
+    """The persistent compilation cache (as in training): reruns skip XLA compilation."""
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# --- synthetic camera files ------------------------------------------------------------
+
+
+def photo_like(height: int, width: int, seed: int) -> np.ndarray:
+    """A uint8 RGB frame with smooth shading, edges, texture and mild sensor-like noise.
+
+    Built at a quarter of the size and upsampled (fast for 12 MP), then noise is added at full
+    size; at JPEG quality 95 a 4000x3000 frame takes a few MB, like a camera's photo, so
+    entropy decoding costs about what it costs on real data (pure noise would inflate it).
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h4, w4 = -(-height // 4), -(-width // 4)
+    y, x = np.mgrid[0:h4, 0:w4].astype(np.float32)
+    base = 110 + 50 * np.sin(x / rng.uniform(20, 90) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(20, 90))
+    base += 25 * (rng.random((h4 // 16 + 1, w4 // 16 + 1)) > 0.5).repeat(16, 0).repeat(16, 1)[:h4, :w4]
+    small = base[..., None] + rng.uniform(-30, 30, 3).astype(np.float32) + rng.normal(0, 6, (h4, w4, 3)).astype(np.float32)
+    frame = cv2.resize(np.clip(small, 0, 255).astype(np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
+    noise = rng.integers(-3, 4, (height, width, 3), dtype=np.int16)
+    return np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg_tree(files: int, height: int = 3000, width: int = 4000, quality: int = 95) -> Path:
+    """ROOT/train/<class>/*.jpg of `files` camera-sized JPEGs over two classes, made once
+    (in .cache/bench) and reused; returns ROOT."""
+    from PIL import Image
+
+    root = CACHE / f"jpeg_{width}x{height}_q{quality}_n{files}"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    for i in range(files):
+        folder = root / "train" / ("camA", "camB")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo_like(height, width, seed=i)).save(folder / f"img_{i:03d}.jpg", quality=quality)
+    done.touch()
+    return root
+
+
+# --- the train step, built as camjax/trainer.py builds it -------------------------------
+
+
+def load_config(spec: str):
+    """`configs/<name>.py[:preset]` -> its ConfigDict (what --config takes in training)."""
+    import importlib.util
+
+    path, _, preset = spec.partition(":")
+    file = Path(path) if Path(path).is_absolute() else REPO / path
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {file} not found")
+    module_spec = importlib.util.spec_from_file_location(f"_bench_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def model_config(name: str, kwargs_json: str = "", config: str = ""):
+    """The model section: from a config file when given, else the defaults for `name`
+    (configs/common.py's head; camnet with configs/camnet.py's kwargs), kwargs overridden."""
+    from camjax.models.__main__ import model_config as defaults
+
+    if config:
+        mc = load_config(config).model
+        if name:
+            mc.name = name
+    else:
+        mc = defaults(name)
+    if kwargs_json:
+        try:
+            extra = json.loads(kwargs_json)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--model_kwargs is not JSON ({e}): {kwargs_json!r}") from None
+        mc.kwargs.update(extra)
+    return mc
+
+
+def train_config(mc, *, dtype: str, batch: int, parallel: str):
+    """configs/common.py's training defaults with this model section."""
+    from configs import common as config_common
+
+    c = config_common.get_config()
+    c.model = mc
+    c.dtype, c.batch_size, c.parallel = dtype, batch, parallel
+    return c
+
+
+def synthetic_batch(batch: int, patch: int, seed: int = 0, num_classes: int = 10) -> dict[str, np.ndarray]:
+    """A host batch with the training pipeline's model inputs (random pixels and labels)."""
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (batch, patch, patch, 3), dtype=np.uint8),
+        "label": rng.integers(0, num_classes, batch, dtype=np.int32),
+        "is_manipulated": (rng.random(batch) < 0.5).astype(np.float32),
+        "manipulation": rng.integers(0, 9, batch, dtype=np.int32),
+    }
+
+
+class TrainSetup:
+    """Model, optimizer, placed state and the wrapped steps, exactly as camjax/trainer.py
+    builds them (same `steps.init_state`, `DataParallel.train_step` and `predict`)."""
+
+    def __init__(self, config, num_classes: int = 10, seed: int = 0):
+        from camjax import models, optim, steps
+        from camjax.parallel import DataParallel, bn_axis_name
+
+        self.config = config
+        self.dp = DataParallel(config.parallel)
+        self.local_batch = self.dp.check_batch_size(config.batch_size)
+        model = models.create(
+            config.model, num_classes, dtype=config.dtype, bn_axis_name=bn_axis_name(config.parallel), seed=seed
+        )
+        self.tx = optim.make_optimizer(config.optim, 100, 1000)
+        self.model_def, host_state = steps.init_state(model, self.tx, models.get(config.model.name).preprocess, seed)
+        del model
+        self.state = self.dp.put_state(host_state)
+        self.train_step = self.dp.train_step(
+            functools.partial(steps.train_step, model_def=self.model_def, tx=self.tx, config=config)
+        )
+        self.eval_step = self.dp.predict(functools.partial(steps.eval_step, model_def=self.model_def))
+
+    def tta_step(self, view_ids):
+        from camjax.evaluator import make_tta_step
+
+        return self.dp.predict(make_tta_step(self.model_def, tuple(view_ids)))
+
+    def put_batch(self, batch):
+        return self.dp.put_batch(batch)
+
+    @property
+    def per_device_batch(self) -> int:
+        return self.config.batch_size // self.dp.num_devices
+
+
+def compiled_flops(jitted, *args) -> float | None:
+    """XLA's flop count of the compiled executable for these arguments (per device).
+
+    Called after the function has run once, `lower().compile()` is a cache hit: no extra
+    compilation is counted.
+    """
+    try:
+        cost = jitted.lower(*args).compile().cost_analysis()
+    except Exception:  # noqa: BLE001 - cost analysis is optional on some backends
+        return None
+    if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+# Dense peak TFLOP/s per chip: (device_kind substring, {dtype: peak}). float32 counts the
+# TF32 tensor-core rate on Ampere and later, which XLA uses for f32 convolutions and matmuls
+# at JAX's default precision. V100 has no bf16 tensor cores (XLA computes bf16 at f32 rate).
+PEAK_TFLOPS = (
+    ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
+    ("H100", {"bfloat16": 989.0, "float32": 494.5}),
+    ("H200", {"bfloat16": 989.0, "float32": 494.5}),
+    ("A100", {"bfloat16": 312.0, "float32": 156.0}),
+    ("V100", {"bfloat16": 15.7, "float32": 15.7}),
+)
+
+
+def peak_tflops(device_kind: str, dtype: str, override: float = 0.0) -> float | None:
+    """The per-chip dense peak for `dtype`, `override` when > 0, None when unknown (e.g. CPU)."""
+    if override > 0:
+        return override
+    for key, peaks in PEAK_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return peaks.get(dtype)
+    return None

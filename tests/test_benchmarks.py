@@ -1,0 +1,137 @@
+"""Smoke tests of benchmarks/: each script runs with its tiniest settings and prints the
+contracted JSON lines (DESIGN.md section 2). No timing is asserted."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+CONTRACT = ("benchmark", "model", "device", "peak_rss_mb", "compiles_after_warmup", "machine", "date")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e.update(
+        CAMJAX_BENCH_SMOKE="1",
+        CAMJAX_BENCH_CACHE=str(tmp_path_factory.mktemp("bench_cache")),
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+    )
+    return e
+
+
+def run(script: str, *args: str, env) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert records, f"{script} printed nothing"
+    for r in records:
+        missing = [k for k in CONTRACT if k not in r]
+        assert not missing, f"{script}: {r.get('benchmark')} lacks {missing}"
+        assert r["machine"]["cores"] >= 1 and r["machine"]["jax"]
+    return records
+
+
+def test_train_throughput_modes_and_flops(env):
+    recs = run(
+        "train_throughput.py", "--model", "camnet", "--config", "configs/camnet.py:quick", "--patch", "32",
+        "--batch", "4", "--steps", "2", "--warmup", "1", "--mode", "train,tta", "--peak_tflops", "1.0",
+        env=env,
+    )
+    train, tta = recs
+    assert (train["mode"], tta["mode"]) == ("train", "tta")
+    for r in recs:
+        assert r["model"] == "camnet" and r["patch"] == 32 and r["batch"] == 4 and r["parallel"] == "sharded"
+        assert r["images_per_sec"] > 0 and r["compiles_after_warmup"] == 0
+        assert r["mfu"] is not None and 0 < r["mfu"] < 1
+    # A train step (forward, backward, Adam) costs more than a forward; 8 TTA views cost 8 forwards.
+    assert train["gflops_per_image"] > 2 * train["forward_gflops_per_image"] > 0
+    assert tta["views"] == 8 and tta["view_images_per_sec"] == pytest.approx(8 * tta["images_per_sec"], rel=1e-3)
+    assert tta["gflops_per_image"] == pytest.approx(8 * train["forward_gflops_per_image"], rel=0.2)
+
+
+def test_peak_table():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCH))
+    assert common.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+    assert common.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756.0
+    assert common.peak_tflops("NVIDIA A100-SXM4-40GB", "float32") == 156.0
+    assert common.peak_tflops("cpu", "float32") is None
+    assert common.peak_tflops("cpu", "float32", override=2.5) == 2.5
+
+
+def test_input_pipeline_workers_split_and_baseline(env):
+    recs = run("input_pipeline.py", "--patch", "32", "--workers", "0,1", "--manip_prob", "0,0.5", env=env)
+    by_kind = {}
+    for r in recs:
+        by_kind.setdefault(r["benchmark"], []).append(r)
+    runs = by_kind["input_pipeline"]
+    assert sorted((r["workers"], r["manip_prob"]) for r in runs) == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5)]
+    for r in runs:
+        assert r["patches_per_sec"] > 0 and r["frame"] == "320x240" and r["files"] == 4
+        assert len(r["worker_peak_rss_mb"]) == r["workers"]
+    (split,) = by_kind["input_pipeline_split"]
+    assert split["decode_ms_per_frame"] > 0 and len(split["manipulate_ms_by_kind"]) == 8
+    assert set(split["patches_per_cpu_sec_estimate"]) == {"0.0", "0.5"}
+    (base,) = by_kind["input_pipeline_baseline"]
+    assert base["baseline_patches_per_cpu_sec"] > 0 and base["ratio"] > 0
+
+
+def test_end_to_end_ratio(env):
+    (r,) = run(
+        "end_to_end.py", "--model", "camnet", "--config", "configs/camnet.py:quick", "--patch", "32",
+        "--batch", "4", "--steps", "2", "--warmup", "1", "--workers", "0", "--pipeline_warmup", "2", env=env,
+    )
+    assert r["benchmark"] == "end_to_end" and r["compiles_after_warmup"] == 0 and r["pipeline_warmup"] == 2
+    assert r["ratio"] == pytest.approx(r["resident_images_per_sec"] / r["images_per_sec"], rel=0.01)
+
+
+@pytest.mark.slow  # builds and compiles the network twice (Keras and camjax): ~30 s on 2 cores
+def test_compare_same_network_in_camjax_and_keras(env):
+    recs = run(
+        "compare.py", "--model", "mobilenet", "--model_kwargs", '{"alpha": 0.25}', "--patch", "32", "--batch", "4",
+        "--steps", "1", "--rounds", "2", "--warmup", "1", env=env,
+    )
+    by_fw = {r["framework"]: r for r in recs}
+    assert set(by_fw) == {"torch", "camjax", "keras", "camjax/keras"}
+    if "skipped" in by_fw["torch"]:
+        assert by_fw["torch"]["skipped"] == "torch not installed"
+    # The same network on both sides: Keras' MobileNet(alpha=0.25) + Dense(10).
+    assert by_fw["camjax"]["trainable_params"] == by_fw["keras"]["trainable_params"]
+    assert by_fw["camjax"]["compiles_after_warmup"] == 0
+    ratio = by_fw["camjax"]["images_per_sec"] / by_fw["keras"]["images_per_sec"]
+    assert by_fw["camjax/keras"]["ratio"] == pytest.approx(ratio, rel=0.01)
+
+
+def test_gpu_script_commands_parse(env, tmp_path):
+    """Every command in gpu.sh (smoke sizes) is accepted by its script's argument parser."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'case "$1" in benchmarks/*) exec {sys.executable} -c "'
+        "import json, sys; sys.path.insert(0, 'benchmarks'); "
+        "name = sys.argv[1].split('/')[-1][:-3]; mod = __import__(name); mod.parse_args(sys.argv[2:]); "
+        "print(json.dumps({'script': name}))\" \"$@\";; "
+        f'*) exec {sys.executable} "$@";; esac\n'
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "gpu.jsonl"
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), str(out)], check=False, cwd=REPO, env={**env, "PYTHON": str(fake)},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "FAILED" not in proc.stderr, out.with_suffix(".jsonl.log").read_text()
+    scripts = [json.loads(line)["script"] for line in out.read_text().splitlines()]
+    assert scripts == ["train_throughput"] * 5 + ["input_pipeline", "end_to_end"]
