@@ -159,3 +159,32 @@ def test_training_and_evaluation_from_a_tfds_build(root, tmp_path):
     result = evaluator.evaluate([str(workdir)], out=str(tmp_path / "sub.csv"))
     rows = list(csv.DictReader(open(result["out"])))
     assert [r_["fname"] for r_ in rows] == [os.path.basename(p) for p in sources.list_test_files(root)]
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(root, tmp_path):
+    """A preempted run saves where it is and exits 0; started again it carries on from there."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    overrides = {
+        "data.root": str(root), "data.workers": 0, "data.patch": 32, "data.patches_per_image": 4,
+        "data.val_crops": 1, "model.kwargs.widths": "(8, 16)", "model.head.hidden": "(16, 8)", "batch_size": 8,
+        "steps_per_epoch": 1000, "num_epochs": 1, "log_every": 1, "compilation_cache": "",
+    }
+    cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
+    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    ckpt = Checkpointer(str(workdir), read_only=True)
+    step = ckpt.latest_step()
+    assert 3 <= step < 1000
+    assert ckpt.record(step)["step"] == step
+    ckpt.close()
