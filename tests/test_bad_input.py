@@ -176,7 +176,8 @@ def test_worker_with_only_bad_files_does_not_hang(tmp_path):
     result = {}
 
     def consume():
-        it = pipeline.make_train_loader(index, data_config(workers=2, prefetch=1), batch_size=1, seed=0)
+        cfg = data_config(workers=2, prefetch=1, mix_files=1)  # 12 one-patch batches = two whole epochs
+        it = pipeline.make_train_loader(index, cfg, batch_size=1, seed=0)
         result["batches"] = [next(it) for _ in range(12)]
         it.close()
 

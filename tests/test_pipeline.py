@@ -187,7 +187,7 @@ def test_shards_disjoint_and_covering(tmp_path):
         for i in range(5):
             save(np.full((70, 70, 3), 20 * (5 * c + i), np.uint8), tmp_path / "train" / name / f"{i}.png")
     index = sources.scan_root(tmp_path, val_fraction=0)
-    cfg = data_config(patches_per_image=1, manip_prob=0.0)
+    cfg = data_config(patches_per_image=1, manip_prob=0.0, mix_files=1)  # one file per group: whole epochs
     seen = []
     for shard in range(3):
         n = len(pipeline.shard_records(index.train, shard, 3))

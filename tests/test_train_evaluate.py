@@ -83,8 +83,10 @@ def test_training_writes_the_contracted_outputs(trained):
 
 
 def test_resume_is_exact(root, trained, tmp_path):
-    """One epoch, stop, resume for the second: bit-identical to the uninterrupted run."""
-    trainer.train_and_evaluate(tiny_config(root, num_epochs=1), str(tmp_path))
+    """Stopped after epoch 1 (same config, so the same schedule), resumed: bit-identical to the
+    uninterrupted run."""
+    trainer.train_and_evaluate(tiny_config(root, max_train_seconds=1e-9), str(tmp_path))
+    assert Checkpointer(str(tmp_path), read_only=True).latest_step() == 3
     trainer.train_and_evaluate(tiny_config(root), str(tmp_path))
     step_a, a = final_params(trained[0])
     step_b, b = final_params(tmp_path)
