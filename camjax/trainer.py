@@ -276,8 +276,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     last_val: dict[str, float] = {}
     skipped_total = 0
     start = time.time()
-    bar = tqdm(total=total_steps, initial=step, disable=not is_main, mininterval=2.0, dynamic_ncols=True,
-               file=sys.stdout, desc="train")
+    interactive = sys.stdout.isatty()  # in a log file, a progress line every 30 s is plenty
+    bar = tqdm(total=total_steps, initial=step, disable=not is_main, mininterval=2.0 if interactive else 30.0,
+               dynamic_ncols=True, file=sys.stdout, desc="train")
     pending, window_start, window_steps = [], None, 0
     compiles_after_first = None
 

@@ -70,3 +70,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.compilation_cache = ".cache/jax"
     c.eval = ml_collections.ConfigDict(dict(tta="", agg="geometric", max_tiles=16, batch_size=64))
     return c
+
+
+def cpu_quick(c: ml_collections.ConfigDict, *, patch: int, batch_size: int, num_epochs: int, steps_per_epoch: int = 0,
+              patches_per_image: int = 16, val_crops: int = 1) -> ml_collections.ConfigDict:
+    """The `quick` preset of a full-size model: small patches, f32, few steps on 2 CPU cores.
+
+    It shows the loop end to end; XLA:CPU trains these networks far too slowly for accuracy.
+    """
+    c.dtype = "float32"
+    c.data.patch = patch
+    c.data.patches_per_image = patches_per_image
+    c.data.val_crops = val_crops
+    c.model.highpass = "box3"
+    c.optim.learning_rate = 1e-3
+    c.batch_size = batch_size
+    c.num_epochs = num_epochs
+    c.steps_per_epoch = steps_per_epoch
+    c.log_every = max(1, min(10, steps_per_epoch // 4 or 10))
+    return c

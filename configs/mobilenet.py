@@ -12,16 +12,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.batch_size = 64
     c.dtype = "bfloat16"
     if preset == "quick":
-        c.dtype = "float32"
         c.model.kwargs.alpha = 0.25
-        c.model.highpass = "box3"
-        c.data.patch = 64
-        c.data.patches_per_image = 16
-        c.data.val_crops = 2
-        c.optim.learning_rate = 1e-3
-        c.batch_size = 32
-        c.num_epochs = 4
-        c.log_every = 10
+        common.cpu_quick(c, patch=64, batch_size=32, num_epochs=4, val_crops=2)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for mobilenet; expected '' or 'quick'")
     return c

@@ -16,16 +16,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.dtype = "bfloat16"
     if preset == "quick":  # 2 CPU cores: small patches, few steps; shows the loop, not the accuracy
-        c.dtype = "float32"
-        c.data.patch = 64
-        c.data.patches_per_image = 16
-        c.data.val_crops = 1
-        c.model.highpass = "box3"
-        c.optim.learning_rate = 1e-3
-        c.batch_size = 16
-        c.num_epochs = 2
-        c.steps_per_epoch = 40
-        c.log_every = 10
+        common.cpu_quick(c, patch=64, batch_size=16, num_epochs=2, steps_per_epoch=40)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for resnet50; expected '' or 'quick'")
     return c
