@@ -88,7 +88,7 @@ class PlateauTracker:
             patience=plateau_config.patience,
             factor=plateau_config.factor,
             cooldown=plateau_config.cooldown,
-            min_scale=plateau_config.min_lr / base_lr,
+            min_scale=plateau_config.min_lr / base_lr if base_lr > 0 else 0.0,
             min_delta=plateau_config.min_delta,
             mode="min" if "loss" in metric else "max",
         )

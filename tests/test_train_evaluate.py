@@ -190,3 +190,34 @@ def test_sigterm_checkpoints_and_exits_cleanly(root, tmp_path):
     assert 3 <= step < 1000
     assert ckpt.record(step)["step"] == step
     ckpt.close()
+
+
+def test_init_from_loads_the_backbone(root, tmp_path):
+    """config.model.init_from (a `camjax.convert` output) sets the backbone before training:
+    with a zero learning rate the trained backbone's parameters equal the saved ones."""
+    from flax import nnx
+
+    from camjax import models
+    from camjax.models import pretrained
+
+    config = tiny_config(root, num_epochs=1, **{"optim.learning_rate": 0.0})
+    donor = models.create(config.model, len(CLASSES), seed=123)
+    pretrained.save_backbone(str(tmp_path / "weights"), "camnet", donor.backbone, {})
+    config.model.init_from = str(tmp_path / "weights")
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    _, params = final_params(tmp_path / "run")
+    saved = jax.tree.leaves(nnx.state(donor.backbone, nnx.Param))
+    fresh = jax.tree.leaves(nnx.state(models.create(config.model, len(CLASSES), seed=0).backbone, nnx.Param))
+    trained = {x.tobytes() for x in map(np.asarray, params)}
+    assert all(np.asarray(x).tobytes() in trained for x in saved)
+    assert not any(np.asarray(x).tobytes() in trained for x in fresh if np.asarray(x).std() > 0)  # random inits
+
+
+def test_bfloat16_training(root, tmp_path):
+    """bf16 compute with f32 parameters trains (finite loss) and keeps parameters in f32."""
+    val = trainer.train_and_evaluate(tiny_config(root, dtype="bfloat16", num_epochs=1), str(tmp_path))
+    assert np.isfinite(val["val/weighted_accuracy"])
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+    _, params = final_params(tmp_path)
+    assert {np.asarray(p).dtype for p in params} == {np.dtype("float32")}
