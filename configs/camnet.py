@@ -28,7 +28,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.data.d4 = "none"
         c.model.kwargs.widths = (32, 64, 128)
         c.batch_size = 32
-        c.num_epochs = 8
+        c.num_epochs = 16
         # A short run ends better annealed than waiting for plateaus (measured: README).
         c.optim.schedule = "cosine"
         c.eval.max_tiles = 0  # every 64 px tile of a 512 test patch: 64 tiles, cheap
