@@ -162,9 +162,24 @@ def _count_compiles(event: str, duration: float, **kwargs) -> None:
         _compiles += 1
 
 
+_cache_misses = 0
+
+
+def _count_cache_misses(event: str, **kwargs) -> None:
+    global _cache_misses
+    if event == "/jax/compilation_cache/cache_misses":
+        _cache_misses += 1
+
+
 jax.monitoring.register_event_duration_secs_listener(_count_compiles)
+jax.monitoring.register_event_listener(_count_cache_misses)
 
 
 def compile_count() -> int:
     """XLA backend compilations so far in this process (persistent-cache hits included)."""
     return _compiles
+
+
+def cache_miss_count() -> int:
+    """Programs not found in JAX's persistent compilation cache so far in this process."""
+    return _cache_misses

@@ -25,7 +25,7 @@ from camjax import models, optim, steps
 from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
 from camjax.data.decode import read_bytes
-from camjax.parallel import DataParallel, bn_axis_name, compile_count, prefetch
+from camjax.parallel import DataParallel, bn_axis_name, cache_miss_count, compile_count, prefetch
 from camjax.writers import MetricWriter
 
 RUN_FILE = "run.json"
@@ -351,7 +351,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer.close()
     if compiles_after_first is not None:
         recompiles = compile_count() - compiles_after_first
-        log.info("compilations after the first step: %d (validation included)", recompiles)
+        log.info("compilations after the first step: %d (validation included); persistent-cache misses: %d",
+                 recompiles, cache_miss_count())
     return last_val
 
 

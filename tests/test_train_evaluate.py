@@ -102,6 +102,17 @@ def test_resume_refuses_another_model(root, trained):
         trainer.train_and_evaluate(tiny_config(root, **{"model.kwargs.widths": (4, 8)}), str(trained[0]))
 
 
+def _train_cmd(root, workdir, **extra):
+    """`python -m camjax.train` on the tiny set, with tiny_config's sizes as flag overrides."""
+    overrides = {
+        "data.root": str(root), "data.workers": 0, "data.patch": 32, "data.patches_per_image": 4,
+        "data.val_crops": 1, "model.kwargs.widths": "(8, 16)", "model.head.hidden": "(16, 8)", "batch_size": 8,
+        "num_epochs": 1, "log_every": 1, **extra,
+    }
+    cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
+    return cmd + [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "camjax.evaluate", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
@@ -169,13 +180,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(root, tmp_path):
     import time
 
     workdir = tmp_path / "run"
-    overrides = {
-        "data.root": str(root), "data.workers": 0, "data.patch": 32, "data.patches_per_image": 4,
-        "data.val_crops": 1, "model.kwargs.widths": "(8, 16)", "model.head.hidden": "(16, 8)", "batch_size": 8,
-        "steps_per_epoch": 1000, "num_epochs": 1, "log_every": 1, "compilation_cache": "",
-    }
-    cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
-    cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
+    cmd = _train_cmd(root, workdir, steps_per_epoch=1000, compilation_cache="")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240
@@ -221,3 +226,15 @@ def test_bfloat16_training(root, tmp_path):
     assert all(np.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
     _, params = final_params(tmp_path)
     assert {np.asarray(p).dtype for p in params} == {np.dtype("float32")}
+
+
+def test_a_restarted_process_reuses_the_persistent_compilation_cache(root, tmp_path):
+    import re
+
+    misses = []
+    for run in ("a", "b"):
+        cmd = _train_cmd(root, tmp_path / run, steps_per_epoch=2, compilation_cache=str(tmp_path / "jax_cache"))
+        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        misses.append(int(re.search(r"persistent-cache misses: (\d+)", r.stderr).group(1)))
+    assert misses[0] > 0 and misses[1] == 0, misses
