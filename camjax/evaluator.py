@@ -58,15 +58,13 @@ def restore(workdir: str, dp: DataParallel, step: int | None = None) -> Restored
 
 
 def make_tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...]):
-    """(state, batch) -> probs [B, V, C]: all views through one vmapped model call."""
-
-    def apply(images, is_manipulated, params, model_state):
-        return steps.predict_logits(params, model_state, images, is_manipulated, model_def=model_def)
-
-    predict = tta.make_tta_predict(apply, view_ids)
+    """(state, batch) -> probs [B, V, C]: all views through one model call."""
 
     def step(state, batch):
-        probs = predict(batch["image"], batch["is_manipulated"], state.params, state.model_state)
+        def apply(images, is_manipulated):
+            return steps.predict_logits(state.params, state.model_state, images, is_manipulated, model_def=model_def)
+
+        probs = tta.make_tta_predict(apply, view_ids)(batch["image"], batch["is_manipulated"])
         return probs.swapaxes(0, 1)
 
     return step

@@ -113,21 +113,26 @@ def stack_views(x: jax.Array, view_ids: tuple[int, ...]) -> jax.Array:
 def make_tta_predict(
     apply_fn: Callable[..., jax.Array], view_ids: tuple[int, ...]
 ) -> Callable[..., jax.Array]:
-    """Wraps `apply_fn(images, *args) -> logits [B, C]` into `fn(images, *args) -> probs [V, B, C]`.
+    """Wraps `apply_fn(images, *args) -> logits [N, C]` into `fn(images, *args) -> probs [V, B, C]`.
 
-    The views are stacked (static permutations) and the model runs once, vmapped over the
-    view axis, so XLA sees a single batch of V * B images; `args` (e.g. the is_manipulated
-    flags, or model state) are shared by all views. Softmax is taken in float32. The result
-    is a pure function: wrap it in `jax.jit`.
+    `args` are per-example arrays (e.g. the is_manipulated flags) with the batch axis first;
+    anything shared, such as the model state, belongs in `apply_fn`'s closure. The views are
+    static permutations and the model runs once on all B * V view-images, laid out
+    batch-major: a batch sharded over devices stays sharded (a `jax.vmap` over the view axis
+    merges it view-major, and XLA then replicated every device's work). Softmax in float32.
+    The result is a pure function: wrap it in `jax.jit`.
     """
     view_ids = tuple(int(k) for k in view_ids)
     for k in view_ids:
         _check(k)
+    num_views = len(view_ids)
 
     def predict(images: jax.Array, *args) -> jax.Array:
-        stacked = stack_views(images, view_ids)
-        in_axes = (0,) + (None,) * len(args)
-        logits = jax.vmap(apply_fn, in_axes=in_axes)(stacked, *args)
-        return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        b = images.shape[0]
+        stacked = jnp.stack([transform(images, k) for k in view_ids], axis=1)  # [B, V, H, W, C]
+        flat = stacked.reshape(b * num_views, *stacked.shape[2:])
+        logits = apply_fn(flat, *(jnp.repeat(a, num_views, axis=0) for a in args))
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        return probs.reshape(b, num_views, -1).swapaxes(0, 1)
 
     return predict
