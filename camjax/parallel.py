@@ -149,7 +149,10 @@ def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], size: int = 2) 
                 raise item
             yield item
     finally:
+        # Let the producer finish the item in hand: a transfer still running while the
+        # interpreter shuts down can abort the process.
         stop.set()
+        thread.join(timeout=60)
 
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"

@@ -36,7 +36,8 @@ def enable_compilation_cache(path: str) -> None:
     """JAX's persistent compilation cache: a restarted run does not compile again."""
     if path:
         jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        # Every program, however quick to compile: a threshold makes a restart's hits depend on load.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def resolve_data_root(data_config) -> str:
