@@ -96,7 +96,7 @@ def curves_png(metrics_jsonl_path: str | os.PathLike, path: str | os.PathLike) -
         ax = fig.add_subplot(1, len(panels), i)
         for key, (steps, values) in series.items():
             ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=key)
-        if log:
+        if log and any(v > 0 for _, values in series.values() for v in values):  # lr 0 has no log
             ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("step")
