@@ -1,7 +1,7 @@
 """Evaluation behind `python -m camjax.evaluate`: TTA predictions, blending, balancing, scoring.
 
 Restores the best checkpoint of each run, predicts every test file (tiled on the 8 px grid
-when larger than the patch) under the requested D4 views in one vmapped call, blends views,
+when larger than the patch) under the requested D4 views in one model call, blends views,
 tiles and models, optionally balances the class counts, and writes the submission. With
 ROOT/test_labels.csv present it also scores the result (last line: weighted_accuracy=...).
 """
