@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx, struct
 
@@ -136,9 +135,3 @@ def eval_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
     logits = predict_logits(state.params, state.model_state, batch["image"], batch["is_manipulated"], model_def=model_def)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-
-def class_weights_array(counts: np.ndarray) -> np.ndarray:
-    """Inverse-frequency class weights, mean 1."""
-    counts = np.maximum(np.asarray(counts, np.float64), 1)
-    w = counts.sum() / (len(counts) * counts)
-    return (w / w.mean()).astype(np.float32)

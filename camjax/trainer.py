@@ -26,6 +26,7 @@ from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
 from camjax.data.decode import read_bytes
 from camjax.parallel import DataParallel, bn_axis_name, cache_miss_count, compile_count, prefetch
+from camjax.postprocess import atomic_write
 from camjax.writers import MetricWriter
 
 RUN_FILE = "run.json"
@@ -91,10 +92,8 @@ class Run:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _check_same_run(workdir: str, run: Run) -> None:

@@ -8,6 +8,8 @@ import os
 
 import jax
 
+from camjax.postprocess import atomic_write
+
 
 class MetricWriter:
     def __init__(self, workdir: str):
@@ -36,10 +38,8 @@ class MetricWriter:
             return
         with open(self.path) as f:
             rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(self.path) as f:
             f.writelines(rows)
-        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self._tb is not None:
