@@ -1,7 +1,8 @@
 """`python -m camjax.demo`: the README's end-to-end run on the embedded synthetic cameras.
 
 Generates the synthetic dataset (once), trains `configs/camnet.py:quick`, evaluates the test
-set with the D4 views it trained with, and prints the score and the time each stage took.
+set with the D4 views it trained with, writes the run's HTML report, and prints the score and
+the time each stage took.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 
 from absl import app, flags
 
-from camjax import evaluator, trainer
+from camjax import evaluator, report, trainer
 from configs import camnet
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory (a fresh one each demo).")
@@ -44,7 +45,10 @@ def main(argv):
     print(f"[demo] unbalanced={result['unbalanced_weighted_accuracy']:.4f} "
           f"balanced={result['balanced_weighted_accuracy']:.4f} (python -m camjax.evaluate --balance)")
     print(f"[demo] submission: {result['out']}; report: {os.path.splitext(result['out'])[0]}_report.json")
-    print(f"[demo] total {t3 - t0:.0f} s")
+    page = report.write_report(workdir, data_root=root)
+    t4 = time.time()
+    print(f"[demo] HTML report of the run: {page} ({t4 - t3:.0f} s)")
+    print(f"[demo] total {t4 - t0:.0f} s")
     print(f"weighted_accuracy={result['weighted_accuracy']:.4f}")
 
 
