@@ -121,6 +121,14 @@ def train_step(state: TrainState, batch, *, model_def: ModelDef, tx, config, cla
     params = optax.apply_updates(state.params, updates)
     metrics["train/grad_norm"] = optax.global_norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+    if config.nonfinite == "skip":
+        # A non-finite loss or gradient leaves the state as it was (the step counter moves on,
+        # so the next batch draws fresh dropout); the host counts these steps.
+        finite = jnp.isfinite(metrics["train/loss"]) & jnp.isfinite(metrics["train/grad_norm"])
+        new_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_state, state.replace(step=state.step + 1)
+        )
+        metrics["train/nonfinite_steps"] = 1.0 - finite.astype(jnp.float32)
     return new_state, metrics
 
 

@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.val_crops = 4  # deterministic crops per validation image, each under every manipulation
     c.data.workers = 2  # grain worker processes (0: in the main process)
     c.data.prefetch = 4  # batches buffered per worker
+    c.data.shards = 0  # file shards making up each global batch (0: one per process); fix it to
+    # train on the same batches, and resume, at another process count
     c.data.shuffle_seed = 0
     c.data.extra = ""  # an extra training source (e.g. pseudo-labels), same layout
 
@@ -38,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet50"
     c.model.kwargs = ml_collections.ConfigDict()
     c.model.highpass = "none"  # none | box3 | kv5 | constrained
+    c.model.space_to_depth = 1  # > 1: a lossless b x b space-to-depth before the backbone (keeps CFA phases)
     c.model.pooling = "avg"  # avg | max | avgmax
     c.model.head = ml_collections.ConfigDict(
         dict(hidden=(512, 256), dropout=(0.3, 0.1), inject_flag=True, aux_head=True)
@@ -52,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_train_seconds = 0.0  # > 0: stop at the first epoch end after this wall time
     c.label_smoothing = 0.0
     c.aux_loss_weight = 0.1  # manipulation-id head
+    c.nonfinite = "stop"  # a NaN/Inf loss: stop (last good checkpoint kept) | skip (the batch, counted)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-4

@@ -37,13 +37,16 @@ def create(
     spec = get(model_config.name)
     rngs = nnx.Rngs(seed)
     compute = dtype_from_name(dtype)
-    backbone = spec.build(
-        rngs=rngs, dtype=compute, param_dtype=jnp.float32, bn_axis_name=bn_axis_name, **dict(model_config.get("kwargs", {}))
-    )
+    block = int(model_config.get("space_to_depth", 1) or 1)
+    kwargs = dict(model_config.get("kwargs", {}))
+    if block > 1:  # the backbone's first convolution sees the block x block phases as channels
+        kwargs["in_channels"] = 3 * block * block
+    backbone = spec.build(rngs=rngs, dtype=compute, param_dtype=jnp.float32, bn_axis_name=bn_axis_name, **kwargs)
     return Classifier(
         backbone,
         num_classes,
         highpass=model_config.get("highpass", "none"),
+        space_to_depth=block,
         pooling=model_config.get("pooling", "avg"),
         head_kwargs=dict(model_config.get("head", {})),
         dtype=compute,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from camjax.cameras import NUM_MANIPULATIONS
-from camjax.models.layers import HighPass
+from camjax.models.layers import HighPass, space_to_depth
 
 
 class FlagHead(nnx.Module):
@@ -69,6 +69,7 @@ class Classifier(nnx.Module):
         num_classes: int,
         *,
         highpass: str = "none",
+        space_to_depth: int = 1,
         pooling: str = "avg",
         head_kwargs: dict | None = None,
         dtype=jnp.float32,
@@ -78,6 +79,7 @@ class Classifier(nnx.Module):
         if pooling not in ("avg", "max", "avgmax"):
             raise ValueError(f"unknown pooling {pooling!r}; expected avg, max or avgmax")
         self.highpass = HighPass(highpass, rngs=rngs)
+        self.space_to_depth = space_to_depth
         self.backbone = backbone
         self.pooling = pooling
         self.dtype = dtype
@@ -86,15 +88,23 @@ class Classifier(nnx.Module):
             in_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **(head_kwargs or {})
         )
 
-    def features(self, images: jax.Array) -> jax.Array:
-        """Pooled backbone features (float32): the embedding users extract."""
+    def feature_map(self, images: jax.Array) -> jax.Array:
+        """The last backbone feature map before pooling (float32, NHWC): what Grad-CAM weighs."""
         x = self.highpass(images.astype(jnp.float32)).astype(self.dtype)
-        fmap = self.backbone(x).astype(jnp.float32)
+        if self.space_to_depth > 1:
+            x = space_to_depth(x, self.space_to_depth)
+        return self.backbone(x).astype(jnp.float32)
+
+    def pool(self, fmap: jax.Array) -> jax.Array:
         if self.pooling == "avg":
             return fmap.mean(axis=(1, 2))
         if self.pooling == "max":
             return fmap.max(axis=(1, 2))
         return jnp.concatenate([fmap.mean(axis=(1, 2)), fmap.max(axis=(1, 2))], axis=-1)
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """Pooled backbone features (float32): the embedding users extract."""
+        return self.pool(self.feature_map(images))
 
     def __call__(self, images: jax.Array, is_manipulated: jax.Array, *, rngs: nnx.Rngs | None = None):
         return self.head(self.features(images).astype(self.dtype), is_manipulated, rngs=rngs)
