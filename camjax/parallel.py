@@ -1,23 +1,83 @@
-"""Data parallelism: one step function, wrapped by `jax.jit` with shardings or by `jax.pmap`.
+"""Data parallelism: one step function, wrapped by `jax.jit` with shardings or by `jax.pmap`,
+on one process or on many joined by JAX's multi-controller runtime (`initialize`).
 
 'sharded' (default): parameters replicated and the batch split along a 1-D 'data' mesh
-axis; XLA inserts the gradient all-reduce and BatchNorm sees global batch statistics.
-'pmap': the classic replicated layout with an explicit axis name for pmean and BatchNorm.
-Both take host batches of the process-local shard and return global metrics.
+axis over every process's devices; XLA inserts the gradient all-reduce and BatchNorm sees
+global batch statistics. 'pmap': the classic replicated layout with an explicit axis name
+for pmean and BatchNorm. Both take host batches of the process-local shard (process p holds
+rows [p*b, (p+1)*b) of the global batch) and return global metrics.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PMAP_AXIS = "batch"
 MESH_AXIS = "data"
+log = logging.getLogger("camjax")
+
+# The SLURM variables jax's own SlurmCluster needs (set by `srun`, not by `sbatch` alone).
+_SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def distributed_params(coordinator_address: str | None = None, num_processes: int | None = None,
+                       process_id: int | None = None, env: Mapping[str, str] | None = None) -> dict | None:
+    """The `jax.distributed.initialize` arguments for this process, or None for a lone process.
+
+    First match wins: explicit arguments (the train flags; jax fills what is missing from the
+    cluster); JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID; a Kubernetes
+    indexed Job or JobSet (process id JOB_COMPLETION_INDEX; the manifest sets
+    JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, so no API access is needed); a SLURM step of
+    several tasks (`srun`), left to jax's own SLURM detection (coordinator on the first node,
+    one process per task, the task's GPU by SLURM_LOCALID unless JAX_LOCAL_DEVICE_IDS says otherwise).
+    """
+    env = os.environ if env is None else env
+    if coordinator_address or num_processes is not None or process_id is not None:
+        return dict(coordinator_address=coordinator_address or None, num_processes=num_processes,
+                    process_id=process_id)
+    address, count = env.get("JAX_COORDINATOR_ADDRESS"), env.get("JAX_NUM_PROCESSES")
+    pid = env.get("JAX_PROCESS_ID", env.get("JOB_COMPLETION_INDEX"))
+    if address or count or "JAX_PROCESS_ID" in env:
+        missing = [name for name, v in (("JAX_COORDINATOR_ADDRESS", address), ("JAX_NUM_PROCESSES", count),
+                                        ("JAX_PROCESS_ID or JOB_COMPLETION_INDEX", pid)) if not v]
+        if missing:
+            raise ValueError(f"multi-process environment incomplete: {', '.join(missing)} not set")
+        return dict(coordinator_address=address, num_processes=int(count), process_id=int(pid),
+                    cluster_detection_method="deactivate")
+    if "JOB_COMPLETION_INDEX" in env and "KUBERNETES_SERVICE_HOST" in env:
+        raise ValueError("Kubernetes indexed job without JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES: "
+                         "set them in the pod spec (see launch/jobset.yaml)")
+    if all(v in env for v in _SLURM_STEP_VARS) and int(env["SLURM_NTASKS"]) > 1:
+        return dict(cluster_detection_method="slurm")
+    return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """Joins JAX's multi-controller runtime when this process is one of several (see
+    `distributed_params`); returns whether it did. Call before anything touches a device."""
+    if jax.distributed.is_initialized():
+        return True
+    params = distributed_params(coordinator_address, num_processes, process_id)
+    if params is None:
+        return False
+    # Cross-process collectives on CPU devices (the loopback recipe, CPU clusters) go through gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**params)
+    log.info("process %d of %d: %d local devices, %d in all", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+    return True
 
 
 def bn_axis_name(mode: str) -> str | None:
@@ -37,8 +97,10 @@ class DataParallel:
     def __init__(self, mode: str, devices=None):
         check_mode(mode)
         self.mode = mode
-        self.devices = list(devices or jax.devices())
+        # Process-major order: process p's devices hold rows [p*b, (p+1)*b) of a global batch.
+        self.devices = sorted(devices or jax.devices(), key=lambda d: (d.process_index, d.id))
         self.local_devices = [d for d in self.devices if d.process_index == jax.process_index()]
+        self.process_count = len({d.process_index for d in self.devices})
         self.mesh = Mesh(np.array(self.devices), (MESH_AXIS,))
         self.replicated = NamedSharding(self.mesh, P())
         self.data_sharding = NamedSharding(self.mesh, P(MESH_AXIS))
@@ -73,7 +135,36 @@ class DataParallel:
         """Shape/dtype/sharding structs of the placed state, for orbax restore targets."""
         return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
+    @property
+    def restore_sharding(self):
+        """Where a checkpoint's arrays are restored before `put_state`: replicated over the mesh
+        (every process reads the same checkpoint), or one local device for pmap."""
+        return self.replicated if self.mode == "sharded" else jax.sharding.SingleDeviceSharding(self.local_devices[0])
+
+    def saveable(self, state):
+        """The state as global arrays, for orbax: pmap's per-device copies become one replicated
+        array (on several processes each holds only its own copies)."""
+        if self.mode == "sharded":
+            return state
+        if self.process_count == 1:
+            return jax.tree.map(lambda x: x[0], state)
+
+        def unstack(x):
+            shards = sorted(x.addressable_shards, key=lambda s: self.local_devices.index(s.device))
+            return jax.make_array_from_single_device_arrays(
+                x.shape[1:], self.replicated, [s.data.reshape(x.shape[1:]) for s in shards]
+            )
+
+        return jax.tree.map(unstack, state)
+
     # --- batches ---------------------------------------------------------------------
+    def process_rows(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This process's rows of a batch every process holds whole (validation)."""
+        if self.process_count == 1:
+            return batch
+        p, n = jax.process_index(), self.process_count
+        return jax.tree.map(lambda x: x[p * len(x) // n:(p + 1) * len(x) // n], batch)
+
     def put_batch(self, batch: dict[str, np.ndarray]):
         if self.mode == "pmap":
             n = len(self.local_devices)
@@ -99,7 +190,12 @@ class DataParallel:
         return jax.jit(fn, in_shardings=(self.replicated, self.data_sharding), out_shardings=self.data_sharding)
 
     def fetch_per_example(self, x) -> np.ndarray:
-        """Device outputs of `predict` -> a host array with the batch axis first."""
+        """Device outputs of `predict` -> a host array with the batch axis first, every
+        process's rows on every process."""
+        if self.process_count > 1:
+            if self.mode == "pmap":
+                x = np.asarray(jax.device_get(x)).reshape(-1, *x.shape[2:])
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         x = np.asarray(jax.device_get(x))
         if self.mode == "pmap":
             return x.reshape(-1, *x.shape[2:])
@@ -110,6 +206,21 @@ class DataParallel:
         if self.mode == "pmap":
             metrics = jax.tree.map(lambda x: x[0], metrics)
         return {k: float(v) for k, v in metrics.items()}
+
+    # --- agreement between processes ------------------------------------------------
+    def any_process(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on any (a host-side decision that all
+        processes must take together, e.g. to stop: collectives hang if one leaves early)."""
+        if self.process_count == 1:
+            return bool(flag)
+        return bool(np.any(multihost_utils.process_allgather(np.array(bool(flag)))))
+
+    def should_stop(self, requested: bool, step: int, every: int) -> bool:
+        """Whether to checkpoint and stop after `step`. A signal reaches processes at different
+        steps, so several processes agree every `every` steps (where the loop syncs to log anyway)."""
+        if self.process_count == 1:
+            return requested
+        return step % every == 0 and self.any_process(requested)
 
 
 def prefetch(iterator: Iterator[Any], put: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:

@@ -20,8 +20,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from camjax import faults, models, optim, steps
 from camjax import metrics as scoring
-from camjax import models, optim, steps
 from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
 from camjax.data.decode import read_bytes
@@ -58,12 +58,17 @@ def open_dataset(data_config, seed: int):
 
         if not data_config.tfds_dir:
             raise ValueError("data.source='tfds' needs data.tfds_dir (built by python -m camjax.data.tfds_builder)")
+        if data_config.get("extra"):
+            raise ValueError("data.extra (an extra folder of training files) needs data.source='folder'")
         index = tfds_builder.load_index(data_config.tfds_dir, val_fraction=data_config.val_fraction, seed=seed)
         return index, tfds_builder.BytesReader(data_config.tfds_dir), data_config.tfds_dir
     if data_config.source != "folder":
         raise ValueError(f"unknown data.source {data_config.source!r}; expected 'folder' or 'tfds'")
     root = resolve_data_root(data_config)
-    return sources.scan_root(root, val_fraction=data_config.val_fraction, seed=seed), read_bytes, root
+    index = sources.scan_root(root, val_fraction=data_config.val_fraction, seed=seed)
+    if data_config.get("extra"):
+        index = sources.add_extra_train(index, data_config.extra)
+    return index, read_bytes, root
 
 
 @dataclasses.dataclass
@@ -160,7 +165,9 @@ def validate(predict, dp: DataParallel, state, index, data_config, batch_size: i
     """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set."""
     preds, labels, manips = [], [], []
     for batch in pipeline.make_eval_batches(index.val, data_config, batch_size=batch_size, read=read):
-        probs = dp.fetch_per_example(predict(state, dp.put_batch(_model_inputs(batch))))
+        # Every process reads every batch and runs its rows; predictions are gathered, so all
+        # processes compute the same metrics (and plateau decisions).
+        probs = dp.fetch_per_example(predict(state, dp.put_batch(dp.process_rows(_model_inputs(batch)))))
         keep = batch["mask"] > 0
         preds.append(probs.argmax(-1)[keep])
         labels.append(batch["label"][keep])
@@ -187,6 +194,8 @@ def _model_inputs(batch):
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the last validation metrics."""
+    if config.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.nonfinite={config.nonfinite!r}: expected 'stop' or 'skip'")
     os.makedirs(workdir, exist_ok=True)
     enable_compilation_cache(config.compilation_cache)
     index, read, root = open_dataset(config.data, config.seed)
@@ -207,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
 
     dp = DataParallel(config.parallel)
-    local_batch = dp.check_batch_size(config.batch_size)
+    dp.check_batch_size(config.batch_size)
     if config.batch_size % (config.grad_accum * dp.num_devices):
         raise ValueError(f"batch_size {config.batch_size} must divide into grad_accum x devices")
     steps_per_epoch = config.steps_per_epoch or max(
@@ -231,7 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     step, data_state = 0, None
     if ckpt.latest_step() is not None:
         target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(dp.local_devices[0])),
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dp.restore_sharding),
             host_state,
         )
         step, host_state, record = ckpt.restore(target)
@@ -250,13 +259,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     )
     predict = dp.predict(functools.partial(steps.eval_step, model_def=model_def))
 
-    loader = pipeline.make_train_loader(
+    loader = pipeline.make_process_loader(
         index,
         config.data,
-        batch_size=local_batch,
+        global_batch=config.batch_size,
         seed=config.seed,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
         read=read,
     )
     if data_state is not None:
@@ -274,7 +283,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     val_batch = max(dp.num_devices, config.eval.batch_size // dp.num_devices * dp.num_devices)
     last_val: dict[str, float] = {}
-    skipped_total = 0
+    skipped_total = nonfinite_total = 0
     start = time.time()
     interactive = sys.stdout.isatty()  # in a log file, a progress line every 30 s is plenty
     bar = tqdm(total=total_steps, initial=step, disable=not is_main, mininterval=2.0 if interactive else 30.0,
@@ -290,8 +299,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             "data_state": _encode_data_state(position),
             "metrics": metrics or {},
         }
-        saveable = jax.tree.map(lambda x: x[0], state) if dp.mode == "pmap" else state
-        ckpt.save(step, saveable, record, metrics, force=force)
+        ckpt.save(step, dp.saveable(state), record, metrics, force=force)
+        faults.check("save", step)
 
     position = data_state
     with _StopFlag() as stop:
@@ -299,6 +308,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             dev_batch, skipped, position = next(batches)
             state, metrics = train_step(state, dev_batch)
             step += 1
+            faults.check("step", step)
             skipped_total += skipped
             pending.append(metrics)
             window_steps += 1
@@ -310,15 +320,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             end_of_epoch = step % steps_per_epoch == 0
             if (step % config.log_every == 0 or end_of_epoch) and pending:
                 fetched = [dp.fetch_metrics(m) for m in pending]
-                scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
+                nonfinite_total += int(sum(f.pop("train/nonfinite_steps", 0) for f in fetched))
+                finite = [f for f in fetched if math.isfinite(f["train/loss"])] or fetched
+                scalars = {k: float(np.mean([f[k] for f in (finite if config.nonfinite == "skip" else fetched)]))
+                           for k in fetched[0]}
                 elapsed = time.time() - window_start
                 scalars["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
                 scalars["lr"] = float(schedule(step)) * plateau.scale
                 scalars["data/skipped_files"] = skipped_total
-                if not math.isfinite(scalars["train/loss"]):
+                if config.nonfinite == "skip":
+                    scalars["train/nonfinite_steps"] = nonfinite_total
+                if config.nonfinite != "skip" and not math.isfinite(scalars["train/loss"]):
                     raise FloatingPointError(
-                        f"train/loss is {scalars['train/loss']} at step {step}; the last good checkpoint is "
-                        f"step {ckpt.latest_step()} in {workdir}"
+                        f"train/loss is {scalars['train/loss']} in steps {step - len(fetched) + 1}-{step}; the last "
+                        f"good checkpoint is step {ckpt.latest_step()} in {workdir} (--config.nonfinite=skip skips "
+                        "such batches instead)"
                     )
                 writer.write(step, scalars)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['images_per_sec']:.0f}")
@@ -329,18 +345,19 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                     scale = plateau.update(last_val[config.optim.plateau.metric])
                     state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
                     writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
-                    bar.write(f"epoch {step // steps_per_epoch}: "
-                              f"val/accuracy={last_val['val/accuracy']:.4f} "
-                              f"val/weighted_accuracy={last_val['val/weighted_accuracy']:.4f} lr_scale={scale:g}")
+                    if is_main:
+                        bar.write(f"epoch {step // steps_per_epoch}: "
+                                  f"val/accuracy={last_val['val/accuracy']:.4f} "
+                                  f"val/weighted_accuracy={last_val['val/weighted_accuracy']:.4f} lr_scale={scale:g}")
                 save(last_val)
                 if is_main:
                     from camjax import plots
 
                     plots.curves_png(writer.path, os.path.join(workdir, "curves.png"))
-                if config.max_train_seconds and time.time() - start > config.max_train_seconds:
+                if config.max_train_seconds and dp.any_process(time.time() - start > config.max_train_seconds):
                     logging.warning("max_train_seconds reached at step %d", step)
                     break
-            if stop.requested:
+            if dp.should_stop(stop.requested, step, config.log_every):
                 save(force=True)
                 break
     bar.close()

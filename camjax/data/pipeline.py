@@ -252,6 +252,63 @@ def make_train_loader(
     return iter(ds)
 
 
+class _ShardGroup:
+    """Several shards' loaders read side by side; each batch is theirs concatenated in shard order."""
+
+    def __init__(self, loaders: list):
+        self.loaders = loaders
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self.loaders]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self):
+        # Shards advance in lockstep (same batch size, same patches per slot group), so one
+        # state fits every shard: a checkpoint moves between process counts.
+        states = [it.get_state() for it in self.loaders]
+        if any(s != states[0] for s in states[1:]):
+            raise RuntimeError(f"training shards out of step: {states}")
+        return states[0]
+
+    def set_state(self, state) -> None:
+        for it in self.loaders:
+            it.set_state(state)
+
+    def close(self) -> None:
+        for it in self.loaders:
+            it.close()
+
+
+def make_process_loader(
+    index, data_config, *, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
+    read: Reader = read_bytes,
+):
+    """This process's rows of every global training batch.
+
+    The global batch is one batch of each of `data.shards` disjoint file shards (0: one per
+    process), concatenated in shard order; process p reads shards [p*k, (p+1)*k), k =
+    shards / processes. The batches thus depend on data.shards, not on the process count: runs
+    with the same data.shards on 1 or N processes train on the same global batches, and a
+    checkpoint's data position carries over between them.
+    """
+    shards = int(data_config.shards) or process_count
+    if shards % process_count or global_batch % shards:
+        raise ValueError(
+            f"data.shards={shards} must be a multiple of the {process_count} processes and divide "
+            f"batch_size={global_batch}"
+        )
+    k = shards // process_count
+    loaders = [
+        make_train_loader(index, data_config, batch_size=global_batch // shards, seed=seed,
+                          shard_index=process_index * k + j, shard_count=shards, read=read)
+        for j in range(k)
+    ]
+    return loaders[0] if k == 1 else _ShardGroup(loaders)
+
+
 class _Batches:
     """A re-iterable stream of fixed-size batches; `skipped` lists (path, reason) of bad files."""
 
