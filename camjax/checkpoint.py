@@ -3,25 +3,42 @@ data-iterator position, validation metrics), keeping the latest and the best k.
 
 Orbax writes each step into a temporary folder and renames it when complete, so a run
 killed mid-save never leaves a half checkpoint that looks finished; when the newest
-checkpoint cannot be read anyway, `restore` falls back to an older one and says so.
+checkpoint cannot be read anyway, `restore` falls back to an older one, says so, and moves
+the unreadable one aside.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import Any
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 CHECKPOINT_DIR = "checkpoints"
 
 
+def tree_checksum(tree) -> str:
+    """sha256 of a pytree's leaves (path, dtype, shape and bytes, in path order): equal
+    checksums mean bit-identical arrays, whatever device or process wrote them."""
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 class Checkpointer:
     def __init__(self, workdir: str, *, keep_best: int = 3, best_metric: str = "val/weighted_accuracy",
                  async_save: bool = True, read_only: bool = False):
         self.best_metric = best_metric
+        self.read_only = read_only
         preservation = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=1),
@@ -79,7 +96,7 @@ class Checkpointer:
         candidates = [step] if step is not None else list(reversed(self.steps()))
         if not candidates:
             raise FileNotFoundError(f"no checkpoint in {self.manager.directory}")
-        errors = []
+        errors, unreadable = [], []
         for s in candidates:
             try:
                 out = self.manager.restore(
@@ -87,12 +104,35 @@ class Checkpointer:
                 )
                 if errors:
                     logging.warning("restored checkpoint %d after unreadable newer ones: %s", s, "; ".join(errors))
+                    self._set_aside(unreadable)
                 return s, out["state"], out["record"]
             except Exception as e:  # noqa: BLE001 - reported with the fallback
                 if step is not None:
                     raise RuntimeError(f"checkpoint {s} in {self.manager.directory} cannot be restored: {e}") from e
                 errors.append(f"step {s}: {type(e).__name__}: {e}")
+                unreadable.append(s)
         raise RuntimeError(f"no readable checkpoint in {self.manager.directory}: " + "; ".join(errors))
+
+    def _set_aside(self, unreadable: list[int]) -> None:
+        """Renames unreadable steps to `<step>.unreadable` (kept for a post-mortem, no longer a
+        step), so the resumed run can save those steps again."""
+        if self.read_only:
+            return
+        for s in unreadable:
+            path = os.path.join(str(self.manager.directory), str(s))
+            os.replace(path, f"{path}.unreadable")
+            logging.warning("moved unreadable checkpoint %s aside to %s.unreadable", path, path)
+        self.manager.reload()
+
+    def restore_raw(self, step: int) -> tuple[dict, dict]:
+        """(state as nested dicts of host numpy arrays, record) of `step`, without building the
+        model or placing anything on a device (so any topology can read it)."""
+        path = os.path.join(str(self.manager.directory), str(step), "state")
+        with ocp.PyTreeCheckpointer() as reader:
+            tree = reader.metadata(path).item_metadata.tree
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            state = reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+        return state, self.record(step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

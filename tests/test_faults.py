@@ -1,0 +1,230 @@
+"""Faults injected into real runs: SIGKILL at several moments, corrupt and partial checkpoints,
+non-finite losses, bad command lines. Each asserts what happened and that no work was lost."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax import faults, inspect, steps, trainer
+from camjax.checkpoint import Checkpointer, tree_checksum
+from datasets import make_challenge_tree
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
+pytestmark = pytest.mark.xdist_group("faults")  # one worker: the runs share a compilation cache
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_challenge_tree(tmp_path_factory.mktemp("data"), classes=CLASSES, per_class=5, test_per_class=1)
+
+
+SIZES = {
+    "data.workers": 0, "data.patch": 32, "data.patches_per_image": 4, "data.val_crops": 1,
+    "model.kwargs.widths": (8, 16), "model.head.hidden": (16, 8), "batch_size": 8,
+    "steps_per_epoch": 3, "num_epochs": 3, "log_every": 1,
+}
+
+
+def tiny_config(root, **overrides):
+    from configs import camnet
+
+    c = camnet.get_config("quick")
+    c.data.root = str(root)
+    c.compilation_cache = ""
+    c.update_from_flattened_dict({**SIZES, **overrides})
+    return c
+
+
+def train_cmd(root, workdir, cache):
+    flags = {**SIZES, "data.root": root, "compilation_cache": cache}
+    cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
+    return cmd + [f"--config.{k}={v}" for k, v in flags.items()]
+
+
+def start(cmd, failpoint=""):
+    env = {**os.environ, faults.ENV: failpoint}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=300):
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, err
+
+
+def checksums(workdir):
+    return inspect.inspect_run(str(workdir))["latest"]
+
+
+def test_sigkill_at_three_moments_then_resume_is_bit_identical(root, tmp_path):
+    """Killed during the async save of epoch 1, then mid-epoch 2 (right after a step was
+    dispatched), then at a random moment: the fourth start ends with the same parameters,
+    BatchNorm statistics, optimizer and RNG as a run never interrupted."""
+    reference = tmp_path / "reference"
+    trainer.train_and_evaluate(tiny_config(root), str(reference))
+    expected = checksums(reference)
+    assert expected["step"] == 9
+
+    workdir, cache = tmp_path / "killed", str(tmp_path / "jax-cache")
+    cmd = train_cmd(root, workdir, cache)
+    for failpoint in ("save:3", "step:5"):
+        code, err = finish(start(cmd, failpoint))
+        assert code == -signal.SIGKILL, err[-2000:]
+        # Whatever the kill left behind, only complete checkpoints count as steps.
+        ckpt = Checkpointer(str(workdir), read_only=True)
+        for step in ckpt.steps():
+            assert ckpt.record(step)["step"] == step
+        ckpt.close()
+
+    proc = start(cmd)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not metrics.read_text().count("\n") > 8:
+        time.sleep(0.2)
+    time.sleep(random.Random(0).uniform(0.0, 2.0))
+    proc.send_signal(signal.SIGKILL)
+    finish(proc)
+
+    code, err = finish(start(cmd))
+    assert code == 0, err[-2000:]
+    got = checksums(workdir)
+    assert got["step"] == 9
+    assert got["state_sha256"] == expected["state_sha256"]
+    assert got["params_sha256"] == expected["params_sha256"]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("two-epochs")
+    trainer.train_and_evaluate(tiny_config(root, num_epochs=2), str(workdir))
+    return workdir
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_and_the_run_redoes_the_epoch(root, two_epochs, tmp_path, caplog):
+    expected = checksums(two_epochs)
+    workdir = tmp_path / "run"
+    shutil.copytree(two_epochs, workdir)
+    assert Checkpointer(str(workdir), read_only=True).steps() == [3, 6]
+    for f in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"\0garbage")
+
+    trainer.train_and_evaluate(tiny_config(root, num_epochs=2), str(workdir))
+
+    assert "unreadable" in caplog.text
+    assert (workdir / "checkpoints" / "6.unreadable").is_dir(), "the corrupt step is kept for a post-mortem"
+    got = checksums(workdir)
+    assert (got["step"], got["state_sha256"]) == (6, expected["state_sha256"])
+
+
+def test_a_partial_checkpoint_is_never_a_step(two_epochs, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_epochs, workdir)
+    partial = workdir / "checkpoints" / "9.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "junk").write_bytes(b"half a write")
+    ckpt = Checkpointer(str(workdir), read_only=True)
+    assert ckpt.steps() == [3, 6] and ckpt.latest_step() == 6
+
+
+def test_inspect_cli_prints_steps_metrics_and_checksums(two_epochs):
+    out = subprocess.run([sys.executable, "-m", "camjax.inspect", "--workdir", str(two_epochs), "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["checkpoint"] for r in rows] == ["latest", "best"]
+    assert rows[0]["step"] == 6 and 0.0 <= rows[0]["val/weighted_accuracy"] <= 1.0
+    state, _ = Checkpointer(str(two_epochs), read_only=True).restore_raw(6)
+    assert rows[0]["params_sha256"] == tree_checksum(state["params"])
+    state["params"] = jax.tree.map(lambda x: x.copy(), state["params"])
+    leaf = jax.tree.leaves(state["params"])[0]
+    leaf.flat[0] = np.nextafter(leaf.flat[0], np.inf)  # one ulp anywhere changes the checksum
+    assert tree_checksum(state["params"]) != rows[0]["params_sha256"]
+
+    missing = subprocess.run([sys.executable, "-m", "camjax.inspect", "--workdir", str(two_epochs / "nope")],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "no checkpoints/ folder" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def _diverging(root, **overrides):
+    """Resumes the two-epoch run for a third epoch at a learning rate that overflows the weights."""
+    return tiny_config(root, num_epochs=3, **{"optim.learning_rate": 1e30, "optim.schedule": "constant", **overrides})
+
+
+def test_a_nonfinite_loss_stops_the_run_naming_the_step_and_keeps_the_good_checkpoint(root, two_epochs, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(two_epochs, workdir)
+    good = checksums(workdir)
+    with pytest.raises(FloatingPointError, match=r"in steps \d+-\d+; the last good checkpoint is step 6"):
+        trainer.train_and_evaluate(_diverging(root), str(workdir))
+    assert checksums(workdir) == good
+
+
+def test_nonfinite_skip_counts_the_batches_and_finishes(root, two_epochs, tmp_path):
+    import json
+
+    workdir = tmp_path / "run"
+    shutil.copytree(two_epochs, workdir)
+    trainer.train_and_evaluate(_diverging(root, nonfinite="skip"), str(workdir))
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    counts = [r["train/nonfinite_steps"] for r in rows if "train/nonfinite_steps" in r]
+    assert counts and counts[-1] >= 1 and counts == sorted(counts)
+    state, _ = Checkpointer(str(workdir), read_only=True).restore_raw(9)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_skip_mode_leaves_the_state_untouched_on_a_nonfinite_loss():
+    """At the step level: a NaN loss (here from NaN class weights) changes nothing but the
+    step counter, and is counted; in stop mode the same step poisons the parameters."""
+    from camjax import models, optim
+
+    config = tiny_config("unused")
+    model = models.create(config.model, len(CLASSES), dtype="float32", bn_axis_name=None, seed=0)
+    preprocess_mode = models.get(config.model.name).preprocess
+    tx = optim.make_optimizer(config.optim, 3, 9)
+    model_def, state = steps.init_state(model, tx, preprocess_mode, 0)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)),
+        "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32),
+        "is_manipulated": jnp.zeros(8, jnp.float32),
+        "manipulation": jnp.zeros(8, jnp.int32),
+    }
+    nan_weights = np.full(3, np.nan, np.float32)
+    for mode in ("skip", "stop"):
+        config.nonfinite = mode
+        new, metrics = jax.jit(lambda s, b: steps.train_step(
+            s, b, model_def=model_def, tx=tx, config=config, class_weights=nan_weights))(state, batch)
+        assert int(new.step) == int(state.step) + 1
+        same = tree_checksum(new.params) == tree_checksum(state.params)
+        if mode == "skip":
+            assert same and float(metrics["train/nonfinite_steps"]) == 1.0
+            assert tree_checksum(new.opt_state) == tree_checksum(state.opt_state)
+        else:
+            assert not same and not all(np.isfinite(x).all() for x in jax.tree.leaves(new.params))
+
+
+def test_a_config_typo_names_the_field_and_the_closest_valid_one(tmp_path):
+    cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(tmp_path),
+           "--config.data.patch=32", "--config.data.patchs_per_image=4"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "no config field 'patchs_per_image' (did you mean 'patches_per_image'?)" in out.stderr
+    assert not (tmp_path / "checkpoints").exists()
