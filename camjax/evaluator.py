@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from camjax import metrics as scoring
-from camjax import optim, plots, postprocess, steps, tta
+from camjax import optim, plots, postprocess, prnu, steps, tta
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
@@ -109,8 +109,35 @@ def _score_report(pred, labels_by_fname, fnames, classes) -> dict:
     return scoring.report(pred, label, manip, list(classes))
 
 
+def prnu_merge(probs, test_paths, read, threshold: float, size: int = 512):
+    """Probabilities made to agree within each sensor-noise (PRNU) cluster of the test files,
+    and the cluster id of each file (-1: too small, unreadable or unscored, in no cluster)."""
+    clusters = np.full(len(test_paths), -1, np.int64)
+    residuals, used = prnu.residuals_of_files(test_paths, size=size, read=read)
+    scored = np.isfinite(probs[used]).all(-1)
+    residuals, used = residuals[scored], used[scored]
+    if len(used) > 1:
+        clusters[used] = prnu.cluster(prnu.pairwise_scores(residuals), threshold)
+        probs = probs.copy()
+        probs[used] = np.exp(prnu.merge_log_probs(np.log(np.clip(probs[used], 1e-12, 1.0)), clusters[used]))
+    return probs, clusters
+
+
+def _prnu_report(clusters, before, good, groups, labels, fnames, classes, threshold) -> dict:
+    """Cluster purity against the true cameras, and the scores the same run had without PRNU."""
+    cameras = np.array([labels[f][0] for f in fnames])
+    member = clusters >= 0
+    before_argmax = np.where(good, np.nan_to_num(before).argmax(-1), 0)
+    before_balanced = before_argmax.copy()
+    before_balanced[good] = postprocess.balance(np.log(np.clip(before[good], 1e-12, 1.0)), groups[good])
+    return {"threshold": threshold, **prnu.purity(clusters[member], cameras[member]),
+            "unbalanced_weighted_accuracy_without": _score_report(before_argmax, labels, fnames, classes)["weighted_accuracy"],
+            "balanced_weighted_accuracy_without": _score_report(before_balanced, labels, fnames, classes)["weighted_accuracy"]}
+
+
 def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0, weights=None, balance=False,
-             out="submission.csv", batch_size=64, max_tiles=None, pad=False, skip_bad=False) -> dict:
+             out="submission.csv", batch_size=64, max_tiles=None, pad=False, skip_bad=False,
+             prnu_threshold: float | None = None) -> dict:
     dp = DataParallel("sharded")
     restored = [restore(w, dp) for w in workdirs]
     classes = restored[0].run.classes
@@ -145,6 +172,9 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0,
         np.stack([postprocess.blend(pm, axis=1, agg=agg, p=p) for pm in per_model]), axis=0, agg=agg, p=p,
         weights=weights,
     )
+    clusters, before_prnu = None, blended
+    if prnu_threshold is not None:
+        blended, clusters = prnu_merge(blended, test_paths, read, prnu_threshold)
     good = np.isfinite(blended).all(-1)
     unbalanced = blended.argmax(-1)
     if skipped_idx:
@@ -164,7 +194,8 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0,
     postprocess.write_submission(out, fnames, [classes[i] for i in chosen])
     np.savez_compressed(f"{stem}_probs.npz", fnames=np.array(fnames), classes=np.array(classes), probs=blended,
                         **{f"model{i}_views": pm for i, pm in enumerate(per_model)},
-                        **{f"model{i}_view_ids": np.array(v) for i, v in enumerate(view_sets)})
+                        **{f"model{i}_view_ids": np.array(v) for i, v in enumerate(view_sets)},
+                        **({} if clusters is None else {"prnu_clusters": clusters, "probs_before_prnu": before_prnu}))
 
     result = {"out": out, "workdirs": list(workdirs), "steps": [r.step for r in restored], "skipped": [fnames[i] for i in skipped_idx]}
     labels_path = os.path.join(root, "test_labels.csv")
@@ -176,6 +207,8 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0,
         report = _score_report(chosen, labels, fnames, classes)
         report["unbalanced_weighted_accuracy"] = _score_report(unbalanced, labels, fnames, classes)["weighted_accuracy"]
         report["balanced_weighted_accuracy"] = _score_report(balanced, labels, fnames, classes)["weighted_accuracy"]
+        if clusters is not None:
+            report["prnu"] = _prnu_report(clusters, before_prnu, good, groups, labels, fnames, classes, prnu_threshold)
         # Each TTA subset's score, from the same predictions (views the models were run with).
         report["tta_subsets"] = {}
         for name in tta.VIEW_SETS:

@@ -124,6 +124,25 @@ def scan_root(root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int =
     return DatasetIndex(classes, records(train_files), records(val_files), list_test_files(root, required=False))
 
 
+def add_extra_train(index: DatasetIndex, extra_root: str | os.PathLike) -> DatasetIndex:
+    """`index` with the files of EXTRA/train/<class>/ (e.g. `camjax.pseudolabel` output) added
+    to its training split only: validation, which picks checkpoints, stays on the original files."""
+    train_dir = Path(extra_root) / "train"
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"data.extra {extra_root}: no train/ folder (expected EXTRA/train/<class>/*)")
+    files = _scan_split(train_dir)
+    unknown = sorted(set(files) - set(index.classes))
+    if unknown:
+        raise ValueError(f"{train_dir}: classes {unknown} are not among the dataset's {list(index.classes)}")
+    held_out = {os.path.realpath(r.path) for r in index.val}
+    leaked = [str(p) for c in files for p in files[c] if os.path.realpath(p) in held_out]
+    if leaked:
+        raise ValueError(f"{train_dir}: {len(leaked)} files are validation files, e.g. {leaked[0]}")
+    label = {c: i for i, c in enumerate(index.classes)}
+    extra = [Record(str(p), label[c], c) for c in index.classes for p in files.get(c, [])]
+    return dataclasses.replace(index, train=index.train + extra)
+
+
 def list_test_files(root: str | os.PathLike, *, required: bool = True) -> list[str]:
     """Sorted image paths in ROOT/test (an error when `required` and there are none)."""
     test_dir = Path(root) / "test"
