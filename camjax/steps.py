@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from camjax.data import device_ops
 from camjax.models import Classifier, preprocess
 
 
@@ -87,6 +88,10 @@ def train_step(state: TrainState, batch, *, model_def: ModelDef, tx, config, cla
     """One optimizer update; with config.grad_accum > 1 the batch is split into micro-batches
     scanned in order (BatchNorm statistics update after each), gradients averaged."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if "raw" in batch:  # data.manipulate_on='device': the manipulations and D4 views happen here
+        batch = {k: v for k, v in batch.items() if k not in ("raw", "d4")} | {
+            "image": device_ops.apply_on_device(batch["raw"], batch["manipulation"], batch["d4"], patch=config.data.patch)
+        }
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     grad_fn = jax.grad(

@@ -186,10 +186,11 @@ def validate(predict, dp: DataParallel, state, index, data_config, batch_size: i
 
 
 _MODEL_INPUTS = ("image", "label", "is_manipulated", "manipulation")
+_DEVICE_AUGMENT_INPUTS = ("raw", "d4")  # data.manipulate_on='device': the step makes "image"
 
 
 def _model_inputs(batch):
-    return {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+    return {k: batch[k] for k in _MODEL_INPUTS + _DEVICE_AUGMENT_INPUTS if k in batch and (k != "d4" or "raw" in batch)}
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:

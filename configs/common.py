@@ -24,6 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.mix_files = 32  # files whose patches are shuffled together (per worker) before batching
     c.data.crop_step = 0  # 0 -> 8 px for JPEG sources (DCT grid), 2 px otherwise (CFA phase)
     c.data.manip_prob = 0.5  # probability of one of the eight challenge manipulations
+    c.data.manipulate_on = "host"  # host (Grain workers) | device (in the jitted step: camjax.data.device_ops)
     c.data.d4 = "d4"  # dihedral augmentation in training: none | flips | rot90 | d4
     c.data.d4_exempt_classes = ()  # classes whose orientation is meaningful: never rotated
     c.data.class_balance = "sampling"  # sampling | weights | none

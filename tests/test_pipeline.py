@@ -257,3 +257,27 @@ def test_test_batches_tiles_flags_and_streaming(tmp_path):
     lazy = iter(pipeline.make_test_batches([str(tmp_path / "missing.tif")], patch=64, batch_size=2))
     with pytest.raises(ValueError, match="missing.tif"):
         next(lazy)
+
+
+def test_device_manipulation_reproduces_the_host_batches(jpeg_root):
+    """data.manipulate_on='device': same draws, raw crops shipped; the step's apply_on_device
+    gives the host's patches (resizes by 0.8 and 1.5 may differ by one grey level on ~1e-5 of
+    values: OpenCV's IPP rounding, see test_device_ops)."""
+    from camjax.data import device_ops
+
+    index = sources.scan_root(jpeg_root, val_fraction=0)
+    host = pipeline.make_train_loader(index, data_config(manip_prob=0.7), batch_size=8, seed=3)
+    device = pipeline.make_train_loader(index, data_config(manip_prob=0.7, manipulate_on="device"), batch_size=8,
+                                        seed=3)
+    manipulated = 0
+    for h, d in zip(take(host, 4), take(device, 4)):
+        assert "image" not in d and d["raw"].shape == (8, 128, 128, 3) and d["raw"].dtype == np.uint8
+        for k in ("label", "manipulation", "d4", "is_manipulated"):
+            np.testing.assert_array_equal(h[k], d[k], err_msg=k)
+        made = np.asarray(device_ops.apply_on_device(d["raw"], d["manipulation"], d["d4"], patch=64))
+        diff = np.abs(made.astype(int) - h["image"].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+        manipulated += int((h["manipulation"] > 0).sum())
+    assert manipulated >= 8
+    with pytest.raises(ValueError, match="manipulate_on"):
+        pipeline.make_train_loader(index, data_config(manipulate_on="gpu"), batch_size=8, seed=3)

@@ -238,3 +238,14 @@ def test_a_restarted_process_reuses_the_persistent_compilation_cache(root, tmp_p
         assert r.returncode == 0, r.stderr[-2000:]
         misses.append(int(re.search(r"persistent-cache misses: (\d+)", r.stderr).group(1)))
     assert misses[0] > 0 and misses[1] == 0, misses
+
+
+def test_device_side_manipulation_trains_like_the_host(root, trained, tmp_path):
+    """data.manipulate_on='device' ships raw crops and manipulates inside the jitted step: the
+    same batches as the host path (up to OpenCV's one-grey-level resize rounding), so the same
+    losses."""
+    trainer.train_and_evaluate(tiny_config(root, **{"data.manipulate_on": "device"}), str(tmp_path))
+    def losses(workdir):
+        return [r["train/loss"] for r in map(json.loads, open(workdir / "metrics.jsonl")) if "train/loss" in r]
+
+    np.testing.assert_allclose(losses(tmp_path), losses(trained[0]), rtol=1e-3)

@@ -69,16 +69,23 @@ def cut_train_patches(
     step: int,
     manip_prob: float,
     views: Sequence[int],
+    raw_size: int = 0,
 ) -> dict[str, np.ndarray]:
     """`count` random patches of one frame, each possibly manipulated, then D4-transformed.
 
     A manipulation m crops `source_size(patch, m)` at a random grid offset and turns it into
     a `patch`-sized result; manipulations whose source would not fit the frame are not drawn.
     `origin` is the top-left corner of each source crop in the frame.
+
+    With `raw_size` (data.manipulate_on='device'), the same draws are made but nothing is
+    applied: `raw` holds the raw_size-square region centred on each source crop (zeros where
+    it leaves the frame, which no manipulation reads) for `device_ops.apply_on_device`, which
+    then produces exactly the patches the host would have.
     """
     h, w = frame.shape[:2]
     feasible = _feasible_manipulations(h, w, patch)
-    images = np.empty((count, patch, patch, 3), np.uint8)
+    side = raw_size or patch
+    images = np.zeros((count, side, side, 3), np.uint8)
     manip = np.zeros(count, np.int32)
     d4 = np.zeros(count, np.int32)
     origin = np.zeros((count, 2), np.int32)
@@ -89,13 +96,25 @@ def cut_train_patches(
         size = manipulations.source_size(patch, MANIPULATIONS[m])
         top = step * int(rng.integers(0, (h - size) // step + 1))
         left = step * int(rng.integers(0, (w - size) // step + 1))
-        crop = frame[top : top + size, left : left + size]
-        if m:
-            crop = manipulations.manipulate_patch(crop, patch, MANIPULATIONS[m])
         k = int(rng.choice(views)) if len(views) > 1 else int(views[0])
-        images[i] = d4_host(crop, k)
+        if raw_size:
+            _paste_region(frame, images[i], top - (raw_size - size) // 2, left - (raw_size - size) // 2)
+        else:
+            crop = frame[top : top + size, left : left + size]
+            if m:
+                crop = manipulations.manipulate_patch(crop, patch, MANIPULATIONS[m])
+            images[i] = d4_host(crop, k)
         manip[i], d4[i], origin[i] = m, k, (top, left)
-    return dict(image=images, manipulation=manip, d4=d4, origin=origin)
+    return {"raw" if raw_size else "image": images, "manipulation": manip, "d4": d4, "origin": origin}
+
+
+def _paste_region(frame: np.ndarray, out: np.ndarray, top: int, left: int) -> None:
+    """out[:] = frame[top:top+S, left:left+S], where the region may reach past the frame."""
+    s = out.shape[0]
+    h, w = frame.shape[:2]
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + s, h), min(left + s, w)
+    out[t0 - top : t1 - top, l0 - left : l1 - left] = frame[t0:t1, l0:l1]
 
 
 class _TrainPlan:
@@ -121,6 +140,10 @@ class _TrainPlan:
         self.patch, self.count = int(data_config.patch), int(data_config.patches_per_image)
         self.manip_prob, self.views, self.group = float(data_config.manip_prob), tuple(views), group
         self.crop_step = int(data_config.crop_step)
+        where = data_config.get("manipulate_on", "host")
+        if where not in ("host", "device"):
+            raise ValueError(f"data.manipulate_on must be host | device, got {where!r}")
+        self.raw_size = manipulations.max_source_size(self.patch) if where == "device" else 0
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -190,6 +213,7 @@ class _TrainPlan:
             step=crop_step(self.crop_step, jpeg),
             manip_prob=self.manip_prob,
             views=(0,) if self.exempt[i] else self.views,
+            raw_size=self.raw_size,
         )
         del out["origin"]
         out["label"] = np.full(self.count, self.labels[i], np.int32)
