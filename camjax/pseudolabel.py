@@ -30,7 +30,7 @@ from camjax.data.decode import BadImageError
 MANIFEST_COLUMNS = ("fname", "camera", "confidence", "is_manipulated", "source")
 
 
-def select(fnames, classes, probs: np.ndarray, assigned, threshold: float, *, include_manipulated: bool = False):
+def select(fnames, classes, probs: np.ndarray, assigned, threshold: float, *, include_manipulated: bool = True):
     """(fname, class, confidence) of the files whose assigned class has probability >= threshold."""
     chosen = []
     index = {c: i for i, c in enumerate(classes)}
@@ -65,7 +65,7 @@ def write_source(out: str, test_dir: str, chosen) -> str:
 
 
 def pseudolabel(workdirs, *, data_root: str, out: str, threshold: float = 0.95, balance: bool = True,
-                include_manipulated: bool = False, **evaluate_kw) -> dict:
+                include_manipulated: bool = True, **evaluate_kw) -> dict:
     """One round: evaluate (predictions kept under out/predictions*), select, copy. Returns the
     evaluation result with `pseudo_labels` (count), `per_class` counts and `manifest` added."""
     os.makedirs(out, exist_ok=True)
@@ -92,7 +92,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "Output folder: train/<class>/..., manifest.csv, predictions*.")
     flags.DEFINE_float("threshold", 0.95, "Keep files whose assigned class has at least this probability.")
     flags.DEFINE_bool("balance", True, "Assign classes with the count-balanced assignment (else argmax).")
-    flags.DEFINE_bool("include_manipulated", False, "Also keep files named *_manip (training does not yet read their flag: they would train as unaltered).")
+    flags.DEFINE_bool("include_manipulated", True, "Also keep files named *_manip (they train flagged as manipulated, never manipulated again).")
     flags.DEFINE_enum("tta", None, list(tta.VIEW_SETS), "D4 views (default: those each model trained with).")
     flags.DEFINE_enum("agg", "geometric", ["mean", "geometric", "power"], "How views, tiles and models blend.")
     flags.DEFINE_bool("prnu", False, "Make predictions agree within sensor-noise (PRNU) clusters first.")

@@ -2,11 +2,13 @@
 `data.extra` merging them into the training split only."""
 
 import csv
+import dataclasses
 import os
 
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from camjax import pseudolabel, trainer
 from camjax.data import sources
@@ -49,8 +51,25 @@ def test_add_extra_train_joins_the_training_split_only(root, tmp_path):
     assert merged.val == index.val and merged.test == index.test and merged.classes == index.classes
     assert merged.train[: len(index.train)] == index.train
     added = merged.train[len(index.train):]
-    assert [(os.path.basename(r.path), r.label) for r in added] == [("img_0000001_unalt.tif", 1),
-                                                                   ("img_0000002_manip.tif", 2)]
+    assert [(os.path.basename(r.path), r.label, r.manipulated) for r in added] == [
+        ("img_0000001_unalt.tif", 1, False), ("img_0000002_manip.tif", 2, True)]
+
+    # A file that arrived manipulated trains flagged, is never manipulated again, and has no
+    # auxiliary target (-1: an all-zero one-hot).
+    from camjax.data import pipeline
+
+    only_extra = dataclasses.replace(merged, train=added)
+    data = tiny_config(root).data
+    data.update(dict(manip_prob=1.0, d4="none", patches_per_image=4, mix_files=1, class_balance="none"))
+    loader = pipeline.make_train_loader(only_extra, data, batch_size=8, seed=0)
+    batch = next(loader)
+    manip = batch["label"] == 2
+    assert manip.sum() == 4
+    assert (batch["is_manipulated"][manip] == 1).all() and (batch["manipulation"][manip] == -1).all()
+    assert (batch["manipulation"][~manip] > 0).all(), "the unaltered extra file is still augmented"
+    frame = np.asarray(Image.open(extra / "train" / "sony_nex_7" / "img_0000002_manip.tif"))
+    for patch in batch["image"][manip]:  # a plain crop of the file
+        assert any((frame[y:y + 32, x:x + 32] == patch).all() for y in range(0, 33, 2) for x in range(0, 33, 2))
 
 
 def test_add_extra_train_names_bad_sources(root, tmp_path):
@@ -80,10 +99,10 @@ def test_select_keeps_confident_assignments():
     probs = np.array([[0.97, 0.03], [0.4, 0.6], [0.02, 0.98], [np.nan, np.nan]])
     fnames = ["img_a_unalt.tif", "img_b_unalt.tif", "img_c_manip.tif", "img_d_unalt.tif"]
     assigned = ["A", "A", "B", "A"]  # balancing may move a file off its argmax
-    chosen = pseudolabel.select(fnames, ["A", "B"], probs, assigned, 0.95, include_manipulated=True)
+    chosen = pseudolabel.select(fnames, ["A", "B"], probs, assigned, 0.95)
     assert [(f, c) for f, c, _ in chosen] == [("img_a_unalt.tif", "A"), ("img_c_manip.tif", "B")]
     assert chosen[0][2] == pytest.approx(0.97)
-    unaltered = pseudolabel.select(fnames, ["A", "B"], probs, assigned, 0.95)  # the default: unaltered only
+    unaltered = pseudolabel.select(fnames, ["A", "B"], probs, assigned, 0.95, include_manipulated=False)
     assert [f for f, _, _ in unaltered] == ["img_a_unalt.tif"]
 
 
@@ -92,8 +111,7 @@ def test_a_round_end_to_end(root, tmp_path):
     first = tmp_path / "round0"
     trainer.train_and_evaluate(tiny_config(root), str(first))
     out = tmp_path / "pseudo"
-    result = pseudolabel.pseudolabel([str(first)], data_root=str(root), out=str(out), threshold=0.0, max_tiles=4,
-                                     include_manipulated=True)
+    result = pseudolabel.pseudolabel([str(first)], data_root=str(root), out=str(out), threshold=0.0, max_tiles=4)
     tests = sorted(os.listdir(root / "test"))
     assert result["pseudo_labels"] == len(tests) and sum(result["per_class"].values()) == len(tests)
     with open(out / "manifest.csv", newline="") as f:

@@ -28,6 +28,7 @@ from camjax.data.sources import Record, class_weights  # noqa: F401  (class_weig
 # path -> (bytes, name): files on disk by default; `tfds_builder.BytesReader` for a TFDS build.
 Reader = Callable[[str], tuple[bytes, str]]
 
+UNKNOWN_MANIPULATION = -1  # its one-hot is all zeros: no auxiliary-loss target; the device ops treat it as none
 JPEG_GRID = 8  # the DCT block: crops of JPEG sources move in steps of 8 px
 CFA_GRID = 2  # the Bayer period: crops of other sources move in steps of 2 px
 
@@ -133,6 +134,7 @@ class _TrainPlan:
         self.labels = np.array([r.label for r in records], np.int32)
         exempt = {canonical_class_name(c) for c in data_config.d4_exempt_classes}
         self.exempt = np.array([r.class_name in exempt for r in records])
+        self.premanipulated = np.array([r.manipulated for r in records])
         self.balance = data_config.class_balance
         if self.balance not in ("sampling", "weights", "none"):
             raise ValueError(f"data.class_balance must be sampling | weights | none, got {self.balance!r}")
@@ -211,10 +213,12 @@ class _TrainPlan:
             patch=self.patch,
             count=self.count,
             step=crop_step(self.crop_step, jpeg),
-            manip_prob=self.manip_prob,
+            manip_prob=0.0 if self.premanipulated[i] else self.manip_prob,
             views=(0,) if self.exempt[i] else self.views,
             raw_size=self.raw_size,
         )
+        if self.premanipulated[i]:  # flagged as manipulated; which manipulation is unknown
+            out["manipulation"][:] = UNKNOWN_MANIPULATION
         del out["origin"]
         out["label"] = np.full(self.count, self.labels[i], np.int32)
         out["is_manipulated"] = (out["manipulation"] != 0).astype(np.float32)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from camjax.cameras import CHALLENGE_CLASSES, canonical_class_name
+from camjax.cameras import CHALLENGE_CLASSES, canonical_class_name, is_manipulated_from_fname
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -26,6 +26,7 @@ class Record:
     path: str
     label: int
     class_name: str
+    manipulated: bool = False  # already manipulated (a pseudo-labelled *_manip test file): never again
 
 
 @dataclasses.dataclass
@@ -139,7 +140,8 @@ def add_extra_train(index: DatasetIndex, extra_root: str | os.PathLike) -> Datas
     if leaked:
         raise ValueError(f"{train_dir}: {len(leaked)} files are validation files, e.g. {leaked[0]}")
     label = {c: i for i, c in enumerate(index.classes)}
-    extra = [Record(str(p), label[c], c) for c in index.classes for p in files.get(c, [])]
+    extra = [Record(str(p), label[c], c, manipulated=is_manipulated_from_fname(p.name))
+             for c in index.classes for p in files.get(c, [])]
     return dataclasses.replace(index, train=index.train + extra)
 
 
