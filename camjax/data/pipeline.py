@@ -227,10 +227,24 @@ class _TrainPlan:
         return out
 
     def group_of_slots(self, g: int) -> dict[str, np.ndarray]:
-        parts = [self.slot(g * self.group + j) for j in range(self.group)]
-        batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        perm = np.random.default_rng((self.seed, 2, self.shard_index, g)).permutation(len(batch["label"]))
-        return {k: v[perm] for k, v in batch.items()}
+        """The patches of `group` consecutive slots, shuffled together.
+
+        Each slot's patches go straight to their shuffled rows of one preallocated output, so a
+        worker holds the group once (not a concatenation plus a permuted copy): at patch 512 and
+        32 files of 8 patches that is 200 MB instead of 600 MB.
+        """
+        n = self.group * self.count
+        perm = np.random.default_rng((self.seed, 2, self.shard_index, g)).permutation(n)
+        destination = np.argsort(perm)  # row i of the concatenated slots lands at destination[i]
+        out = None
+        for j in range(self.group):
+            part = self.slot(g * self.group + j)
+            if out is None:
+                out = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in part.items()}
+            rows = destination[j * self.count : (j + 1) * self.count]
+            for k, v in part.items():
+                out[k][rows] = v
+        return out
 
 
 def shard_records(records: Sequence[Record], shard_index: int, shard_count: int) -> list[Record]:
