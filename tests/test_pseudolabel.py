@@ -12,8 +12,8 @@ from PIL import Image
 
 from camjax import pseudolabel, trainer
 from camjax.data import sources
-from configs import camnet
 from datasets import make_challenge_tree, save, texture
+from test_train_evaluate import tiny_config as train_tiny_config
 
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
 
@@ -24,22 +24,8 @@ def root(tmp_path_factory):
 
 
 def tiny_config(root, **overrides):
-    c = camnet.get_config("quick")
-    c.data.root = str(root)
-    c.data.workers = 0
-    c.data.patch = 32
-    c.data.patches_per_image = 4
-    c.data.val_crops = 1
-    c.model.kwargs.widths = (8, 16)
-    c.model.head.hidden = (16, 8)
-    c.batch_size = 8
-    c.steps_per_epoch = 3
-    c.num_epochs = 1
-    c.log_every = 3
-    c.compilation_cache = ""
-    c.eval.max_tiles = 4
-    c.update_from_flattened_dict(overrides)
-    return c
+    """The end-to-end tests' tiny camnet run, one epoch, evaluated on 4 tiles per test file."""
+    return train_tiny_config(root, **{"num_epochs": 1, "log_every": 3, "eval.max_tiles": 4, **overrides})
 
 
 def test_add_extra_train_joins_the_training_split_only(root, tmp_path):
