@@ -146,12 +146,13 @@ def _chunks(x: np.ndarray, chunk: int):
 
 
 def correlate(a: np.ndarray, b: np.ndarray, *, rotations: Sequence[int] = (0, 1, 2, 3),
-              chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+              chunk: int = 64, upper_blocks_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """z scores [Na, Nb] = NCC * sqrt(pixels) of each a with each b under its best rotation
     in `rotations` (k quarter turns of b, counter-clockwise), and that k.
 
     a and b are `standardise`d [N, H, W] (square when rotating). Chunks of `chunk` x `chunk`
-    pairs run as one compiled block, so memory is bounded by the chunk, not by N.
+    pairs run as one compiled block, so memory is bounded by the chunk, not by N. With
+    `upper_blocks_only` (a is b), blocks below the diagonal are skipped and left undefined.
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 3 or a.shape[1:] != b.shape[1:]:
@@ -164,6 +165,8 @@ def correlate(a: np.ndarray, b: np.ndarray, *, rotations: Sequence[int] = (0, 1,
     scale = np.sqrt(a.shape[1] * a.shape[2])
     for i, block_a in _chunks(a, chunk):
         for j, block_b in _chunks(b, chunk):
+            if upper_blocks_only and j < i:
+                continue
             ncc = np.asarray(_ncc_block(block_a, block_b))[rotations] * scale
             na, nb = min(chunk, len(a) - i), min(chunk, len(b) - j)
             scores[i : i + na, j : j + nb] = ncc.max(0)[:na, :nb]
@@ -171,12 +174,16 @@ def correlate(a: np.ndarray, b: np.ndarray, *, rotations: Sequence[int] = (0, 1,
     return scores, best
 
 
-def pairwise_scores(residuals: np.ndarray, **kw) -> np.ndarray:
-    """Symmetric [N, N] z scores of `correlate(residuals, residuals)`, diagonal 0."""
-    scores, _ = correlate(residuals, residuals, **kw)
-    scores = np.maximum(scores, scores.T)  # rotating a by k = rotating b by -k: same evidence
-    np.fill_diagonal(scores, 0.0)
-    return scores
+def pairwise_scores(residuals: np.ndarray, *, rotations: Sequence[int] = (0, 1, 2, 3), chunk: int = 64) -> np.ndarray:
+    """Symmetric [N, N] z scores of `correlate(residuals, residuals)`, diagonal 0.
+
+    Rotating a by k is rotating b by -k, so over a rotation set closed under inverses the
+    scores are symmetric: only the blocks on and above the diagonal are computed (half the work).
+    """
+    closed = sorted({k % 4 for k in rotations} | {-k % 4 for k in rotations})
+    scores, _ = correlate(residuals, residuals, rotations=closed, chunk=chunk, upper_blocks_only=True)
+    upper = np.triu(scores, 1)
+    return upper + upper.T
 
 
 @functools.partial(jax.jit, static_argnums=2)

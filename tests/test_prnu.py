@@ -158,3 +158,17 @@ def test_evaluator_prnu_merge_makes_device_clusters_agree(tmp_path):
     np.testing.assert_allclose(merged[0], product / product.sum(), rtol=1e-6)
     np.testing.assert_allclose(merged[-1], probs[-1])
     np.testing.assert_allclose(merged.sum(-1), 1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rotations", [(0,), (0, 1), (0, 1, 2, 3)])
+def test_pairwise_scores_compute_half_and_equal_both_directions(rotations):
+    """Only blocks on and above the diagonal are computed; the result equals the full matrix
+    symmetrised both ways (chunks that do not divide N included)."""
+    rng = np.random.default_rng(3)
+    residuals = prnu.standardise(rng.standard_normal((11, 16, 16)).astype(np.float32))
+    full, _ = prnu.correlate(residuals, residuals, rotations=rotations, chunk=4)
+    expected = np.maximum(full, full.T)
+    np.fill_diagonal(expected, 0.0)
+    got = prnu.pairwise_scores(residuals, rotations=rotations, chunk=4)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    assert (got == got.T).all() and (np.diag(got) == 0).all()
