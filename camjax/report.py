@@ -69,13 +69,6 @@ def validation_records(restored: RestoredModel, data_root: str | None):
     return index.val, read
 
 
-def evenly_spaced(items: list, limit: int | None) -> list:
-    """At most `limit` items spread over the list (records are grouped by class: all classes stay)."""
-    if not limit or len(items) <= limit:
-        return list(items)
-    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))]
-
-
 def _forward_step(model_def: steps.ModelDef):
     """(state, batch) -> class probabilities and pooled features, in one model call."""
     def step(state, batch):
@@ -214,7 +207,7 @@ def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 1
     restored = restore(workdir, dp)
     run, classes = restored.run, restored.run.classes
     records, read = validation_records(restored, data_root)
-    records = evenly_spaced(records, max_files)
+    records = pipeline.evenly_spaced(records, max_files)  # records are grouped by class: all classes stay
     val = run_validation(restored, dp, records, read, per_class=per_class, mistakes=mistakes,
                          batch_size=restored.config.eval.batch_size)
     val_report = scoring.report(val.pred, val.label, val.manipulation, classes)

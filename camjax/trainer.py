@@ -190,7 +190,8 @@ _DEVICE_AUGMENT_INPUTS = ("raw", "d4")  # data.manipulate_on='device': the step 
 
 
 def _model_inputs(batch):
-    return {k: batch[k] for k in _MODEL_INPUTS + _DEVICE_AUGMENT_INPUTS if k in batch and (k != "d4" or "raw" in batch)}
+    keys = _MODEL_INPUTS + (_DEVICE_AUGMENT_INPUTS if "raw" in batch else ())
+    return {k: batch[k] for k in keys if k in batch}
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -322,9 +323,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if (step % config.log_every == 0 or end_of_epoch) and pending:
                 fetched = [dp.fetch_metrics(m) for m in pending]
                 nonfinite_total += int(sum(f.pop("train/nonfinite_steps", 0) for f in fetched))
-                finite = [f for f in fetched if math.isfinite(f["train/loss"])] or fetched
-                scalars = {k: float(np.mean([f[k] for f in (finite if config.nonfinite == "skip" else fetched)]))
-                           for k in fetched[0]}
+                if config.nonfinite == "skip":  # averages over the steps that updated, if any did
+                    fetched = [f for f in fetched if math.isfinite(f["train/loss"])] or fetched
+                scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
                 elapsed = time.time() - window_start
                 scalars["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
                 scalars["lr"] = float(schedule(step)) * plateau.scale

@@ -465,11 +465,15 @@ def tile_origins(height: int, width: int, patch: int, step: int = JPEG_GRID, max
         n = math.ceil(side / patch)
         return sorted({int(v) // step * step for v in np.linspace(0, side - patch, n)})
 
-    origins = [(y, x) for y in axis(height) for x in axis(width)]
-    if max_tiles and len(origins) > max_tiles:
-        keep = np.unique(np.round(np.linspace(0, len(origins) - 1, max_tiles)).astype(int))
-        origins = [origins[i] for i in keep]
-    return origins
+    return evenly_spaced([(y, x) for y in axis(height) for x in axis(width)], max_tiles)
+
+
+def evenly_spaced(items: Sequence, limit: int | None) -> list:
+    """At most `limit` items spread evenly over `items`, first and last included (all when
+    `limit` is 0 or None)."""
+    if not limit or len(items) <= limit:
+        return list(items)
+    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))]
 
 
 def make_test_batches(
