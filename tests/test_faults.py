@@ -18,6 +18,8 @@ import pytest
 from camjax import faults, inspect, steps, trainer
 from camjax.checkpoint import Checkpointer, tree_checksum
 from datasets import make_challenge_tree
+from test_train_evaluate import _train_cmd as cli_train_cmd
+from test_train_evaluate import tiny_config as train_tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
@@ -29,27 +31,14 @@ def root(tmp_path_factory):
     return make_challenge_tree(tmp_path_factory.mktemp("data"), classes=CLASSES, per_class=5, test_per_class=1)
 
 
-SIZES = {
-    "data.workers": 0, "data.patch": 32, "data.patches_per_image": 4, "data.val_crops": 1,
-    "model.kwargs.widths": (8, 16), "model.head.hidden": (16, 8), "batch_size": 8,
-    "steps_per_epoch": 3, "num_epochs": 3, "log_every": 1,
-}
-
-
 def tiny_config(root, **overrides):
-    from configs import camnet
-
-    c = camnet.get_config("quick")
-    c.data.root = str(root)
-    c.compilation_cache = ""
-    c.update_from_flattened_dict({**SIZES, **overrides})
-    return c
+    """The end-to-end tests' tiny camnet run: three epochs of three steps."""
+    return train_tiny_config(root, **{"num_epochs": 3, "log_every": 1, **overrides})
 
 
 def train_cmd(root, workdir, cache):
-    flags = {**SIZES, "data.root": root, "compilation_cache": cache}
-    cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
-    return cmd + [f"--config.{k}={v}" for k, v in flags.items()]
+    """`python -m camjax.train` with tiny_config's settings and a persistent compilation cache."""
+    return cli_train_cmd(root, workdir, steps_per_epoch=3, num_epochs=3, compilation_cache=cache)
 
 
 def start(cmd, failpoint=""):
