@@ -6,7 +6,7 @@
 #   check: CAMJAX_BENCH_SMOKE=1 bash benchmarks/gpu.sh /tmp/smoke.jsonl   (CPU, tiny sizes)
 #
 # The set: train-step throughput of ResNet50, DenseNet201 and MobileNet at 512x512 in bfloat16
-# (batch 64 and 128, sharded; pmap at 128 for comparison), D4 TTA inference (8 views), then,
+# (batch 64 and 128, sharded; pmap at 128 for comparison; MobileNet's depthwise lowerings), D4 TTA inference (8 views), then,
 # while time is left, the input pipeline on this host's cores and ResNet50 fed by it.
 # Compilations dominate the time, so every command shares the persistent XLA cache
 # (.cache/jax): a second run takes a fraction of the first. Each command gets what is left of
@@ -29,11 +29,13 @@ if [[ -n "${CAMJAX_BENCH_SMOKE:-}" && "${CAMJAX_BENCH_SMOKE}" != 0 ]]; then
   RESNET=(--model mobilenet --model_kwargs '{"alpha": 0.25}')
   DENSENET=(--model camnet --config configs/camnet.py:quick)
   MOBILENET=(--model mobilenet --model_kwargs '{"alpha": 0.25}')
+  MOBILENET_SHIFTS=(--model mobilenet --model_kwargs '{"alpha": 0.25, "depthwise_impl": "shifts"}')
 else
   PATCH=512 BATCHES=64,128 BIG_BATCH=128 TTA_BATCH=32 STEPS=20 WARMUP=3 WORKERS=$((CORES / 2)),$CORES E2E_WORKERS=$CORES
   RESNET=(--model resnet50)
   DENSENET=(--model densenet201)
   MOBILENET=(--model mobilenet)
+  MOBILENET_SHIFTS=(--model mobilenet --model_kwargs '{"depthwise_impl": "shifts"}')
 fi
 TRAIN=(--patch "$PATCH" --dtype bfloat16 --steps "$STEPS" --warmup "$WARMUP" --compilation_cache .cache/jax)
 START=$SECONDS
@@ -52,6 +54,8 @@ run() {
 "$PY" -c 'import jax; print(jax.devices())' >>"$OUT.log" 2>&1
 run benchmarks/train_throughput.py "${RESNET[@]}" "${TRAIN[@]}" --batch "$BATCHES" --parallel sharded
 run benchmarks/train_throughput.py "${MOBILENET[@]}" "${TRAIN[@]}" --batch "$BATCHES" --parallel sharded
+# XLA's depthwise convolution ('auto' on a GPU) against camjax's shifted-slices lowering (the CPU default)
+run benchmarks/train_throughput.py "${MOBILENET_SHIFTS[@]}" "${TRAIN[@]}" --batch "$BIG_BATCH" --parallel sharded
 run benchmarks/train_throughput.py "${RESNET[@]}" "${TRAIN[@]}" --batch "$BIG_BATCH" --parallel pmap
 run benchmarks/train_throughput.py "${RESNET[@]}" "${TRAIN[@]}" --batch "$TTA_BATCH" --mode tta
 run benchmarks/train_throughput.py "${DENSENET[@]}" "${TRAIN[@]}" --batch "$BATCHES" --parallel sharded

@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.highpass = "none"  # none | box3 | kv5 | constrained
     c.model.space_to_depth = 1  # > 1: a lossless b x b space-to-depth before the backbone (keeps CFA phases)
     c.model.pooling = "avg"  # avg | max | avgmax
+    c.model.bn_momentum = 0.0  # > 0: every backbone BatchNorm's running-average momentum (0: the Keras value)
     c.model.head = ml_collections.ConfigDict(
         dict(hidden=(512, 256), dropout=(0.3, 0.1), inject_flag=True, aux_head=True)
     )
@@ -81,13 +82,16 @@ def cpu_quick(c: ml_collections.ConfigDict, *, patch: int, batch_size: int, num_
               patches_per_image: int = 16, val_crops: int = 1) -> ml_collections.ConfigDict:
     """The `quick` preset of a full-size model: small patches, f32, few steps on 2 CPU cores.
 
-    It shows the loop end to end; XLA:CPU trains these networks far too slowly for accuracy.
+    It shows the loop end to end. From scratch, these deep networks do not learn the cameras
+    in a few CPU minutes (measured: README, "Known limitations"); BatchNorm momentum 0.9
+    keeps inference statistics in step with weights that a few hundred steps move a lot.
     """
     c.dtype = "float32"
     c.data.patch = patch
     c.data.patches_per_image = patches_per_image
     c.data.val_crops = val_crops
     c.model.highpass = "box3"
+    c.model.bn_momentum = 0.9
     c.optim.learning_rate = 1e-3
     c.batch_size = batch_size
     c.num_epochs = num_epochs

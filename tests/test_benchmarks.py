@@ -143,4 +143,12 @@ def test_gpu_script_commands_parse(env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "FAILED" not in proc.stderr, out.with_suffix(".jsonl.log").read_text()
     scripts = [json.loads(line)["script"] for line in out.read_text().splitlines()]
-    assert scripts == ["train_throughput"] * 5 + ["input_pipeline", "end_to_end"]
+    assert scripts == ["train_throughput"] * 6 + ["input_pipeline", "end_to_end"]
+
+
+def test_depthwise_lowerings_agree(env):
+    recs = run("depthwise.py", env=env)
+    assert {r["impl"] for r in recs} == {"conv", "shifts"}
+    for r in recs:
+        assert r["forward_ms"] > 0 and r["train_ms"] > 0 and r["compiles_after_warmup"] == 0
+        assert r["max_rel_diff"] < 1e-4  # the same convolution, summed in another order

@@ -93,7 +93,13 @@ class Classifier(nnx.Module):
         x = self.highpass(images.astype(jnp.float32)).astype(self.dtype)
         if self.space_to_depth > 1:
             x = space_to_depth(x, self.space_to_depth)
-        return self.backbone(x).astype(jnp.float32)
+        fmap = self.backbone(x)
+        if 0 in fmap.shape[1:3]:  # static: caught at trace time, before any NaN average
+            raise ValueError(
+                f"{type(self.backbone).__name__} maps a {images.shape[1]}x{images.shape[2]} input "
+                f"(space_to_depth {self.space_to_depth}) to an empty feature map {fmap.shape}: use a larger data.patch"
+            )
+        return fmap.astype(jnp.float32)
 
     def pool(self, fmap: jax.Array) -> jax.Array:
         if self.pooling == "avg":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,25 +39,116 @@ KV_KERNEL = np.array(
 ) / 12.0
 
 
-def _depthwise(x: jax.Array, kernel: np.ndarray) -> jax.Array:
-    """The same 2-D kernel on every channel, 'SAME' padding by edge replication."""
+def shifted_depthwise(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME") -> jax.Array:
+    """A depthwise convolution (NHWC, HWIO kernel of shape (kh, kw, 1, C * multiplier)) as
+    kh * kw strided slices multiplied and summed.
+
+    XLA:CPU lowers a grouped convolution with one channel per group to a slow generic loop;
+    these elementwise products fuse into one pass (benchmarks/RESULTS.md, "Depthwise").
+    """
+    kh, kw, _, cout = kernel.shape
     c = x.shape[-1]
+    if cout != c:  # depth multiplier m: output channel c * m + j reads input channel c
+        x = jnp.repeat(x, cout // c, axis=-1)
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    return _taps_conv(x, kernel.reshape(kh, kw, cout), tuple(strides))
+
+
+def _out_size(size: int, k: int, stride: int) -> int:
+    return (size - k) // stride + 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _taps_conv(xp: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+    """'VALID' depthwise convolution of a padded input with a (kh, kw, C) kernel."""
+    kh, kw, c = kernel.shape
+    sh, sw = strides
+    n, hp, wp, _ = xp.shape
+    oh, ow = _out_size(hp, kh, sh), _out_size(wp, kw, sw)
+    if oh < 1 or ow < 1:  # as lax.conv: an empty map, which the classifier reports by name
+        return jnp.zeros((n, max(oh, 0), max(ow, 0), c), jnp.result_type(xp, kernel))
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = jax.lax.slice(xp, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c), (1, sh, sw, 1))
+            out = tap * kernel[i, j] if out is None else out + tap * kernel[i, j]
+    return out
+
+
+def _taps_conv_fwd(xp, kernel, strides):
+    return _taps_conv(xp, kernel, strides), (xp, kernel)
+
+
+def _taps_conv_bwd(strides, residuals, g):
+    """Each tap's cotangent is g placed back on the padded input grid (lax.pad, interior
+    padding for strides); both gradients are then products over that contiguous grid.
+    Autodiff's version reduces over strided slices instead, which XLA:CPU runs 5-10x slower."""
+    xp, kernel = residuals
+    kh, kw, c = kernel.shape
+    sh, sw = strides
+    _, hp, wp, _ = xp.shape
+    oh, ow = g.shape[1:3]
+    zero = jnp.zeros((), g.dtype)
+    dxp, dk = None, []
+    for i in range(kh):
+        for j in range(kw):
+            placed = jax.lax.pad(
+                g, zero,
+                ((0, 0, 0), (i, hp - i - (oh - 1) * sh - 1, sh - 1), (j, wp - j - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)),
+            )
+            dk.append((xp * placed).reshape(-1, c).sum(0))
+            dxp = placed * kernel[i, j] if dxp is None else dxp + placed * kernel[i, j]
+    return dxp, jnp.stack(dk).reshape(kh, kw, c).astype(kernel.dtype)
+
+
+_taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
+
+
+@functools.cache  # one function per choice: equal static attributes, equal graph definitions
+def depthwise_lowering(impl: str = "auto"):
+    """A `lax.conv_general_dilated` stand-in for nnx.Conv(conv_general_dilated=...).
+
+    Depthwise (one input channel per group), undilated NHWC convolutions go through
+    `shifted_depthwise` when `impl` is 'shifts', or 'auto' on the CPU backend; everything
+    else, and 'conv', through XLA's convolution. The kernel parameter is the same either way,
+    so checkpoints and imported Keras weights do not depend on the choice.
+    """
+    if impl not in ("auto", "shifts", "conv"):
+        raise ValueError(f"unknown depthwise lowering {impl!r}; expected auto, shifts or conv")
+
+    def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                             dimension_numbers=None, feature_group_count=1, **kwargs):
+        use_shifts = impl == "shifts" or (impl == "auto" and jax.default_backend() == "cpu")
+        nhwc = dimension_numbers is None or tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+        undilated = all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        if use_shifts and nhwc and undilated and lhs.ndim == 4 and feature_group_count == lhs.shape[-1] > 1:
+            return shifted_depthwise(lhs, rhs, tuple(window_strides), padding)
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, **kwargs,
+        )
+
+    return conv_general_dilated
+
+
+def _fixed_filter(x: jax.Array, kernel: np.ndarray) -> jax.Array:
+    """The same 2-D kernel on every channel, 'SAME' padding by edge replication."""
     k = kernel.shape[0]
-    w = jnp.asarray(np.tile(kernel[:, :, None, None], (1, 1, 1, c)), x.dtype)
+    w = jnp.asarray(np.tile(kernel[:, :, None, None], (1, 1, 1, x.shape[-1])), x.dtype)
     pad = k // 2
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-    return jax.lax.conv_general_dilated(
-        xp, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
-    )
+    return shifted_depthwise(xp, w, padding="VALID")
 
 
 def box3_residual(x: jax.Array) -> jax.Array:
     """Image minus its 3x3 box blur: removes scene content, keeps sensor and demosaicing noise."""
-    return x - _depthwise(x, np.full((3, 3), 1.0 / 9.0, np.float32))
+    return x - _fixed_filter(x, np.full((3, 3), 1.0 / 9.0, np.float32))
 
 
 def kv_residual(x: jax.Array) -> jax.Array:
-    return _depthwise(x, KV_KERNEL)
+    return _fixed_filter(x, KV_KERNEL)
 
 
 class ConstrainedConv(nnx.Module):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from camjax.models.layers import depthwise_lowering
 from camjax.models.registry import register
 
 
@@ -47,7 +48,7 @@ def _layers(*, dtype, param_dtype, bn_axis_name, momentum, rngs):
     return conv, bn
 
 
-def depthwise(conv, channels: int, multiplier: int, stride: int) -> nnx.Conv:
+def depthwise(conv, channels: int, multiplier: int, stride: int, impl: str) -> nnx.Conv:
     """A 3x3 depthwise convolution; 'SAME' at stride 1, 'VALID' after explicit padding at stride 2."""
     return conv(
         channels,
@@ -56,16 +57,17 @@ def depthwise(conv, channels: int, multiplier: int, stride: int) -> nnx.Conv:
         strides=stride,
         padding="SAME" if stride == 1 else "VALID",
         feature_group_count=channels,
+        conv_general_dilated=depthwise_lowering(impl),
     )
 
 
 class DepthwiseSeparable(nnx.Module):
     """Keras' `_depthwise_conv_block`: depthwise 3x3 + BN + ReLU6, pointwise 1x1 + BN + ReLU6."""
 
-    def __init__(self, block_id: int, cin: int, cout: int, multiplier: int, stride: int, *, conv, bn):
+    def __init__(self, block_id: int, cin: int, cout: int, multiplier: int, stride: int, *, conv, bn, depthwise_impl):
         self.block_id = block_id
         self.stride = stride
-        self.dw = depthwise(conv, cin, multiplier, stride)
+        self.dw = depthwise(conv, cin, multiplier, stride, depthwise_impl)
         self.dw_bn = bn(cin * multiplier)
         self.pw = conv(cin * multiplier, cout, (1, 1))
         self.pw_bn = bn(cout)
@@ -96,6 +98,7 @@ class MobileNet(nnx.Module):
         *,
         alpha: float = 1.0,
         depth_multiplier: int = 1,
+        depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.depthwise_lowering
         in_channels: int = 3,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -111,7 +114,9 @@ class MobileNet(nnx.Module):
         blocks = []
         for block_id, (filters, stride) in enumerate(self.BLOCKS, start=1):
             cout = int(filters * alpha)
-            blocks.append(DepthwiseSeparable(block_id, cin, cout, depth_multiplier, stride, conv=conv, bn=bn))
+            blocks.append(DepthwiseSeparable(
+                    block_id, cin, cout, depth_multiplier, stride, conv=conv, bn=bn, depthwise_impl=depthwise_impl
+                ))
             cin = cout
         self.blocks = nnx.List(blocks)
         self.num_features = cin
@@ -132,14 +137,14 @@ class MobileNet(nnx.Module):
 class InvertedResidual(nnx.Module):
     """Keras' `_inverted_res_block`: 1x1 expand, 3x3 depthwise, linear 1x1 projection (+ identity)."""
 
-    def __init__(self, block_id: int, cin: int, cout: int, expansion: int, stride: int, *, conv, bn):
+    def __init__(self, block_id: int, cin: int, cout: int, expansion: int, stride: int, *, conv, bn, depthwise_impl):
         self.prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
         self.stride = stride
         self.residual = cin == cout and stride == 1
         hidden = cin * expansion if block_id else cin
         self.expand = conv(cin, hidden, (1, 1)) if block_id else None
         self.expand_bn = bn(hidden) if block_id else None
-        self.dw = depthwise(conv, hidden, 1, stride)
+        self.dw = depthwise(conv, hidden, 1, stride, depthwise_impl)
         self.dw_bn = bn(hidden)
         self.project = conv(hidden, cout, (1, 1))
         self.project_bn = bn(cout)
@@ -181,6 +186,7 @@ class MobileNetV2(nnx.Module):
         self,
         *,
         alpha: float = 1.0,
+        depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.depthwise_lowering
         in_channels: int = 3,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -198,7 +204,10 @@ class MobileNetV2(nnx.Module):
             cout = make_divisible(int(filters * alpha))
             for i in range(repeats):
                 blocks.append(
-                    InvertedResidual(len(blocks), cin, cout, expansion, stride if i == 0 else 1, conv=conv, bn=bn)
+                    InvertedResidual(
+                        len(blocks), cin, cout, expansion, stride if i == 0 else 1, conv=conv, bn=bn,
+                        depthwise_impl=depthwise_impl,
+                    )
                 )
                 cin = cout
         self.blocks = nnx.List(blocks)

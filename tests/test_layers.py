@@ -1,0 +1,114 @@
+"""The forensic input layers and the depthwise lowering against references (lax, scipy)."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import ndimage
+
+from camjax import models
+from camjax.models import layers
+
+
+def lax_depthwise(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1]
+    )
+
+
+CASES = [  # size, channels, multiplier, kernel, strides, padding
+    (9, 3, 1, 3, (1, 1), "SAME"),
+    (10, 4, 1, 3, (2, 2), "SAME"),
+    (11, 4, 1, 3, (2, 2), "VALID"),
+    (8, 2, 2, 3, (1, 1), "SAME"),
+    (12, 3, 1, 5, (1, 2), ((2, 1), (0, 3))),
+]
+
+
+@pytest.mark.parametrize("size,channels,multiplier,k,strides,padding", CASES)
+def test_shifted_depthwise_matches_lax_forward_and_gradients(size, channels, multiplier, k, strides, padding):
+    rng = np.random.default_rng(size)
+    x = jnp.asarray(rng.normal(size=(2, size, size + 1, channels)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 1, channels * multiplier)), jnp.float32)
+    want = lax_depthwise(x, kernel, strides, padding)
+    got = layers.shifted_depthwise(x, kernel, strides, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    weights = jnp.asarray(rng.normal(size=want.shape), jnp.float32)  # a loss that weighs every output
+
+    def loss(conv):
+        return lambda x, kernel: jnp.sum(conv(x, kernel, strides, padding) * weights)
+
+    for got_grad, want_grad in zip(
+        jax.grad(loss(layers.shifted_depthwise), (0, 1))(x, kernel), jax.grad(loss(lax_depthwise), (0, 1))(x, kernel)
+    ):
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_shifted_depthwise_bfloat16_close_to_float32():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 16, 16, 8)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 1, 8)), jnp.float32)
+    want = layers.shifted_depthwise(x, kernel)
+    got = layers.shifted_depthwise(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.1)
+
+
+def _depthwise_conv(impl, channels=4, groups=None):
+    return nnx.Conv(
+        channels, channels, (3, 3), feature_group_count=groups or channels, use_bias=False,
+        conv_general_dilated=layers.depthwise_lowering(impl), rngs=nnx.Rngs(0),
+    )
+
+
+@pytest.mark.parametrize("groups", [4, 2])  # depthwise, and a grouped convolution that must fall back
+def test_depthwise_lowering_choices_agree(groups):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 7, 7, 4)), jnp.float32)
+    outs = [np.asarray(_depthwise_conv(impl, groups=groups)(x)) for impl in ("conv", "shifts", "auto")]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outs[2], outs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_lowering_is_one_function_per_choice_and_checks_its_name():
+    assert layers.depthwise_lowering("shifts") is layers.depthwise_lowering("shifts")
+    with pytest.raises(ValueError, match="unknown depthwise lowering 'fast'"):
+        layers.depthwise_lowering("fast")
+
+
+@pytest.mark.parametrize("kind,kernel", [("box3", np.full((3, 3), 1 / 9)), ("kv5", layers.KV_KERNEL)])
+def test_highpass_matches_scipy(kind, kernel):
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 13, 11, 3)).astype(np.float32)
+    filtered = np.stack(
+        [np.stack([ndimage.correlate(img[..., c], kernel, mode="nearest") for c in range(3)], -1) for img in x]
+    )
+    want = x - filtered if kind == "box3" else filtered
+    got = layers.HighPass(kind, rngs=nnx.Rngs(0))(jnp.asarray(x))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _model_config(**overrides):
+    c = ml_collections.ConfigDict(dict(name="mobilenet", kwargs=dict(alpha=0.25), highpass="none", pooling="avg",
+                                       head=dict(hidden=(8,), dropout=(0.0,))))
+    c.update(overrides)
+    return c
+
+
+def _momenta(model):
+    return {m.momentum for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)}
+
+
+def test_bn_momentum_overrides_every_backbone_batchnorm():
+    assert _momenta(models.create(_model_config(), 3)) == {0.99}  # Keras' MobileNet
+    assert _momenta(models.create(_model_config(bn_momentum=0.9), 3)) == {0.9}
+    with pytest.raises(ValueError, match="bn_momentum must be in"):
+        models.create(_model_config(bn_momentum=1.5), 3)
+
+
+def test_patch_too_small_for_the_backbone_is_a_clear_error():
+    model = models.create(_model_config(space_to_depth=4), 3)
+    with pytest.raises(ValueError, match="empty feature map .* use a larger data.patch"):
+        model(jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,)))
