@@ -93,6 +93,7 @@ def cpu_quick(c: ml_collections.ConfigDict, *, patch: int, batch_size: int, num_
     c.model.highpass = "box3"
     c.model.bn_momentum = 0.9
     c.optim.learning_rate = 1e-3
+    c.optim.schedule = "cosine"  # a short run ends better annealed than waiting for plateaus
     c.batch_size = batch_size
     c.num_epochs = num_epochs
     c.steps_per_epoch = steps_per_epoch

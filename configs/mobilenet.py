@@ -13,7 +13,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"
     if preset == "quick":
         c.model.kwargs.alpha = 0.25
-        common.cpu_quick(c, patch=64, batch_size=32, num_epochs=4, val_crops=2)
+        common.cpu_quick(c, patch=64, batch_size=32, num_epochs=10, val_crops=2)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for mobilenet; expected '' or 'quick'")
     return c
