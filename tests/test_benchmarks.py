@@ -152,3 +152,20 @@ def test_depthwise_lowerings_agree(env):
     for r in recs:
         assert r["forward_ms"] > 0 and r["train_ms"] > 0 and r["compiles_after_warmup"] == 0
         assert r["max_rel_diff"] < 1e-4  # the same convolution, summed in another order
+
+
+def test_eval_memory_streams_growing_test_sets(env, tmp_path):
+    from datasets import make_challenge_tree
+    from test_train_evaluate import tiny_config
+
+    from camjax import trainer
+
+    root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=3, test_per_class=2)
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(tiny_config(root, num_epochs=1), str(workdir))
+    recs = run("eval_memory.py", "--workdir", str(workdir), env=env)
+    assert [r["test_files"] for r in recs] == [8, 32]
+    for r in recs:
+        assert r["benchmark"] == "eval_memory" and r["peak_rss_mb"] > 0 and r["files_per_sec"] > 0
+    links = sorted(os.listdir(Path(env["CAMJAX_BENCH_CACHE"]) / "eval_memory" / "32" / "test"))
+    assert len(links) == 32 and sum(name.endswith("_manip.tif") for name in links) == 16

@@ -1,0 +1,97 @@
+"""Evaluation's peak host memory and speed as the test set grows: does it stream?
+
+    python benchmarks/eval_memory.py --workdir runs/demo [--counts 1000,10000] [--max_tiles 1] [--tta none]
+
+For each count N, a test folder of N files is made from the run's own test set by hard links
+(names unique, the _unalt/_manip suffix kept), and `camjax.evaluator.evaluate` runs on it in a
+fresh process, so each peak RSS (ru_maxrss) belongs to one count alone. A streaming evaluator
+holds a batch of tiles and N rows of probabilities, so its peak should barely move with N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import common
+
+
+def parse_args(argv=None):
+    smoke = common.smoke()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="a camjax training run (its data root supplies the test files)")
+    p.add_argument("--counts", default="8,32" if smoke else "1000,10000", help="test-set sizes, comma-separated")
+    p.add_argument("--max_tiles", type=int, default=1, help="tiles per test file")
+    p.add_argument("--tta", default="none", help="D4 views: none | flips | rot90 | d4")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # internal: evaluate one prepared folder
+    p.add_argument("--root", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAMJAX_BENCH_CACHE", ".cache/camjax-bench"))
+
+
+def make_test_tree(source_test: Path, count: int, out: Path) -> Path:
+    """OUT/test/ holding `count` hard links to the files of `source_test`, cycling through them."""
+    test = out / "test"
+    if test.is_dir() and len(os.listdir(test)) == count:
+        return out
+    test.mkdir(parents=True, exist_ok=True)
+    sources = sorted(p for p in source_test.iterdir() if p.is_file())
+    if not sources:
+        raise ValueError(f"{source_test} holds no test files")
+    for i in range(count):
+        src = sources[i % len(sources)]
+        suffix = "manip" if src.stem.endswith("_manip") else "unalt"
+        dst = test / f"img_{i:07x}_{suffix}{src.suffix}"
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system: a copy costs disk, not memory
+                dst.write_bytes(src.read_bytes())
+    return out
+
+
+def evaluate_one(args) -> None:
+    """Child process: one evaluation; prints a JSON line with its seconds and peak RSS."""
+    from camjax import evaluator
+    from camjax.parallel import compile_count
+
+    start = time.perf_counter()
+    evaluator.evaluate([args.workdir], data_root=args.root, tta_name=args.tta, max_tiles=args.max_tiles,
+                       batch_size=args.batch_size, out=os.path.join(args.root, "submission.csv"))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": common.peak_rss_mb(), "compilations": compile_count()}), flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.one:
+        return evaluate_one(args)
+    from camjax.trainer import Run
+
+    run = Run.load(args.workdir)
+    for count in common.csv_ints(args.counts):
+        root = make_test_tree(Path(run.data_root) / "test", count, cache_dir() / "eval_memory" / str(count))
+        cmd = [sys.executable, __file__, "--workdir", args.workdir, "--one", str(count), "--root", str(root),
+               "--max_tiles", str(args.max_tiles), "--tta", args.tta, "--batch_size", str(args.batch_size)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"evaluation of {count} files failed:\n{proc.stderr[-3000:]}")
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        common.emit(common.record(
+            "eval_memory", model=run.model["name"], test_files=count, tta=args.tta, max_tiles=args.max_tiles,
+            seconds=common.rounded(child["seconds"], 2), files_per_sec=common.rounded(count / child["seconds"], 1),
+            peak_rss_mb=child["peak_rss_mb"], compilations=child["compilations"], compiles_after_warmup=None,
+        ))
+
+
+if __name__ == "__main__":
+    main()
