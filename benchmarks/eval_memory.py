@@ -6,6 +6,8 @@ For each count N, a test folder of N files is made from the run's own test set b
 (names unique, the _unalt/_manip suffix kept), and `camjax.evaluator.evaluate` runs on it in a
 fresh process, so each peak RSS (ru_maxrss) belongs to one count alone. A streaming evaluator
 holds a batch of tiles and N rows of probabilities, so its peak should barely move with N.
+A second fresh process runs only the class-balanced assignment (`postprocess.balance`) on the
+probabilities the evaluation saved, and reports how much that step alone raised peak RSS.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)  # internal: evaluate one prepared folder
     p.add_argument("--root", default="", help=argparse.SUPPRESS)
+    p.add_argument("--balance_of", default="", help=argparse.SUPPRESS)  # internal: balance saved probabilities
     return p.parse_args(argv)
 
 
@@ -71,25 +74,50 @@ def evaluate_one(args) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_mb": common.peak_rss_mb(), "compilations": compile_count()}), flush=True)
 
 
+def balance_one(probs_file: str) -> None:
+    """Child process: the balanced assignment alone; prints how much it raised peak RSS."""
+    import numpy as np
+
+    from camjax import postprocess
+    from camjax.cameras import is_manipulated_from_fname
+
+    saved = np.load(probs_file)
+    log_probs = np.log(np.clip(saved["probs"], 1e-12, 1.0))
+    groups = np.array([int(bool(is_manipulated_from_fname(str(f)))) for f in saved["fnames"]])
+    before = common.peak_rss_mb()
+    start = time.perf_counter()
+    postprocess.balance(log_probs, groups)
+    print(json.dumps({"seconds": time.perf_counter() - start, "growth_mb": common.peak_rss_mb() - before}), flush=True)
+
+
+def child(cmd: list[str], what: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *cmd], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.one:
         return evaluate_one(args)
+    if args.balance_of:
+        return balance_one(args.balance_of)
     from camjax.trainer import Run
 
     run = Run.load(args.workdir)
     for count in common.csv_ints(args.counts):
         root = make_test_tree(Path(run.data_root) / "test", count, cache_dir() / "eval_memory" / str(count))
-        cmd = [sys.executable, __file__, "--workdir", args.workdir, "--one", str(count), "--root", str(root),
-               "--max_tiles", str(args.max_tiles), "--tta", args.tta, "--batch_size", str(args.batch_size)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode:
-            raise RuntimeError(f"evaluation of {count} files failed:\n{proc.stderr[-3000:]}")
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        evaluated = child(["--workdir", args.workdir, "--one", str(count), "--root", str(root), "--max_tiles",
+                           str(args.max_tiles), "--tta", args.tta, "--batch_size", str(args.batch_size)],
+                          f"evaluation of {count} files")
+        balanced = child(["--workdir", args.workdir, "--balance_of", str(root / "submission_probs.npz")],
+                         f"balancing {count} files")
         common.emit(common.record(
             "eval_memory", model=run.model["name"], test_files=count, tta=args.tta, max_tiles=args.max_tiles,
-            seconds=common.rounded(child["seconds"], 2), files_per_sec=common.rounded(count / child["seconds"], 1),
-            peak_rss_mb=child["peak_rss_mb"], compilations=child["compilations"], compiles_after_warmup=None,
+            seconds=common.rounded(evaluated["seconds"], 2), files_per_sec=common.rounded(count / evaluated["seconds"], 1),
+            peak_rss_mb=evaluated["peak_rss_mb"], compilations=evaluated["compilations"], compiles_after_warmup=None,
+            balance_seconds=common.rounded(balanced["seconds"], 2), balance_peak_growth_mb=balanced["growth_mb"],
         ))
 
 

@@ -167,5 +167,20 @@ def test_eval_memory_streams_growing_test_sets(env, tmp_path):
     assert [r["test_files"] for r in recs] == [8, 32]
     for r in recs:
         assert r["benchmark"] == "eval_memory" and r["peak_rss_mb"] > 0 and r["files_per_sec"] > 0
+        assert r["balance_peak_growth_mb"] >= 0 and r["balance_seconds"] >= 0
     links = sorted(os.listdir(Path(env["CAMJAX_BENCH_CACHE"]) / "eval_memory" / "32" / "test"))
     assert len(links) == 32 and sum(name.endswith("_manip.tif") for name in links) == 16
+
+
+def test_learning_probe_streams_and_checks_fit_against_inference(env, tmp_path):
+    from datasets import make_challenge_tree
+
+    root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=3, test_per_class=1)
+    tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8",
+            "model.kwargs.widths=(8, 16)", "model.head.hidden=(16, 8)", f"data.root={root}"]
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    stream, = run("learning_probe.py", *sets, env=env)
+    assert stream["model"] == "camnet" and len(stream["train_accuracy_per_window"]) == 2
+    assert stream["compiles_after_warmup"] == 0
+    fixed, = run("learning_probe.py", *sets, "--fixed_batches", "2", env=env)
+    assert 0.0 <= fixed["inference_accuracy_on_fixed_batches"] <= 1.0

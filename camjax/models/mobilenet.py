@@ -34,8 +34,11 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _layers(*, dtype, param_dtype, bn_axis_name, momentum, rngs):
-    conv = functools.partial(nnx.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+def _layers(*, dtype, param_dtype, bn_axis_name, momentum, depthwise_impl, rngs):
+    conv = functools.partial(  # the lowering only changes depthwise convolutions
+        nnx.Conv, use_bias=False, conv_general_dilated=depthwise_lowering(depthwise_impl), dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs,
+    )
     bn = functools.partial(
         nnx.BatchNorm,
         momentum=momentum,
@@ -48,7 +51,7 @@ def _layers(*, dtype, param_dtype, bn_axis_name, momentum, rngs):
     return conv, bn
 
 
-def depthwise(conv, channels: int, multiplier: int, stride: int, impl: str) -> nnx.Conv:
+def depthwise(conv, channels: int, multiplier: int, stride: int) -> nnx.Conv:
     """A 3x3 depthwise convolution; 'SAME' at stride 1, 'VALID' after explicit padding at stride 2."""
     return conv(
         channels,
@@ -57,17 +60,16 @@ def depthwise(conv, channels: int, multiplier: int, stride: int, impl: str) -> n
         strides=stride,
         padding="SAME" if stride == 1 else "VALID",
         feature_group_count=channels,
-        conv_general_dilated=depthwise_lowering(impl),
     )
 
 
 class DepthwiseSeparable(nnx.Module):
     """Keras' `_depthwise_conv_block`: depthwise 3x3 + BN + ReLU6, pointwise 1x1 + BN + ReLU6."""
 
-    def __init__(self, block_id: int, cin: int, cout: int, multiplier: int, stride: int, *, conv, bn, depthwise_impl):
+    def __init__(self, block_id: int, cin: int, cout: int, multiplier: int, stride: int, *, conv, bn):
         self.block_id = block_id
         self.stride = stride
-        self.dw = depthwise(conv, cin, multiplier, stride, depthwise_impl)
+        self.dw = depthwise(conv, cin, multiplier, stride)
         self.dw_bn = bn(cin * multiplier)
         self.pw = conv(cin * multiplier, cout, (1, 1))
         self.pw_bn = bn(cout)
@@ -107,16 +109,17 @@ class MobileNet(nnx.Module):
     ):
         if alpha <= 0 or depth_multiplier < 1:
             raise ValueError(f"MobileNet needs alpha > 0 and depth_multiplier >= 1, got {alpha}, {depth_multiplier}")
-        conv, bn = _layers(dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, momentum=0.99, rngs=rngs)
+        conv, bn = _layers(
+            dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, momentum=0.99,
+            depthwise_impl=depthwise_impl, rngs=rngs,
+        )
         cin = int(32 * alpha)
         self.conv1 = conv(in_channels, cin, (3, 3), strides=2, padding="SAME")
         self.conv1_bn = bn(cin)
         blocks = []
         for block_id, (filters, stride) in enumerate(self.BLOCKS, start=1):
             cout = int(filters * alpha)
-            blocks.append(DepthwiseSeparable(
-                    block_id, cin, cout, depth_multiplier, stride, conv=conv, bn=bn, depthwise_impl=depthwise_impl
-                ))
+            blocks.append(DepthwiseSeparable(block_id, cin, cout, depth_multiplier, stride, conv=conv, bn=bn))
             cin = cout
         self.blocks = nnx.List(blocks)
         self.num_features = cin
@@ -137,14 +140,14 @@ class MobileNet(nnx.Module):
 class InvertedResidual(nnx.Module):
     """Keras' `_inverted_res_block`: 1x1 expand, 3x3 depthwise, linear 1x1 projection (+ identity)."""
 
-    def __init__(self, block_id: int, cin: int, cout: int, expansion: int, stride: int, *, conv, bn, depthwise_impl):
+    def __init__(self, block_id: int, cin: int, cout: int, expansion: int, stride: int, *, conv, bn):
         self.prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
         self.stride = stride
         self.residual = cin == cout and stride == 1
         hidden = cin * expansion if block_id else cin
         self.expand = conv(cin, hidden, (1, 1)) if block_id else None
         self.expand_bn = bn(hidden) if block_id else None
-        self.dw = depthwise(conv, hidden, 1, stride, depthwise_impl)
+        self.dw = depthwise(conv, hidden, 1, stride)
         self.dw_bn = bn(hidden)
         self.project = conv(hidden, cout, (1, 1))
         self.project_bn = bn(cout)
@@ -195,7 +198,10 @@ class MobileNetV2(nnx.Module):
     ):
         if alpha <= 0:
             raise ValueError(f"MobileNetV2 needs alpha > 0, got {alpha}")
-        conv, bn = _layers(dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, momentum=0.999, rngs=rngs)
+        conv, bn = _layers(
+            dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, momentum=0.999,
+            depthwise_impl=depthwise_impl, rngs=rngs,
+        )
         cin = make_divisible(32 * alpha)
         self.conv1 = conv(in_channels, cin, (3, 3), strides=2, padding="SAME")
         self.conv1_bn = bn(cin)
@@ -204,10 +210,7 @@ class MobileNetV2(nnx.Module):
             cout = make_divisible(int(filters * alpha))
             for i in range(repeats):
                 blocks.append(
-                    InvertedResidual(
-                        len(blocks), cin, cout, expansion, stride if i == 0 else 1, conv=conv, bn=bn,
-                        depthwise_impl=depthwise_impl,
-                    )
+                    InvertedResidual(len(blocks), cin, cout, expansion, stride if i == 0 else 1, conv=conv, bn=bn)
                 )
                 cin = cout
         self.blocks = nnx.List(blocks)
