@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import heapq
 import os
 import tempfile
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from camjax.cameras import manipulation_by_name
 
@@ -107,14 +107,70 @@ def balance(
     """The class assignment maximising total log-probability with exact per-group class counts.
 
     counts maps a group id to C counts summing to the group's size (default: `default_counts`).
-    Solved exactly per group as a linear assignment of rows to class slots (one column per
-    slot), so an n-row group costs an n x n Hungarian problem.
+    Solved exactly per group as a min-cost flow from rows to C class nodes (`assign_with_counts`),
+    in n x C memory: one column per class slot would make it an n x n Hungarian problem.
     """
     assign = np.empty(len(np.asarray(groups)), dtype=np.int64)
     for rows, lp, cnt in _group_problems(log_probs, groups, counts):
-        slot_class = np.repeat(np.arange(len(cnt)), cnt)
-        r, c = linear_sum_assignment(lp[:, slot_class], maximize=True)
-        assign[rows[r]] = slot_class[c]
+        assign[rows] = assign_with_counts(lp, cnt)
+    return assign
+
+
+def assign_with_counts(log_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """argmax over assignments with exactly counts[k] rows in class k of the summed log_probs.
+
+    Successive shortest paths: rows join one at a time along the cheapest chain "new row
+    enters class k0, a row of k0 moves to k1, ..., ending in a class with room" (Bellman-Ford
+    over the C class nodes; the cheapest move out of each class to each other class comes from
+    a heap per class pair). Each step keeps the partial assignment optimal, so the last is.
+    """
+    lp = np.asarray(log_probs, np.float64)
+    n, num_classes = lp.shape
+    assign = np.full(n, -1, np.int64)
+    load = np.zeros(num_classes, np.int64)
+    moves: list[list[list[tuple[float, int]]]] = [[[] for _ in range(num_classes)] for _ in range(num_classes)]
+
+    def place(row: int, k: int) -> None:
+        assign[row] = k
+        for other in range(num_classes):
+            if other != k:  # cost of moving this row on from k: the log-probability it gives up
+                heapq.heappush(moves[k][other], (lp[row, k] - lp[row, other], row))
+
+    def cheapest_move(k: int, other: int) -> tuple[float, int]:
+        heap = moves[k][other]
+        while heap and assign[heap[0][1]] != k:  # stale: that row has moved since
+            heapq.heappop(heap)
+        return heap[0] if heap else (np.inf, -1)
+
+    for row in range(n):
+        cost = np.full((num_classes, num_classes), np.inf)
+        mover = np.full((num_classes, num_classes), -1, np.int64)
+        for k in np.flatnonzero(load):
+            for other in range(num_classes):
+                if other != k:
+                    cost[k, other], mover[k, other] = cheapest_move(k, other)
+        dist, came_from = -lp[row], np.full(num_classes, -1, np.int64)  # -1: the new row itself
+        for _ in range(num_classes - 1):
+            via = dist[:, None] + cost
+            best_from = via.argmin(0)
+            best = via[best_from, np.arange(num_classes)]
+            better = best < dist - 1e-12 * (1.0 + np.abs(dist))
+            if not better.any():
+                break
+            dist = np.where(better, best, dist)
+            came_from = np.where(better, best_from, came_from)
+        room = np.flatnonzero(load < counts)
+        end = room[dist[room].argmin()]
+        k, chain = end, []
+        while came_from[k] != -1:
+            chain.append((mover[came_from[k], k], k))
+            k = came_from[k]
+            if len(chain) > num_classes:
+                raise RuntimeError("assign_with_counts: a cycle in the augmenting path (numerical trouble)")
+        for moved, to in chain:
+            place(moved, to)
+        place(row, k)
+        load[end] += 1
     return assign
 
 

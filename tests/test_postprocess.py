@@ -1,4 +1,4 @@
-"""Blending modes, count-constrained balancing (vs greedy and brute force) and submission IO."""
+"""Blending modes, count-constrained balancing (vs greedy, brute force and scipy) and submission IO."""
 
 import itertools
 import os
@@ -110,6 +110,26 @@ def test_balance_matches_brute_force():
         lp = np.log(_probs(rng, 6, 3))
         brute = max(_total(lp, np.array(perm)) for perm in set(itertools.permutations(slots)))
         assert _total(lp, pp.balance(lp, np.zeros(6, int))) == pytest.approx(brute, abs=1e-12)
+
+
+def test_assignment_matches_scipy_hungarian_with_ties_and_floors():
+    """The min-cost flow against scipy's linear_sum_assignment on slot-replicated columns."""
+    from scipy.optimize import linear_sum_assignment
+
+    for seed in range(120):
+        rng = np.random.default_rng(seed)
+        n, num_classes = int(rng.integers(1, 50)), int(rng.integers(1, 8))
+        lp = rng.normal(size=(n, num_classes)) * 3
+        if seed % 3 == 0:
+            lp = np.round(lp)  # many ties
+        if seed % 5 == 0:
+            lp[:, 0] = pp.LOG_PROB_FLOOR  # a class nobody wants still gets its count
+        counts = rng.multinomial(n, np.ones(num_classes) / num_classes)
+        slots = np.repeat(np.arange(num_classes), counts)
+        r, c = linear_sum_assignment(lp[:, slots], maximize=True)
+        got = pp.assign_with_counts(lp, counts)
+        np.testing.assert_array_equal(np.bincount(got, minlength=num_classes), counts)
+        assert _total(lp, got) == pytest.approx(lp[r, slots[c]].sum(), rel=1e-9, abs=1e-9)
 
 
 def test_balance_handles_zero_probability():
