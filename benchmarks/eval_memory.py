@@ -79,14 +79,13 @@ def balance_one(probs_file: str) -> None:
     import numpy as np
 
     from camjax import postprocess
-    from camjax.cameras import is_manipulated_from_fname
+    from camjax.evaluator import manipulation_groups
 
     saved = np.load(probs_file)
-    log_probs = np.log(np.clip(saved["probs"], 1e-12, 1.0))
-    groups = np.array([int(bool(is_manipulated_from_fname(str(f)))) for f in saved["fnames"]])
+    probs, groups = saved["probs"], manipulation_groups(saved["fnames"].tolist())
     before = common.peak_rss_mb()
     start = time.perf_counter()
-    postprocess.balance(log_probs, groups)
+    postprocess.balance_probs(probs, groups)
     print(json.dumps({"seconds": time.perf_counter() - start, "growth_mb": common.peak_rss_mb() - before}), flush=True)
 
 

@@ -101,6 +101,11 @@ def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_id
     return out, [path for path, _ in batches.skipped]  # (path, reason) pairs, already logged
 
 
+def manipulation_groups(fnames) -> np.ndarray:
+    """The balancing groups of test files: 0 unaltered, 1 manipulated (from the file names)."""
+    return np.array([int(bool(is_manipulated_from_fname(f))) for f in fnames])
+
+
 def _score_report(pred, labels_by_fname, fnames, classes) -> dict:
     cls = {c: i for i, c in enumerate(classes)}
     rows = [labels_by_fname[f] for f in fnames]
@@ -129,7 +134,7 @@ def _prnu_report(clusters, before, good, groups, labels, fnames, classes, thresh
     member = clusters >= 0
     before_argmax = np.where(good, np.nan_to_num(before).argmax(-1), 0)
     before_balanced = before_argmax.copy()
-    before_balanced[good] = postprocess.balance(np.log(np.clip(before[good], 1e-12, 1.0)), groups[good])
+    before_balanced[good] = postprocess.balance_probs(before[good], groups[good])
     return {"threshold": threshold, **prnu.purity(clusters[member], cameras[member]),
             "unbalanced_weighted_accuracy_without": _score_report(before_argmax, labels, fnames, classes)["weighted_accuracy"],
             "balanced_weighted_accuracy_without": _score_report(before_balanced, labels, fnames, classes)["weighted_accuracy"]}
@@ -182,9 +187,9 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0,
         unbalanced[~good] = most_frequent
         logging.warning("skipped %d unreadable test files, predicted %s for them: %s", len(skipped_idx),
                         classes[most_frequent], ", ".join(fnames[i] for i in skipped_idx))
-    groups = np.array([int(bool(is_manipulated_from_fname(f))) for f in fnames])
+    groups = manipulation_groups(fnames)
     balanced = unbalanced.copy()
-    balanced[good] = postprocess.balance(np.log(np.clip(blended[good], 1e-12, 1.0)), groups[good])
+    balanced[good] = postprocess.balance_probs(blended[good], groups[good])
 
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     stem = os.path.splitext(out)[0]

@@ -116,6 +116,13 @@ def balance(
     return assign
 
 
+def balance_probs(
+    probs: np.ndarray, groups: np.ndarray, counts: Mapping[int, Sequence[int]] | None = None
+) -> np.ndarray:
+    """`balance` on probabilities (clipped at 1e-12 before the log)."""
+    return balance(np.log(np.clip(probs, 1e-12, 1.0)), groups, counts)
+
+
 def assign_with_counts(log_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """argmax over assignments with exactly counts[k] rows in class k of the summed log_probs.
 
