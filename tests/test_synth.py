@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,8 +13,8 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from camjax import synth
-from camjax.cameras import CHALLENGE_CLASSES, MANIPULATION_NAMES, MANIPULATIONS
-from camjax.data import manipulations, synthetic
+from camjax.cameras import CHALLENGE_CLASSES, MANIPULATION_NAMES, MANIPULATIONS, NATIVE_RESOLUTIONS
+from camjax.data import jpeg_grid, manipulations, synthetic
 
 CAMERAS, IMAGES, TESTS = 4, 8, 16
 TRAIN_WINDOW = 1024  # enough for every manipulation of a 512 crop
@@ -154,19 +155,54 @@ def test_sensor_window_matches_rot90():
                                       stored[top : top + h, left : left + w])
 
 
-def test_patch_windows_hold_their_source_on_the_frame_grids():
+def _native_offset(name, turns, size):
+    """Where a centred size-square starts on the real camera's frame, stored landscape or not."""
+    h, w = NATIVE_RESOLUTIONS[name][0]  # portrait
+    if turns % 2 == 0:
+        h, w = w, h
+    return (h - size) // 2, (w - size) // 2
+
+
+def test_patch_windows_hold_their_source_on_the_native_grids():
     for model in synthetic.MODELS:
         for turns in (0, 1, 3):
             shape = synthetic.stored_shape(model, turns)
             for manip in MANIPULATIONS:
-                top, left, h, w = synthetic.centred_window(shape, synthetic.patch_window(manip.name))
-                assert top % synthetic.MCU == 0 and left % synthetic.MCU == 0  # the frame's JPEG grid
                 size = manipulations.source_size(512, manip)
-                for start, stop, length in ((top, top + h, shape[0]), (left, left + w, shape[1])):
-                    src = (length - size) // 2
+                source = synthetic.patch_source(model, turns, size)
+                native = _native_offset(model.name, turns, size)
+                # Same offset on the 16-px MCU grid (hence the 8-px DCT grid and the Bayer phase).
+                assert [s % 16 for s in source] == [n % 16 for n in native], (model.name, turns, manip.name)
+                top, left, h, w = synthetic.window_around(shape, source, size, synthetic.patch_window(manip.name))
+                assert top % synthetic.MCU == 0 and left % synthetic.MCU == 0  # the frame's JPEG grid
+                for start, stop, src, length in ((top, top + h, source[0], shape[0]), (left, left + w, source[1], shape[1])):
+                    assert 0 <= start and stop <= length
                     assert src - start >= 16 and stop - (src + size) >= 16
                 sensor_top, sensor_left, _, _ = synthetic.sensor_window(model.shape, turns, top, left, h, w)
                 assert sensor_top % 2 == 0 and sensor_left % 2 == 0  # the frame's Bayer phase
+
+
+def test_test_patches_lie_on_the_native_centre_crops_jpeg_grid(tmp_path):
+    """Read from the stored patches themselves: every unaltered (and gamma-corrected, which
+    keeps the grid) test patch has the 8x8 block grid where a centre crop of its camera's native
+    frame has it - on the grid, except the 2322-row Samsung frames, one row off."""
+    seed, per_camera = 3, 4
+    root = synthetic.generate(tmp_path / "ds", cameras=10, images_per_camera=0, test_per_camera=per_camera,
+                              seed=seed, workers=2)
+    shots = {Path(s.path).name: s for s in synthetic.plan(seed, 10, 0, per_camera)}
+    checked = set()
+    for row in _labels(root):
+        if row["manipulation"] not in ("none", "gamma0.8", "gamma1.2"):
+            continue
+        shot = shots[row["fname"]]
+        turns = synthetic.streams(shot)[2]
+        expected = tuple(-o % 8 for o in _native_offset(row["camera"], turns, 512))
+        patch = np.asarray(Image.open(root / "test" / row["fname"]))
+        assert jpeg_grid.grid_offset(patch) == expected, (row, turns)
+        checked.add((row["camera"], expected))
+    assert {c for c, _ in checked} == set(CHALLENGE_CLASSES)
+    assert {e for c, e in checked if c.startswith("Samsung")} <= {(7, 0), (0, 7)}
+    assert any(e != (0, 0) for _, e in checked)
 
 
 def test_cfa_phase():
