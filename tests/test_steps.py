@@ -1,12 +1,22 @@
-"""The train step under pmap and under sharded jit: same losses, global BatchNorm, no recompiles."""
+"""The train step under pmap and under sharded jit: same losses, global BatchNorm, no recompiles;
+gradient accumulation makes the full batch's update."""
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
 import pytest
+from flax import nnx
+
+from camjax import steps
 
 # Runs in a fresh interpreter: the device count must be set before JAX starts.
 SCRIPT = textwrap.dedent(
@@ -80,3 +90,46 @@ def test_single_device_matches_8_devices_and_grad_accum():
     # close but not equal; the first step's parameters are the same, so its loss is too.
     assert accum["losses"][0] == pytest.approx(one["losses"][0], rel=0.05)
     assert accum["compiles"][1] == accum["compiles"][-1]
+
+
+class _NoBatchNorm(nnx.Module):
+    """Conv -> ReLU -> mean pool -> Dense: per-example losses independent of the batch."""
+
+    def __init__(self, classes, rngs):
+        self.conv = nnx.Conv(3, 8, (3, 3), strides=2, rngs=rngs)
+        self.dense = nnx.Linear(8 + 1, classes, rngs=rngs)
+
+    def __call__(self, x, is_manipulated, rngs=None):
+        features = nnx.relu(self.conv(x)).mean((1, 2))
+        return {"logits": self.dense(jnp.concatenate([features, is_manipulated[:, None]], -1))}
+
+
+def _sgd_steps(accum, batches):
+    config = ml_collections.ConfigDict(dict(grad_accum=accum, label_smoothing=0.0, aux_loss_weight=0.0,
+                                            nonfinite="stop", data=dict(patch=16)))
+    tx = optax.sgd(0.5)  # the update is the gradient itself: Adam's first step would only show its sign
+    model_def, state = steps.init_state(_NoBatchNorm(4, nnx.Rngs(0)), tx, "tf", 0)
+    step = jax.jit(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config))
+    metrics = None
+    for batch in batches:
+        state, metrics = step(state, batch)
+    return state.params, metrics
+
+
+def test_grad_accumulation_makes_the_full_batch_update():
+    rng = np.random.default_rng(0)
+    batches = [{
+        "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+        "label": rng.integers(0, 4, 16).astype(np.int32),
+        "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
+        "manipulation": np.zeros(16, np.int32),
+    } for _ in range(3)]
+    full, full_metrics = _sgd_steps(1, batches)
+    initial, _ = _sgd_steps(1, [])
+    for accum in (2, 4):
+        params, metrics = _sgd_steps(accum, batches)
+        for a, b, p0 in zip(jax.tree.leaves(params), jax.tree.leaves(full), jax.tree.leaves(initial)):
+            assert not np.allclose(b, p0)  # the steps moved every parameter
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert metrics["train/loss"] == pytest.approx(float(full_metrics["train/loss"]), rel=1e-5)
+        assert metrics["train/grad_norm"] == pytest.approx(float(full_metrics["train/grad_norm"]), rel=1e-5)

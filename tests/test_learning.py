@@ -1,0 +1,60 @@
+"""A model learns: a tiny camnet trained for a few hundred steps on four synthetic cameras names
+the camera of held-out frames far above chance; the same run with a frozen optimizer stays at it.
+
+Every other test checks plumbing; this one fails when the plumbing is right but nothing learns
+(a broken loss, labels detached from images, an optimizer that does not move, inference
+statistics out of step with the weights).
+"""
+
+import shutil
+
+from camjax import trainer
+from camjax.data import synthetic
+from configs import camnet
+
+CHANCE = 0.25  # four classes
+# Held-out accuracy of the run below over training seeds 0, 1, 2: 0.69, 0.75, 0.60 (README,
+# "Tests"); 0.25 with the optimizer frozen.
+MARGIN = 0.5
+
+
+def four_cameras(path):
+    """The first five synthetic cameras less iPhone-6, whose pipeline iPhone-4s shares on purpose:
+    telling those two apart takes longer than a test should run."""
+    root = synthetic.generate(path, cameras=5, images_per_camera=10, test_per_camera=0, seed=0, workers=2,
+                              train_window=256)
+    shutil.rmtree(root / "train" / "iPhone-6")
+    return root
+
+
+def tiny_camnet(root, **overrides):
+    c = camnet.get_config("quick")
+    c.data.root = str(root)
+    c.data.workers = 0
+    c.data.patches_per_image = 16
+    c.data.val_fraction = 0.3  # three held-out frames per camera
+    c.data.val_crops = 8
+    c.data.manip_prob = 0.0
+    c.data.d4 = "none"
+    c.model.kwargs.widths = (16, 32)
+    c.model.head.hidden = (32,)
+    c.model.head.dropout = (0.0,)
+    c.optim.learning_rate = 3e-3
+    c.batch_size = 32
+    c.steps_per_epoch = 40
+    c.num_epochs = 6
+    c.log_every = 20
+    c.compilation_cache = ""
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def test_a_tiny_camnet_learns_the_cameras_and_a_frozen_one_does_not(tmp_path):
+    root = four_cameras(tmp_path / "ds")
+    learned = trainer.train_and_evaluate(tiny_camnet(root), str(tmp_path / "run"))
+    assert learned["val/accuracy_unalt"] >= MARGIN, learned
+    # The control: the same data, model and loop with the optimizer frozen (one epoch: without
+    # updates more steps change nothing but the BatchNorm statistics).
+    frozen = trainer.train_and_evaluate(tiny_camnet(root, **{"optim.learning_rate": 0.0, "num_epochs": 1}),
+                                        str(tmp_path / "frozen"))
+    assert frozen["val/accuracy_unalt"] < CHANCE + 0.1, frozen
