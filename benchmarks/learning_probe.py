@@ -4,7 +4,8 @@
         [--set optim.learning_rate=1e-4 --set model.kwargs.alpha=1.0] [--fixed_batches 8]
 
 Streaming (default): `--steps` train steps on the real training pipeline at a constant learning
-rate; prints the mean training accuracy of each `--window` steps. Telling a slow learner from
+rate; prints the mean training accuracy of each `--window` steps (also to stderr as it goes,
+with the seconds since the first step, its compilation included, and the load average). Telling a slow learner from
 a broken one needs the second mode, `--fixed_batches N`: the same N batches over and over,
 with the accuracy on them in training mode (batch statistics) and in inference mode (running
 statistics) - a network that fits them in training mode but not in inference mode has stale
@@ -17,6 +18,7 @@ import argparse
 import ast
 import functools
 import itertools
+import sys
 import time
 
 import common
@@ -80,6 +82,8 @@ def main(argv=None) -> None:
             compiles = compile_count()
         if (i + 1) % args.window == 0:
             windows.append(common.rounded(np.mean(jax.device_get(accuracies[-args.window:]))))
+            print(f"step {i + 1}: window train accuracy {windows[-1]} at {time.perf_counter() - start:.0f} s, "
+                  f"load {common.load_average()}", file=sys.stderr, flush=True)  # progress, for long probes
     fields = dict(train_accuracy_per_window=windows, window=args.window, steps=args.steps)
     if args.fixed_batches:
         hits = [np.mean(np.argmax(np.asarray(predict(state, b)), -1) == np.asarray(b["label"])) for b in fixed]

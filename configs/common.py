@@ -80,11 +80,25 @@ def get_config() -> ml_collections.ConfigDict:
 
 def cpu_quick(c: ml_collections.ConfigDict, *, patch: int, batch_size: int, num_epochs: int, steps_per_epoch: int = 0,
               patches_per_image: int = 16, val_crops: int = 1) -> ml_collections.ConfigDict:
-    """The `quick` preset of a full-size model: small patches, f32, few steps on 2 CPU cores.
+    """The `quick` preset of a full-size model: small patches, f32, a fixed number of epochs
+    (steps, not wall time: the 2-core machine is shared) on 2 CPU cores.
 
     It shows the loop end to end. From scratch, these deep networks do not learn the cameras
-    in a few CPU minutes (measured: README, "Known limitations"); BatchNorm momentum 0.9
-    keeps inference statistics in step with weights that a few hundred steps move a lot.
+    in a few CPU minutes (measured: README, "Known limitations"; benchmarks/learning_curves.jsonl):
+    MobileNet alpha 0.25 stays at chance (validation weighted accuracy 0.09-0.16) through
+    1,620 steps (9 epochs, 12 min at load 8), also without manipulations and D4, and neither a
+    stride-1 stem (`model.kwargs.stem_stride=1`), a camnet-like 4x4 space-to-depth front end,
+    alpha 0.5, nor zero-initialised residual branches (MobileNetV2,
+    `model.kwargs.zero_init_residual=True`) lifted training accuracy above 0.19 within 400-700
+    steps, where camnet `quick` reaches 0.24-0.28. BatchNorm momentum 0.9 keeps inference
+    statistics in step with weights that a few hundred steps move a lot.
+
+    What these options do to ImageNet weight import (`model.init_from`): `model.highpass`
+    (box3, kv5, constrained: 3 channels in, 3 out), `model.kwargs.stem_stride`,
+    `model.kwargs.stem_pool`, `model.kwargs.zero_init_residual` (an initialisation the import
+    replaces), `model.bn_momentum` and `depthwise_impl` keep every weight's shape, so conv1 and
+    the rest import; `model.space_to_depth` > 1 gives conv1 3*b*b input channels, which the
+    Keras conv1 does not fit (it breaks the import); `alpha` needs the weights of that width.
     """
     c.dtype = "float32"
     c.data.patch = patch

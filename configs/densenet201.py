@@ -2,6 +2,10 @@
 
 XLA:CPU compiles a full DenseNet201 train step in minutes: the quick preset uses DenseNet121
 at 64 px so it still runs on 2 cores.
+
+ImageNet weights (conv1 included) still import with `model.highpass` (3 channels in and out)
+and the stem options `model.kwargs.stem_stride=1` / `stem_pool=False` (strides, not shapes);
+`model.space_to_depth` > 1 gives conv1 3*b*b input channels, which Keras' conv1 does not fit.
 """
 
 import ml_collections

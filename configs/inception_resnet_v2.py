@@ -1,4 +1,8 @@
-"""InceptionResNetV2 (Keras Applications layout). Needs patches of at least 75 px."""
+"""InceptionResNetV2 (Keras Applications layout). Needs patches of at least 75 px.
+
+ImageNet weights (conv1 included) still import with `model.highpass` (3 channels in and out);
+`model.space_to_depth` > 1 gives conv1 3*b*b input channels, which Keras' conv1 does not fit.
+"""
 
 import ml_collections
 

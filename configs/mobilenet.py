@@ -1,4 +1,9 @@
-"""MobileNet v1 (Keras Applications layout; `model.kwargs.alpha` is the width multiplier)."""
+"""MobileNet v1 (Keras Applications layout; `model.kwargs.alpha` is the width multiplier).
+
+ImageNet weights (conv1 included) still import with `model.highpass` (3 channels in and out)
+and `model.kwargs.stem_stride=1` (a stride, not a shape);
+`model.space_to_depth` > 1 gives conv1 3*b*b input channels, which Keras' conv1 does not fit.
+"""
 
 import ml_collections
 

@@ -2,6 +2,11 @@
 
 Usage: python -m camjax.train --config configs/resnet50.py --workdir runs/resnet50
        [--config.model.init_from=weights/resnet50]   # from `python -m camjax.convert`
+
+ImageNet weights (conv1 included) still import with `model.highpass` (3 channels in and out)
+and the stem options `model.kwargs.stem_stride=1` / `stem_pool=False` (strides, not shapes);
+`model.kwargs.zero_init_residual=True` is an initialisation the import replaces;
+`model.space_to_depth` > 1 gives conv1 3*b*b input channels, which Keras' conv1 does not fit.
 """
 
 import ml_collections

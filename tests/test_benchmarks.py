@@ -184,3 +184,26 @@ def test_learning_probe_streams_and_checks_fit_against_inference(env, tmp_path):
     assert stream["compiles_after_warmup"] == 0
     fixed, = run("learning_probe.py", *sets, "--fixed_batches", "2", env=env)
     assert 0.0 <= fixed["inference_accuracy_on_fixed_batches"] <= 1.0
+
+
+def test_learning_curve_records_validation_against_seconds_and_steps(env, tmp_path):
+    from datasets import make_challenge_tree
+
+    root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=3, test_per_class=1)
+    tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8", "steps_per_epoch=2",
+            "num_epochs=2", "data.val_crops=1", "model.kwargs.widths=(8, 16)", "model.head.hidden=(16, 8)",
+            f"data.root={root}", "compilation_cache=''"]
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    out = tmp_path / "curves.jsonl"
+    r, = run("learning_curve.py", *sets, "--seconds", "0", "--workdir", str(tmp_path / "run"), "--append", str(out),
+             "--label", "tiny", env=env)
+    assert r["benchmark"] == "learning_curve" and r["model"] == "camnet" and r["label"] == "tiny"
+    assert r["steps"] == 4 and r["batch_size"] == 8 and r["patch"] == 32
+    assert [p["step"] for p in r["curve"]] == [2, 4] and [p["epoch"] for p in r["curve"]] == [1, 2]
+    assert all(0 <= p["val_weighted_accuracy"] <= 1 and p["seconds"] > 0 for p in r["curve"])
+    assert r["curve"][0]["seconds"] <= r["curve"][1]["seconds"] <= r["seconds"]
+    assert r["best_val_weighted_accuracy"] == max(p["val_weighted_accuracy"] for p in r["curve"])
+    assert set(r["first_above"]) == {"0.2", "0.5"}
+    assert r["compiles_after_warmup"] is not None
+    assert json.loads(out.read_text())["curve"] == r["curve"]
+    assert (tmp_path / "run" / "metrics.jsonl").exists()  # a named workdir is kept

@@ -1,6 +1,7 @@
 """Every model config and preset builds its classifier and accepts its own patch size (abstractly)."""
 
 import importlib
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,8 @@ from flax import nnx
 
 from camjax import models
 
-CONFIGS = ["camnet", "resnet50", "densenet201", "mobilenet", "inception_resnet_v2"]
+CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "common"))
 
 
 @pytest.mark.parametrize("preset", ["", "quick"])
@@ -35,3 +37,10 @@ def test_config_builds_and_runs_at_its_patch_size(name, preset):
 def test_unknown_preset_is_an_error():
     with pytest.raises(ValueError, match="unknown preset"):
         importlib.import_module("configs.camnet").get_config("fast")
+
+
+def test_every_mission_backbone_has_a_config():
+    assert {"camnet", "resnet50", "mobilenet", "mobilenet_v2", "densenet121", "densenet201",
+            "inception_resnet_v2"} <= set(CONFIGS)
+    for name in CONFIGS:  # the config file's name is its model's name, except densenet201's quick DenseNet121
+        assert importlib.import_module(f"configs.{name}").get_config().model.name == name

@@ -218,3 +218,44 @@ def test_models_table_counts_and_flops():
     assert table.count(classifier) == KERAS_PARAMS["mobilenet"] + head
     # MobileNet: 569 M multiply-adds at 224x224 (its paper), so ~2 * 569e6 * (512 / 224) ** 2 flops.
     assert 5.5 < table.gflops(classifier) < 6.5
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,size,stock_hw,options_hw",
+    [  # 32 px: the stock stems reach stride 32 (1x1); without their downsampling, stride 8 or 16
+        ("resnet50", dict(stem_stride=1, stem_pool=False), 32, 1, 4),
+        ("mobilenet", dict(alpha=0.25, stem_stride=1), 32, 1, 2),
+        ("mobilenet_v2", dict(alpha=0.35, stem_stride=1), 32, 1, 2),
+    ],
+)
+def test_stem_options_keep_weight_shapes_and_remove_downsampling(name, kwargs, size, stock_hw, options_hw):
+    """stem_stride / stem_pool change strides only: the same weights (ImageNet conv1 included) load."""
+    stock_kwargs = {k: v for k, v in kwargs.items() if k == "alpha"}
+    stock, changed = abstract(name, **stock_kwargs), abstract(name, **kwargs)
+    shapes = lambda m: jax.tree.map(lambda v: v.shape, nnx.state(m, nnx.Param, nnx.BatchStat))  # noqa: E731
+    assert shapes(stock) == shapes(changed)
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    for model, hw in ((stock, stock_hw), (changed, options_hw)):
+        graphdef, state = nnx.split(model)
+        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+        assert out.shape[1:3] == (hw, hw)
+    with pytest.raises(ValueError, match="stem_stride"):
+        abstract(name, **stock_kwargs, stem_stride=3)
+
+
+def test_stem_stride_one_imports_keras_weights():
+    keras_model = keras_backbone("MobileNet", alpha=0.25)
+    randomise(keras_model)
+    backbone = converted("mobilenet", keras_model, alpha=0.25, stem_stride=1)
+    np.testing.assert_array_equal(np.asarray(backbone.conv1.kernel[...]), np.asarray(keras_model.get_layer("conv1").kernel))
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet50", {}), ("mobilenet_v2", {"alpha": 0.35})])
+def test_zero_init_residual_starts_blocks_as_their_shortcuts(name, kwargs):
+    model = registry.get(name).build(rngs=nnx.Rngs(0), zero_init_residual=True, **kwargs)
+    if name == "resnet50":
+        assert len(model.blocks) == 16 and all((np.asarray(b.bn3.scale[...]) == 0).all() for b in model.blocks)
+    else:
+        residual = [b for b in model.blocks if b.residual]
+        assert residual and all((np.asarray(b.project_bn.scale[...]) == 0).all() for b in residual)
+        assert all((np.asarray(b.project_bn.scale[...]) == 1).all() for b in model.blocks if not b.residual)

@@ -82,6 +82,8 @@ class DenseNet(nnx.Module):
         *,
         blocks: Sequence[int],
         growth_rate: int = 32,
+        stem_stride: int = 2,  # the 7x7 stem convolution's stride (Keras: 2)
+        stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
         in_channels: int = 3,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -91,7 +93,10 @@ class DenseNet(nnx.Module):
         if len(blocks) != 4:
             raise ValueError(f"densenet.py: blocks needs 4 dense-block lengths, got {tuple(blocks)}")
         make = _Layers(dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, rngs=rngs)
-        self.conv1_conv = make.conv(in_channels, 64, 7, strides=2, padding=((3, 3), (3, 3)))
+        if stem_stride not in (1, 2):
+            raise ValueError(f"DenseNet needs stem_stride 1 or 2, got {stem_stride}")
+        self.stem_pool = bool(stem_pool)  # neither option changes a weight's shape: ImageNet weights import
+        self.conv1_conv = make.conv(in_channels, 64, 7, strides=stem_stride, padding=((3, 3), (3, 3)))
         self.conv1_bn = make.bn(64)
         stages = []
         c = 64
@@ -110,9 +115,9 @@ class DenseNet(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nnx.relu(self.conv1_bn(self.conv1_conv(x)))
-        # Keras' ZeroPadding2D(1) before the 'valid' max pool.
-        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        if self.stem_pool:  # Keras' ZeroPadding2D(1) before the 'valid' max pool.
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         for stage in self.stages:
             for layer in stage:
                 x = layer(x)

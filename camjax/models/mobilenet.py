@@ -5,6 +5,10 @@ epsilon 1e-3 (momentum 0.99 in v1, 0.999 in v2), ReLU6, the width multiplier `al
 rounded as Keras rounds it, and Keras' asymmetric zero padding before each stride-2
 depthwise convolution (v1 always pads bottom/right by one; v2 pads as `correct_pad` does
 for the input's actual size, which equals TensorFlow's 'SAME').
+
+`stem_stride=1` makes the first 3x3 convolution stride 1 (Keras: 2), which keeps the
+pixel-scale traces a camera leaves at full resolution into the first blocks; it changes no
+weight's shape, so ImageNet weights still import.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class MobileNet(nnx.Module):
         alpha: float = 1.0,
         depth_multiplier: int = 1,
         depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.depthwise_lowering
+        stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
         in_channels: int = 3,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -114,7 +119,9 @@ class MobileNet(nnx.Module):
             depthwise_impl=depthwise_impl, rngs=rngs,
         )
         cin = int(32 * alpha)
-        self.conv1 = conv(in_channels, cin, (3, 3), strides=2, padding="SAME")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"{type(self).__name__} needs stem_stride 1 or 2, got {stem_stride}")
+        self.conv1 = conv(in_channels, cin, (3, 3), strides=stem_stride, padding="SAME")
         self.conv1_bn = bn(cin)
         blocks = []
         for block_id, (filters, stride) in enumerate(self.BLOCKS, start=1):
@@ -190,6 +197,8 @@ class MobileNetV2(nnx.Module):
         *,
         alpha: float = 1.0,
         depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.depthwise_lowering
+        stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
+        zero_init_residual: bool = False,  # residual blocks' projection BatchNorm scale starts at 0
         in_channels: int = 3,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -203,7 +212,9 @@ class MobileNetV2(nnx.Module):
             depthwise_impl=depthwise_impl, rngs=rngs,
         )
         cin = make_divisible(32 * alpha)
-        self.conv1 = conv(in_channels, cin, (3, 3), strides=2, padding="SAME")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"{type(self).__name__} needs stem_stride 1 or 2, got {stem_stride}")
+        self.conv1 = conv(in_channels, cin, (3, 3), strides=stem_stride, padding="SAME")
         self.conv1_bn = bn(cin)
         blocks = []
         for filters, expansion, stride, repeats in self.BLOCKS:
@@ -213,6 +224,10 @@ class MobileNetV2(nnx.Module):
                     InvertedResidual(len(blocks), cin, cout, expansion, stride if i == 0 else 1, conv=conv, bn=bn)
                 )
                 cin = cout
+        if zero_init_residual:  # each residual block starts as the identity (an init: imports replace it)
+            for block in blocks:
+                if block.residual:
+                    block.project_bn.scale.set_value(jnp.zeros_like(block.project_bn.scale.get_value()))
         self.blocks = nnx.List(blocks)
         self.num_features = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
         self.conv_last = conv(cin, self.num_features, (1, 1))

@@ -4,6 +4,12 @@ Faithful to the Keras definition (not torchvision's): biased convolutions before
 BatchNorm (epsilon 1.001e-5, momentum 0.99), explicit zero padding before the 7x7 stem and
 the max pool, the stride on the first 1x1 convolution of each stage - so ImageNet weights
 import exactly (`camjax.convert`) and the features match Keras to float precision.
+
+`stem_stride=1` / `stem_pool=False` remove the stem's early downsampling (the 7x7 stride-2
+convolution and the 3x3 stride-2 max pool) for forensic inputs, whose traces live at the
+pixel scale; `zero_init_residual=True` starts every block's last BatchNorm scale at zero, so
+the network starts as its shortcuts (an initialisation: imported weights replace it). None
+changes a weight's shape: ImageNet weights still import.
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ class ResNet50(nnx.Module):
         self,
         *,
         in_channels: int = 3,
+        stem_stride: int = 2,  # the 7x7 stem convolution's stride (Keras: 2)
+        stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
+        zero_init_residual: bool = False,  # each block's last BatchNorm scale starts at 0 (Goyal et al.)
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -91,7 +100,10 @@ class ResNet50(nnx.Module):
             axis_name=bn_axis_name,
             rngs=rngs,
         )
-        self.conv1 = conv(in_channels, 64, (7, 7), strides=2)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"ResNet50 needs stem_stride 1 or 2, got {stem_stride}")
+        self.stem_pool = bool(stem_pool)
+        self.conv1 = conv(in_channels, 64, (7, 7), strides=stem_stride)
         self.bn1 = bn(64)
         blocks, cin = [], 64
         for stage, (filters, n, stride) in enumerate(self.STAGES, start=2):
@@ -99,6 +111,9 @@ class ResNet50(nnx.Module):
                 name = f"conv{stage}_block{i + 1}"
                 blocks.append(Bottleneck(name, cin, filters, stride if i == 0 else 1, i == 0, conv=conv, bn=bn))
                 cin = 4 * filters
+        if zero_init_residual:  # every block starts as its shortcut: a shallow network at step 0
+            for block in blocks:
+                block.bn3.scale.set_value(jnp.zeros_like(block.bn3.scale.get_value()))
         self.blocks = nnx.List(blocks)
         self.num_features = cin
 
@@ -110,7 +125,8 @@ class ResNet50(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nnx.relu(self.bn1(self.conv1(zero_pad(x, 3))))
-        x = nnx.max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2), padding="VALID")
+        if self.stem_pool:
+            x = nnx.max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2), padding="VALID")
         for block in self.blocks:
             x = block(x)
         return x
