@@ -203,6 +203,24 @@ def jpeg_tree(files: int, height: int = 3000, width: int = 4000, quality: int = 
 # --- the train step, built as camjax/trainer.py builds it -------------------------------
 
 
+def apply_overrides(config, overrides) -> None:
+    """`KEY=VALUE` items (Python literals; a bare word stays a string) set on a ConfigDict,
+    new keys allowed (model kwargs a config does not name)."""
+    import ast
+
+    for item in overrides:
+        key, _, text = item.partition("=")
+        *path, last = key.split(".")
+        node = config
+        for name in path:
+            node = node[name]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text  # a bare string such as cosine
+        node[last] = value
+
+
 def load_config(spec: str):
     """`configs/<name>.py[:preset]` -> its ConfigDict (what --config takes in training)."""
     import importlib.util

@@ -15,7 +15,6 @@ BatchNorm statistics, not a learning problem.
 from __future__ import annotations
 
 import argparse
-import ast
 import functools
 import itertools
 import sys
@@ -36,20 +35,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def apply_overrides(config, overrides) -> None:
-    for item in overrides:
-        key, _, text = item.partition("=")
-        *path, last = key.split(".")
-        node = config
-        for name in path:
-            node = node[name]
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text  # a bare string such as cosine
-        node[last] = value
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     import jax
@@ -59,7 +44,7 @@ def main(argv=None) -> None:
     from camjax.parallel import compile_count
 
     config = common.load_config(args.config)
-    apply_overrides(config, args.set)
+    common.apply_overrides(config, args.set)
     config.optim.schedule = "constant"
     index, read, _ = trainer.open_dataset(config.data, config.seed)
     loader = pipeline.make_process_loader(index, config.data, global_batch=config.batch_size, seed=config.seed,

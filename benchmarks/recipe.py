@@ -13,14 +13,15 @@ moves by several points with any perturbation), and judged on data they were not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 
 import common
-from learning_probe import apply_overrides
 
 
 def parse_args(argv=None):
@@ -42,22 +43,23 @@ def main(argv=None) -> None:
     trainer.quiet_libraries()
     for seed in args.seeds:
         config = common.load_config(args.config)
-        apply_overrides(config, args.set)
+        common.apply_overrides(config, args.set)
         config.seed = seed
         if args.root:
             config.data.root = args.root
         tag = hashlib.sha256(json.dumps([args.config, args.set, args.root]).encode()).hexdigest()[:8]
         workdir = os.path.join(args.runs, f"{tag}-seed{seed}")
         shutil.rmtree(workdir, ignore_errors=True)
-        start = time.perf_counter()
-        val = trainer.train_and_evaluate(config, workdir)
-        train_seconds = time.perf_counter() - start
-        steps = max(json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")))
-        root = trainer.resolve_data_root(config.data)
-        start = time.perf_counter()
-        result = evaluator.evaluate([workdir], data_root=root, agg=config.eval.agg,
-                                    max_tiles=config.eval.max_tiles or None,
-                                    out=os.path.join(workdir, "submission.csv"))
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
+            start = time.perf_counter()
+            val = trainer.train_and_evaluate(config, workdir)
+            train_seconds = time.perf_counter() - start
+            steps = max(json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")))
+            root = trainer.resolve_data_root(config.data)
+            start = time.perf_counter()
+            result = evaluator.evaluate([workdir], data_root=root, agg=config.eval.agg,
+                                        max_tiles=config.eval.max_tiles or None,
+                                        out=os.path.join(workdir, "submission.csv"))
         common.emit(common.record(
             "recipe", model=config.model.name, name=args.name, config=args.config, overrides=args.set,
             root=args.root or "synthetic", seed=seed, steps=steps, train_seconds=common.rounded(train_seconds, 1),
@@ -68,6 +70,8 @@ def main(argv=None) -> None:
             test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
             test_balanced=common.rounded(result["balanced_weighted_accuracy"], 4),
             test_unbalanced=common.rounded(result["unbalanced_weighted_accuracy"], 4),
+            peak_rss_mb=common.peak_rss_mb(),
+            compiles_after_warmup=None,  # a whole run, not a timed loop: the trainer logs its own count
         ))
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

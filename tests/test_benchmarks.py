@@ -207,3 +207,29 @@ def test_learning_curve_records_validation_against_seconds_and_steps(env, tmp_pa
     assert r["compiles_after_warmup"] is not None
     assert json.loads(out.read_text())["curve"] == r["curve"]
     assert (tmp_path / "run" / "metrics.jsonl").exists()  # a named workdir is kept
+
+
+def test_recipe_trains_and_scores_each_seed(env, tmp_path):
+    import csv
+
+    from datasets import make_challenge_tree
+
+    classes = ("HTC-1-M7", "iPhone-4s")
+    root = make_challenge_tree(tmp_path / "data", classes=classes, per_class=3, test_per_class=2)
+    with open(root / "test_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fname", "camera", "manipulation"])
+        for i, name in enumerate(sorted(p.name for p in (root / "test").iterdir())):
+            w.writerow([name, classes[i % 2], "jpeg70" if "manip" in name else "none"])
+    tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8", "steps_per_epoch=2",
+            "num_epochs=1", "data.val_crops=1", "model.kwargs.widths=(8, 16)", "model.head.hidden=(16, 8)",
+            "eval.max_tiles=2", "compilation_cache=''"]
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    records = run("recipe.py", "--root", str(root), "--seeds", "0,1", "--name", "tiny", "--runs", str(tmp_path / "runs"),
+                  *sets, env=env)
+    assert [r["seed"] for r in records] == [0, 1] and all(r["name"] == "tiny" and r["steps"] == 2 for r in records)
+    for r in records:
+        assert r["trained_views"] == "d4" and set(r["test_weighted_accuracy"]) == {"none", "flips", "rot90", "d4"}
+        assert all(0 <= v <= 1 for v in r["test_weighted_accuracy"].values())
+        assert 0 <= r["test_balanced"] <= 1 and 0 <= r["val_weighted_accuracy"] <= 1
+    assert not any((tmp_path / "runs").iterdir())  # run folders go unless --keep

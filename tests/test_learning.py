@@ -10,7 +10,7 @@ import shutil
 
 from camjax import trainer
 from camjax.data import synthetic
-from configs import camnet
+from test_train_evaluate import tiny_config
 
 CHANCE = 0.25  # four classes
 # Held-out accuracy of the run below over training seeds 0, 1, 2: 0.69, 0.75, 0.60 (README,
@@ -28,25 +28,15 @@ def four_cameras(path):
 
 
 def tiny_camnet(root, **overrides):
-    c = camnet.get_config("quick")
-    c.data.root = str(root)
-    c.data.workers = 0
-    c.data.patches_per_image = 16
-    c.data.val_fraction = 0.3  # three held-out frames per camera
-    c.data.val_crops = 8
-    c.data.manip_prob = 0.0
-    c.data.d4 = "none"
-    c.model.kwargs.widths = (16, 32)
-    c.model.head.hidden = (32,)
-    c.model.head.dropout = (0.0,)
-    c.optim.learning_rate = 3e-3
-    c.batch_size = 32
-    c.steps_per_epoch = 40
-    c.num_epochs = 6
-    c.log_every = 20
-    c.compilation_cache = ""
-    c.update_from_flattened_dict(overrides)
-    return c
+    """The end-to-end tests' tiny config, made just big enough to learn: 64 px patches, widths
+    16/32, 240 steps at 3e-3, no manipulations or views (the shortest path to a signal)."""
+    settings = {
+        "data.patch": 64, "data.patches_per_image": 16, "data.val_crops": 8, "data.manip_prob": 0.0,
+        "data.d4": "none", "model.kwargs.widths": (16, 32), "model.head.hidden": (32,), "model.head.dropout": (0.0,),
+        "optim.learning_rate": 3e-3, "batch_size": 32, "steps_per_epoch": 40, "num_epochs": 6, "log_every": 20,
+        "data.val_fraction": 0.3,  # three held-out frames per camera
+    }
+    return tiny_config(root, **{**settings, **overrides})
 
 
 def test_a_tiny_camnet_learns_the_cameras_and_a_frozen_one_does_not(tmp_path):
