@@ -25,14 +25,15 @@ def test_finds_the_grid_of_any_crop(quality, subsampling):
     frame = _jpeg_frame(quality, subsampling)
     for top, left in [(0, 0), (1, 0), (0, 5), (3, 7), (8, 16), (13, 2)]:
         crop = frame[top : top + 256, left : left + 256]
-        assert jpeg_grid.grid_offset(crop) == (-top % 8, -left % 8), (quality, top, left)
-        assert jpeg_grid.grid_confidence(crop) > 0.3
+        offset, confidence = jpeg_grid.locate_grid(crop)
+        assert offset == (-top % 8, -left % 8), (quality, top, left)
+        assert confidence > 0.3
 
 
 def test_no_grid_without_compression():
     rng = np.random.default_rng(1)
     noise = rng.integers(0, 256, (256, 256, 3)).astype(np.uint8)
-    assert jpeg_grid.grid_confidence(noise) < 0.1
+    assert jpeg_grid.locate_grid(noise)[1] < 0.1
 
 
 def test_too_small_is_a_clear_error():

@@ -52,16 +52,19 @@ def zero_fractions(image: np.ndarray, *, tolerance: float = 0.5) -> np.ndarray:
     return out
 
 
-def grid_offset(image: np.ndarray) -> tuple[int, int]:
-    """(row, column) in 0..7 of the first full 8x8 block of the encoder's grid in `image`:
-    0, 0 for a crop that starts on the grid; 7, 0 for one cut a row below it."""
+def locate_grid(image: np.ndarray) -> tuple[tuple[int, int], float]:
+    """The encoder's grid in `image` and how far it stands out, from one pass over the offsets.
+
+    The offset is (row, column) in 0..7 of the first full 8x8 block: 0, 0 for a crop that
+    starts on the grid; 7, 0 for one cut a row below it. The confidence is the best offset's
+    zero share minus the runner-up's, over the runner-up's (near 0 for an image that was never
+    JPEG-compressed on a grid)."""
     scores = zero_fractions(image)
     dy, dx = np.unravel_index(int(np.argmax(scores)), scores.shape)
-    return int(dy), int(dx)
+    ranked = np.sort(scores.ravel())
+    return (int(dy), int(dx)), float((ranked[-1] - ranked[-2]) / max(ranked[-2], 1e-9))
 
 
-def grid_confidence(image: np.ndarray) -> float:
-    """How far the best offset stands out: its zero share minus the runner-up's, over the
-    runner-up's (0 for an image that was never JPEG-compressed on a grid)."""
-    scores = np.sort(zero_fractions(image).ravel())
-    return float((scores[-1] - scores[-2]) / max(scores[-2], 1e-9))
+def grid_offset(image: np.ndarray) -> tuple[int, int]:
+    """The (row, column) offset of `locate_grid`."""
+    return locate_grid(image)[0]

@@ -59,6 +59,7 @@ MCU = 16  # JPEG MCU side for 4:2:0; windows start on multiples of it
 MARGIN = 32  # around a test source: the reach of filters, demosaicing and JPEG upsampling
 
 _SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+UNIT = {"train": 1, "test": 2}  # device 1 takes the train frames, device 2 the test frames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -725,7 +726,7 @@ def window_around(shape: tuple[int, int], source: tuple[int, int], size: int, si
 def streams(shot: Shot) -> tuple[np.random.Generator, np.random.Generator, int]:
     """The shot's scene and capture random streams, and its stored orientation (quarter turns,
     the capture stream's first draws)."""
-    split_id = {"train": 1, "test": 2}[shot.split]
+    split_id = UNIT[shot.split]
     # Scene and capture draw from separate streams keyed by the frame's slot; the scene
     # renderer is given no camera parameter, so every camera sees one scene distribution.
     rng_scene = np.random.default_rng([shot.seed, 0x5CE7E, split_id, shot.model, shot.index])
@@ -737,8 +738,7 @@ def streams(shot: Shot) -> tuple[np.random.Generator, np.random.Generator, int]:
 def render(shot: Shot, out_dir: str) -> dict | None:
     """Render one frame, write it, and return its label row (test frames)."""
     model = MODELS[shot.model]
-    split_id = {"train": 1, "test": 2}[shot.split]
-    dev = device(shot.seed, shot.model, split_id)  # device 1 takes train, device 2 test frames
+    dev = device(shot.seed, shot.model, UNIT[shot.split])
     rng_scene, rng_shot, turns = streams(shot)
     shape = stored_shape(model, turns)
     manip = manipulation_by_name(shot.manipulation)
