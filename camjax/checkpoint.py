@@ -63,7 +63,7 @@ class Checkpointer:
         saved = self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
-            metrics={self.best_metric: metrics[self.best_metric]} if metrics and self.best_metric in metrics else None,
+            metrics={self.best_metric: metrics[self.best_metric]} if metrics and metrics.get(self.best_metric) is not None else None,
             force=force,
         )
         return bool(saved)

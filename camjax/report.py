@@ -50,6 +50,7 @@ class ValidationPass:
     features: np.ndarray  # [N, F] pooled backbone features
     mistakes: list[dict]  # the most confident wrong predictions, one per file, best first
     picks: list[dict]  # unaltered patches for saliency, `per_class` per class, in class order
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # unreadable files: (path, reason)
 
 
 def validation_records(restored: RestoredModel, data_root: str | None):
@@ -117,6 +118,7 @@ def run_validation(restored: RestoredModel, dp: DataParallel, records, read, *, 
         features=np.concatenate(feats).astype(np.float64),
         mistakes=sorted(worst.values(), key=lambda p: -p["prob"])[:mistakes],
         picks=[p for c in range(num_classes) for p in picks[c]],
+        skipped=list(batches.skipped),
     )
 
 
@@ -222,6 +224,12 @@ def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 1
                ("classes", str(len(classes))), ("patch", f"{run.patch} px"), ("dataset", data_root or run.data_root),
                ("validation accuracy", _fmt(val_report["accuracy"])),
                ("validation weighted accuracy", _fmt(val_report["weighted_accuracy"]))]
+    if val.skipped:
+        summary.append(("unreadable validation files (skipped)",
+                        "; ".join(f"{os.path.basename(p)}: {why}" for p, why in val.skipped)))
+    unscored = [c for c, acc in val_report["per_class"].items() if acc is None]
+    if unscored:
+        summary.append(("classes without a readable validation file", ", ".join(unscored)))
     if found:
         summary.append(("test weighted accuracy", _fmt(scores["weighted_accuracy"])))
     summary.append(("written", datetime.datetime.now().isoformat(timespec="seconds")))

@@ -161,10 +161,16 @@ class _StopFlag:
         return False
 
 
-def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes, read) -> dict[str, float]:
-    """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set."""
+def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes, read) -> dict:
+    """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set.
+
+    An unreadable validation file is skipped and counted (`val/skipped_files`), named once per
+    process; a class left with no readable file has no accuracy (None, logged once), rather
+    than a zero that would pull the plateau tracker and the best checkpoint down.
+    """
     preds, labels, manips = [], [], []
-    for batch in pipeline.make_eval_batches(index.val, data_config, batch_size=batch_size, read=read):
+    batches = pipeline.make_eval_batches(index.val, data_config, batch_size=batch_size, read=read)
+    for batch in batches:
         # Every process reads every batch and runs its rows; predictions are gathered, so all
         # processes compute the same metrics (and plateau decisions).
         probs = dp.fetch_per_example(predict(state, dp.put_batch(dp.process_rows(_model_inputs(batch)))))
@@ -173,6 +179,7 @@ def validate(predict, dp: DataParallel, state, index, data_config, batch_size: i
         labels.append(batch["label"][keep])
         manips.append(batch["manipulation"][keep])
     if not preds:
+        _warn_once(f"no readable validation file among {len(index.val)}: nothing is validated")
         return {}
     report = scoring.report(np.concatenate(preds), np.concatenate(labels), np.concatenate(manips), list(classes))
     out = {
@@ -180,9 +187,23 @@ def validate(predict, dp: DataParallel, state, index, data_config, batch_size: i
         "val/weighted_accuracy": report["weighted_accuracy"],
         "val/accuracy_unalt": report["acc_unalt"],
         "val/accuracy_manip": report["acc_manip"],
+        "val/skipped_files": len(batches.skipped),
     }
     out.update({f"val/class/{name}": acc for name, acc in report["per_class"].items()})
+    unscored = [name for name, acc in report["per_class"].items() if acc is None]
+    if unscored:
+        _warn_once(f"no readable validation file for class {', '.join(unscored)}: its accuracy is not reported "
+                   "(weighted and overall accuracy cover the other classes)")
     return out
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 _MODEL_INPUTS = ("image", "label", "is_manipulated", "manipulation")
@@ -344,13 +365,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             if end_of_epoch:
                 last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read)
                 if last_val:
-                    scale = plateau.update(last_val[config.optim.plateau.metric])
-                    state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
                     writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
+                    line = ", ".join(f"{k}={_fmt(last_val[k])}" for k in ("val/accuracy", "val/weighted_accuracy"))
+                    if last_val.get(config.optim.plateau.metric) is not None:
+                        scale = plateau.update(last_val[config.optim.plateau.metric])
+                        state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
+                        line += f" lr_scale={scale:g}"
                     if is_main:
-                        bar.write(f"epoch {step // steps_per_epoch}: "
-                                  f"val/accuracy={last_val['val/accuracy']:.4f} "
-                                  f"val/weighted_accuracy={last_val['val/weighted_accuracy']:.4f} lr_scale={scale:g}")
+                        bar.write(f"epoch {step // steps_per_epoch}: {line}")
                 save(last_val)
                 if is_main:
                     from camjax import plots
@@ -373,6 +395,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         log.info("compilations after the first step: %d (validation included); persistent-cache misses: %d",
                  recompiles, cache_miss_count())
     return last_val
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _encode_data_state(state):

@@ -24,12 +24,14 @@ class MetricWriter:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        row = {"step": int(step)}
-        row.update({k: (float(v) if math.isfinite(float(v)) else None) for k, v in scalars.items()})
+        # None (a metric with nothing to measure, e.g. a class without readable validation
+        # files) and non-finite values are written as null and left out of TensorBoard.
+        values = {k: (float(v) if v is not None and math.isfinite(float(v)) else None) for k, v in scalars.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        for k, v in scalars.items():
-            self._tb.add_scalar(k, float(v), int(step))
+            f.write(json.dumps({"step": int(step), **values}) + "\n")
+        for k, v in values.items():
+            if v is not None:
+                self._tb.add_scalar(k, v, int(step))
         self._tb.flush()
 
     def truncate_after(self, step: int) -> None:

@@ -216,3 +216,44 @@ def test_test_path_raises_skips_or_pads(tmp_path):
     small = decode_image(bad["small"])
     np.testing.assert_array_equal(padded[0]["image"][0, :40, :50], small)
     np.testing.assert_array_equal(padded[0]["image"][0, 40:, :50], small[::-1][: 64 - 40])
+
+
+def test_a_class_whose_validation_files_are_unreadable_trains_to_the_end(tmp_path, caplog):
+    """The set of the bug report: a broken file alone in a class's validation split, odd and
+    broken files among the training files. Training, report, evaluate and pseudolabel all finish,
+    and the class without a readable validation file is reported as such, not as a zero."""
+    import json
+
+    from datasets import make_challenge_tree
+    from test_train_evaluate import tiny_config
+
+    from camjax import evaluator, pseudolabel, report, trainer
+
+    root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=4, test_per_class=2)
+    bad_files(root / "train" / "HTC-1-M7")
+    odd_files(root / "train" / "iPhone-4s")
+    (root / "val" / "HTC-1-M7").mkdir(parents=True)
+    (root / "val" / "HTC-1-M7" / "zz_empty.jpg").write_bytes(b"")
+    jpeg(root / "val" / "iPhone-4s" / "good.jpg", texture(96, 128, 5))
+    (root / "val" / "iPhone-4s" / "zz_text.jpg").write_text("not an image\n")
+    (root / "test" / "img_broken_unalt.tif").write_bytes(b"II*\x00")
+    workdir = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        trainer.train_and_evaluate(tiny_config(root), str(workdir))
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/accuracy" in r]
+    assert [r["step"] for r in val] == [3, 6]  # both epochs validated, the run reached its last step
+    for r in val:
+        assert r["val/class/HTC-1-M7"] is None and r["val/class/iPhone-4s"] is not None
+        assert r["val/skipped_files"] == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("zz_empty.jpg" in m for m in messages) == 1  # named once, though validated twice
+    assert sum("no readable validation file for class HTC-1-M7" in m for m in messages) == 1
+
+    page = open(report.write_report(str(workdir), per_class=1)).read()
+    assert "classes without a readable validation file" in page and "zz_empty.jpg" in page
+    result = evaluator.evaluate([str(workdir)], out=str(tmp_path / "sub.csv"), skip_bad=True, batch_size=8)
+    assert result["skipped"] == ["img_broken_unalt.tif"]
+    labelled = pseudolabel.pseudolabel([str(workdir)], data_root=str(root), out=str(tmp_path / "pl"), threshold=0.0,
+                                       skip_bad=True, batch_size=8)
+    assert labelled["skipped"] == ["img_broken_unalt.tif"] and labelled["pseudo_labels"] == 4

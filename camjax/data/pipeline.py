@@ -382,7 +382,9 @@ class _Batches:
         except BadImageError as e:
             if not skip_bad:
                 raise
-            log.warning("skipping %s: %s", path, e.reason)
+            if path not in _BAD_FILES:  # named once per process, counted on every pass
+                _BAD_FILES[path] = e.reason
+                log.warning("skipping %s: %s", path, e.reason)
             self.skipped.append((path, e.reason))
             return None
 
