@@ -17,6 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from camjax import parallel, trainer
+from camjax.runlock import WorkdirBusyError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration (file[:preset]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
@@ -35,8 +36,11 @@ def main(argv):
     is_main = jax.process_index() == 0
     if not is_main:  # process 0 speaks for the run
         logging.getLogger("camjax").setLevel(logging.WARNING)
-    final = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    if final and is_main:
+    try:
+        final = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except WorkdirBusyError as e:  # expected on a requeue: one line, not a traceback
+        raise SystemExit(f"error: {e}") from None
+    if final and final.get("val/weighted_accuracy") is not None and is_main:
         print(f"val/weighted_accuracy={final['val/weighted_accuracy']:.4f}")
 
 

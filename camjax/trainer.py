@@ -27,6 +27,7 @@ from camjax.data import pipeline, sources
 from camjax.data.decode import read_bytes
 from camjax.parallel import DataParallel, bn_axis_name, cache_miss_count, compile_count, prefetch
 from camjax.postprocess import atomic_write
+from camjax.runlock import WorkdirBusyError, WorkdirLock
 from camjax.writers import MetricWriter
 
 RUN_FILE = "run.json"
@@ -215,11 +216,40 @@ def _model_inputs(batch):
     return {k: batch[k] for k in keys if k in batch}
 
 
+def lock_workdir(workdir: str) -> WorkdirLock | None:
+    """Process 0 takes the run's lock before any process writes; if it cannot, every process
+    raises the same WorkdirBusyError. Returns the lock on process 0 (None on the others)."""
+    lock, refusal = None, ""
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir).acquire()
+        except WorkdirBusyError as e:
+            refusal = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.broadcast_one_to_all(np.int32(bool(refusal))):
+            raise WorkdirBusyError(refusal or WorkdirLock(workdir).busy_message())
+    elif refusal:
+        raise WorkdirBusyError(refusal)
+    return lock
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the last validation metrics."""
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the last validation
+    metrics. A workdir that another live run holds is refused before anything is written."""
     if config.nonfinite not in ("stop", "skip"):
         raise ValueError(f"config.nonfinite={config.nonfinite!r}: expected 'stop' or 'skip'")
     os.makedirs(workdir, exist_ok=True)
+    lock = lock_workdir(workdir)
+    try:
+        return _train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir: str) -> dict[str, float]:
     enable_compilation_cache(config.compilation_cache)
     index, read, root = open_dataset(config.data, config.seed)
     run = Run(

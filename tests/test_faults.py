@@ -96,6 +96,63 @@ def test_sigkill_at_three_moments_then_resume_is_bit_identical(root, tmp_path):
     assert got["params_sha256"] == expected["params_sha256"]
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_one_run_owns_its_workdir_and_a_killed_run_leaves_neither_lock_nor_workers(root, tmp_path):
+    """A second trainer on a live run's workdir is refused at once, naming the holder; the
+    holder, killed with SIGKILL, takes its Grain workers with it, and its lock does not block
+    the restart, which resumes and finishes."""
+    workdir = tmp_path / "run"
+    cmd = cli_train_cmd(root, workdir, steps_per_epoch=3, num_epochs=200, **{"data.workers": 2})
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        wait_for(lambda: (workdir / "metrics.jsonl").exists(), 240, "the first run's first logged step")
+        assert first.poll() is None
+        workers = [p for p in group_members(first.pid) if p != first.pid]
+        assert len(workers) >= 2  # Grain's two workers (and multiprocessing's resource tracker)
+
+        second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0
+        assert f"in use by another run (pid {first.pid} on host" in second.stderr, second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+        assert first.poll() is None, "the refused run must not disturb the one holding the workdir"
+        assert not list((workdir / "checkpoints").glob("*.unreadable"))
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    wait_for(lambda: not group_members(first.pid), 10, f"the killed run's processes {group_members(first.pid)}")
+
+    ckpt = Checkpointer(str(workdir), read_only=True)
+    killed_at = ckpt.latest_step() or 0
+    ckpt.close()
+    code, err = finish(start(cmd + ["--config.max_train_seconds=1e-9"]))  # stops at the next epoch's end
+    assert code == 0, err[-2000:]
+    assert f"resumed from step {killed_at}" in err or killed_at == 0
+    assert checksums(workdir)["step"] > killed_at
+
+
 @pytest.fixture(scope="module")
 def two_epochs(root, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("two-epochs")

@@ -213,3 +213,32 @@ def test_local_sh_fails_and_stops_the_others_when_one_process_fails(tmp_path):
     rc, _, err = run([str(LOCAL_SH), "2", "--workdir", "x"], {"PYTHON": str(fake), "PORT": str(port)}, timeout=60,
                      check=False)
     assert rc == 3 and "killing the others" in err
+
+
+def test_every_process_of_a_multi_process_run_refuses_a_held_workdir(root, tmp_path):
+    """Process 0 takes the run's lock before anything is written and tells the others: with the
+    workdir held by another run, every process stops with the holder's name, and nothing is written."""
+    from camjax.runlock import WorkdirLock
+
+    workdir = tmp_path / "held"
+    workdir.mkdir()
+    logs = tmp_path / "logs"
+    with WorkdirLock(str(workdir)):
+        rc, _, _ = run([str(LOCAL_SH), "2", *train_flags(root, workdir)],
+                       {"PYTHON": sys.executable, "LOG_DIR": str(logs)}, check=False)
+    assert rc != 0
+    for i in range(2):
+        log = (logs / f"process_{i}.log").read_text()
+        assert f"in use by another run (pid {os.getpid()} on host" in log, log[-2000:]
+    assert sorted(p.name for p in workdir.iterdir()) == ["run.lock"]
+
+
+def test_the_lock_names_its_holder_and_is_free_once_released(tmp_path):
+    from camjax.runlock import WorkdirBusyError, WorkdirLock
+
+    first = WorkdirLock(str(tmp_path)).acquire()
+    with pytest.raises(WorkdirBusyError, match=rf"pid {os.getpid()} on host {socket.gethostname()}, started 20"):
+        WorkdirLock(str(tmp_path)).acquire()  # flock: two open files conflict, even in one process
+    first.release()
+    with WorkdirLock(str(tmp_path)):
+        pass

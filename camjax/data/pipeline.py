@@ -9,9 +9,13 @@ Grain iterator state sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -289,9 +293,28 @@ def make_train_loader(
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside app.run use defaults
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=data_config.workers, per_worker_buffer_size=data_config.prefetch)
+            grain.MultiprocessingOptions(num_workers=data_config.workers, per_worker_buffer_size=data_config.prefetch),
+            worker_init_fn=functools.partial(exit_with_parent, os.getpid()),
         )
     return iter(ds)
+
+
+def exit_with_parent(parent_pid: int, worker_index: int = 0, worker_count: int = 1, poll_seconds: float = 0.5) -> None:
+    """Runs in each Grain worker: the worker exits once the trainer that started it is gone.
+
+    A trainer killed with SIGKILL cannot stop its workers, and Grain's spawned workers do not
+    notice: they would sleep on, reparented, holding a few hundred MB each, and pile up on a node
+    whose jobs are preempted and requeued. A daemon thread polls the parent pid instead of
+    PR_SET_PDEATHSIG, which fires when the *thread* that started the worker ends, not the process.
+    """
+    del worker_index, worker_count
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class _ShardGroup:
