@@ -19,7 +19,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from camjax import faults
+
 CHECKPOINT_DIR = "checkpoints"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written: the message names the folder, the error and the last
+    complete checkpoint."""
 
 
 def tree_checksum(tree) -> str:
@@ -59,14 +66,35 @@ class Checkpointer:
         )
 
     def save(self, step: int, state, record: dict, metrics: dict | None = None, *, force: bool = False) -> bool:
-        """Saves asynchronously; `record` must be JSON-serialisable. Waits for any earlier save."""
-        saved = self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
-            metrics={self.best_metric: metrics[self.best_metric]} if metrics and metrics.get(self.best_metric) is not None else None,
-            force=force,
-        )
+        """Saves asynchronously; `record` must be JSON-serialisable. Waits for any earlier save.
+
+        A write that fails (a full or read-only disk; an earlier asynchronous save's failure
+        surfaces here or in `wait`) raises CheckpointWriteError naming the folder and the error.
+        Orbax renames a step's folder only once it is complete, so the checkpoints before it stay
+        intact and a restart resumes from the last of them.
+        """
+        try:
+            faults.check_write(step, os.path.join(str(self.manager.directory), str(step)))
+            saved = self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
+                metrics={self.best_metric: metrics[self.best_metric]}
+                if metrics and metrics.get(self.best_metric) is not None else None,
+                force=force,
+            )
+        except OSError as e:
+            raise self._write_failure(f"saving step {step}", e) from e
         return bool(saved)
+
+    def _write_failure(self, what: str, error: OSError) -> "CheckpointWriteError":
+        # The failed step's temporary folder is never listed as a step.
+        self.manager.reload()
+        last = self.latest_step()
+        return CheckpointWriteError(
+            f"{what} in {self.manager.directory} failed: {error}; the last complete checkpoint is "
+            f"{'step ' + str(last) if last is not None else 'none'}: free space (or make the folder writable) "
+            "and start the run again, it resumes from there"
+        )
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -135,7 +163,10 @@ class Checkpointer:
         return state, self.record(step)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        try:
+            self.manager.wait_until_finished()
+        except OSError as e:
+            raise self._write_failure("an asynchronous checkpoint save", e) from e
 
     def close(self) -> None:
         self.manager.close()

@@ -2,33 +2,64 @@
 
 `CAMJAX_FAILPOINT=save:12` kills the run right after the checkpoint of step 12 has been
 handed to orbax (its asynchronous write still in flight); `step:7` right after train step 7
-is dispatched. Several points separate with commas. Unset (every normal run), a check is one
-dictionary lookup.
+is dispatched; `validate:6` after the first batch of the validation at step 6; `start:0` once
+the data loader is built, before its workers have started. `NAME:STEP@SECONDS` arms a timer
+there instead, so the kill lands that long after the point, wherever the run then is (inside a
+step, a save, a validation, the workers' start-up): that is how the tests and
+`benchmarks/soak.py` kill at random moments. `nospace:K` and `readonly:K` do not kill: the
+checkpoint save of step K fails as on a full (ENOSPC) or read-only (EROFS) disk. Several points
+separate with commas. Unset (every normal run), a check is one dictionary lookup.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import threading
 
 ENV = "CAMJAX_FAILPOINT"
 
 
-def _points() -> set[tuple[str, int]]:
+def _points() -> dict[tuple[str, int], float]:
     spec = os.environ.get(ENV, "")
-    points = set()
+    points = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, step = item.partition(":")
-        if not step.isdigit():
-            raise ValueError(f"{ENV}={spec!r}: expected NAME:STEP[,NAME:STEP...], got {item!r}")
-        points.add((name, int(step)))
+        name, _, rest = item.partition(":")
+        step, _, delay = rest.partition("@")
+        try:
+            points[(name, int(step))] = float(delay) if delay else 0.0
+        except ValueError:
+            raise ValueError(f"{ENV}={spec!r}: expected NAME:STEP[@SECONDS][,...], got {item!r}") from None
     return points
 
 
 _POINTS = _points()
 
 
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def check(name: str, step: int) -> None:
-    """SIGKILLs the process when `name:step` is a configured fail point."""
+    """SIGKILLs the process (now, or after the point's delay) when `name:step` is a fail point."""
     if _POINTS and (name, int(step)) in _POINTS:
-        os.kill(os.getpid(), signal.SIGKILL)
+        delay = _POINTS.pop((name, int(step)))
+        if delay:
+            timer = threading.Timer(delay, _kill)
+            timer.daemon = True
+            timer.start()
+        else:
+            _kill()
+
+
+_WRITE_ERRORS = {"nospace": errno.ENOSPC, "readonly": errno.EROFS}
+
+
+def check_write(step: int, path: str) -> None:
+    """Raises the OSError a full or read-only disk gives, when `nospace:step` or `readonly:step`
+    is a fail point."""
+    for name, code in _WRITE_ERRORS.items():
+        if _POINTS and (name, int(step)) in _POINTS:
+            _POINTS.pop((name, int(step)))
+            raise OSError(code, os.strerror(code), path)

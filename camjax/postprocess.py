@@ -203,18 +203,43 @@ def balance_greedy(
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
     """Opens a temp file next to `path` and moves it over `path` only if the block succeeds,
-    so readers never see a half-written file."""
+    so readers never see a half-written file.
+
+    The file gets the mode `open` would give it (0666 less the umask: collaborators on a shared
+    cluster can read run.json and submissions, where mkstemp alone makes everything 0600). It is
+    fsynced before the rename and the folder after, so a crash or power loss leaves the old
+    file or the new one under `path`, never an empty one.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+    _fsync_folder(folder)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_submission(path: str | os.PathLike, fnames: Sequence[str], camera_names: Sequence[str]) -> None:

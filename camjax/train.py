@@ -17,6 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from camjax import parallel, trainer
+from camjax.checkpoint import CheckpointWriteError
 from camjax.runlock import WorkdirBusyError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration (file[:preset]).", lock_config=True)
@@ -38,7 +39,7 @@ def main(argv):
         logging.getLogger("camjax").setLevel(logging.WARNING)
     try:
         final = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except WorkdirBusyError as e:  # expected on a requeue: one line, not a traceback
+    except (WorkdirBusyError, CheckpointWriteError) as e:  # a requeue, a full disk: one line, not a traceback
         raise SystemExit(f"error: {e}") from None
     if final and final.get("val/weighted_accuracy") is not None and is_main:
         print(f"val/weighted_accuracy={final['val/weighted_accuracy']:.4f}")

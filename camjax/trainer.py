@@ -162,7 +162,8 @@ class _StopFlag:
         return False
 
 
-def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes, read) -> dict:
+def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes, read,
+             step: int = 0) -> dict:
     """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set.
 
     An unreadable validation file is skipped and counted (`val/skipped_files`), named once per
@@ -179,6 +180,7 @@ def validate(predict, dp: DataParallel, state, index, data_config, batch_size: i
         preds.append(probs.argmax(-1)[keep])
         labels.append(batch["label"][keep])
         manips.append(batch["manipulation"][keep])
+        faults.check("validate", step)
     if not preds:
         _warn_once(f"no readable validation file among {len(index.val)}: nothing is validated")
         return {}
@@ -299,8 +301,8 @@ def _train(config, workdir: str) -> dict[str, float]:
         step, host_state, record = ckpt.restore(target)
         plateau = optim.PlateauTracker.from_state_dict(record["plateau"])
         data_state = record.get("data_state")
-        writer.truncate_after(step)
         log.info("resumed from step %d (epoch %d)", step, step // steps_per_epoch)
+    writer.truncate_after(step)  # rows a killed or failed attempt logged after its last checkpoint
     state = dp.put_state(host_state)
     del host_state
 
@@ -323,6 +325,7 @@ def _train(config, workdir: str) -> dict[str, float]:
     )
     if data_state is not None:
         loader.set_state(_decode_data_state(data_state))
+    faults.check("start", 0)
 
     def with_position(it):
         for batch in it:
@@ -356,67 +359,69 @@ def _train(config, workdir: str) -> dict[str, float]:
         faults.check("save", step)
 
     position = data_state
-    with _StopFlag() as stop:
-        while step < total_steps:
-            dev_batch, skipped, position = next(batches)
-            state, metrics = train_step(state, dev_batch)
-            step += 1
-            faults.check("step", step)
-            skipped_total += skipped
-            pending.append(metrics)
-            window_steps += 1
-            if window_start is None:  # exclude the first step's compilation from images/sec
-                jax.block_until_ready(metrics)
-                window_start, window_steps, pending = time.time(), 0, []
-                compiles_after_first = compile_count()
-            bar.update(1)
-            end_of_epoch = step % steps_per_epoch == 0
-            if (step % config.log_every == 0 or end_of_epoch) and pending:
-                fetched = [dp.fetch_metrics(m) for m in pending]
-                nonfinite_total += int(sum(f.pop("train/nonfinite_steps", 0) for f in fetched))
-                if config.nonfinite == "skip":  # averages over the steps that updated, if any did
-                    fetched = [f for f in fetched if math.isfinite(f["train/loss"])] or fetched
-                scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
-                elapsed = time.time() - window_start
-                scalars["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
-                scalars["lr"] = float(schedule(step)) * plateau.scale
-                scalars["data/skipped_files"] = skipped_total
-                if config.nonfinite == "skip":
-                    scalars["train/nonfinite_steps"] = nonfinite_total
-                if config.nonfinite != "skip" and not math.isfinite(scalars["train/loss"]):
-                    raise FloatingPointError(
-                        f"train/loss is {scalars['train/loss']} in steps {step - len(fetched) + 1}-{step}; the last "
-                        f"good checkpoint is step {ckpt.latest_step()} in {workdir} (--config.nonfinite=skip skips "
-                        "such batches instead)"
-                    )
-                writer.write(step, scalars)
-                bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['images_per_sec']:.0f}")
-                pending, window_start, window_steps = [], time.time(), 0
-            if end_of_epoch:
-                last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read)
-                if last_val:
-                    writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
-                    line = ", ".join(f"{k}={_fmt(last_val[k])}" for k in ("val/accuracy", "val/weighted_accuracy"))
-                    if last_val.get(config.optim.plateau.metric) is not None:
-                        scale = plateau.update(last_val[config.optim.plateau.metric])
-                        state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
-                        line += f" lr_scale={scale:g}"
+    try:
+        with _StopFlag() as stop:
+            while step < total_steps:
+                dev_batch, skipped, position = next(batches)
+                state, metrics = train_step(state, dev_batch)
+                step += 1
+                faults.check("step", step)
+                skipped_total += skipped
+                pending.append(metrics)
+                window_steps += 1
+                if window_start is None:  # exclude the first step's compilation from images/sec
+                    jax.block_until_ready(metrics)
+                    window_start, window_steps, pending = time.time(), 0, []
+                    compiles_after_first = compile_count()
+                bar.update(1)
+                end_of_epoch = step % steps_per_epoch == 0
+                if (step % config.log_every == 0 or end_of_epoch) and pending:
+                    fetched = [dp.fetch_metrics(m) for m in pending]
+                    nonfinite_total += int(sum(f.pop("train/nonfinite_steps", 0) for f in fetched))
+                    if config.nonfinite == "skip":  # averages over the steps that updated, if any did
+                        fetched = [f for f in fetched if math.isfinite(f["train/loss"])] or fetched
+                    scalars = {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
+                    elapsed = time.time() - window_start
+                    scalars["images_per_sec"] = window_steps * config.batch_size / max(elapsed, 1e-9)
+                    scalars["lr"] = float(schedule(step)) * plateau.scale
+                    scalars["data/skipped_files"] = skipped_total
+                    if config.nonfinite == "skip":
+                        scalars["train/nonfinite_steps"] = nonfinite_total
+                    if config.nonfinite != "skip" and not math.isfinite(scalars["train/loss"]):
+                        raise FloatingPointError(
+                            f"train/loss is {scalars['train/loss']} in steps {step - len(fetched) + 1}-{step}; the last "
+                            f"good checkpoint is step {ckpt.latest_step()} in {workdir} (--config.nonfinite=skip skips "
+                            "such batches instead)"
+                        )
+                    writer.write(step, scalars)
+                    bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", img_s=f"{scalars['images_per_sec']:.0f}")
+                    pending, window_start, window_steps = [], time.time(), 0
+                if end_of_epoch:
+                    last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read, step)
+                    if last_val:
+                        writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
+                        line = ", ".join(f"{k}={_fmt(last_val[k])}" for k in ("val/accuracy", "val/weighted_accuracy"))
+                        if last_val.get(config.optim.plateau.metric) is not None:
+                            scale = plateau.update(last_val[config.optim.plateau.metric])
+                            state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
+                            line += f" lr_scale={scale:g}"
+                        if is_main:
+                            bar.write(f"epoch {step // steps_per_epoch}: {line}")
+                    save(last_val)
                     if is_main:
-                        bar.write(f"epoch {step // steps_per_epoch}: {line}")
-                save(last_val)
-                if is_main:
-                    from camjax import plots
+                        from camjax import plots
 
-                    plots.curves_png(writer.path, os.path.join(workdir, "curves.png"))
-                if config.max_train_seconds and dp.any_process(time.time() - start > config.max_train_seconds):
-                    logging.warning("max_train_seconds reached at step %d", step)
+                        plots.curves_png(writer.path, os.path.join(workdir, "curves.png"))
+                    if config.max_train_seconds and dp.any_process(time.time() - start > config.max_train_seconds):
+                        logging.warning("max_train_seconds reached at step %d", step)
+                        break
+                if dp.should_stop(stop.requested, step, config.log_every):
+                    save(force=True)
                     break
-            if dp.should_stop(stop.requested, step, config.log_every):
-                save(force=True)
-                break
-    bar.close()
-    batches.close()
-    loader.close()
+    finally:  # an error (a failed save, a non-finite loss) stops the data workers too
+        bar.close()
+        batches.close()
+        loader.close()
     ckpt.wait()
     ckpt.close()
     writer.close()

@@ -61,7 +61,7 @@ def checksums(workdir):
 
 def test_sigkill_at_three_moments_then_resume_is_bit_identical(root, tmp_path):
     """Killed during the async save of epoch 1, then mid-epoch 2 (right after a step was
-    dispatched), then at a random moment: the fourth start ends with the same parameters,
+    dispatched), then at a random moment of epochs 2-3: the fourth start ends with the same parameters,
     BatchNorm statistics, optimizer and RNG as a run never interrupted."""
     reference = tmp_path / "reference"
     trainer.train_and_evaluate(tiny_config(root), str(reference))
@@ -79,17 +79,22 @@ def test_sigkill_at_three_moments_then_resume_is_bit_identical(root, tmp_path):
             assert ckpt.record(step)["step"] == step
         ckpt.close()
 
-    proc = start(cmd)
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline and not metrics.read_text().count("\n") > 8:
-        time.sleep(0.2)
-    time.sleep(random.Random(0).uniform(0.0, 2.0))
-    proc.send_signal(signal.SIGKILL)
-    finish(proc)
+    # The third start is killed at a moment drawn afresh each run (the draw is in the message):
+    # a timer armed after a train step fires wherever the run then is - mid-step, mid-save,
+    # mid-validation. Steps 4-7 leave steps to do, so the kill lands while training is in progress.
+    seed = random.SystemRandom().randrange(2**32)
+    draw = random.Random(seed)
+    moment = f"step:{draw.randint(4, 7)}@{draw.uniform(0.0, 0.25):.3f}"
+    code, err = finish(start(cmd, moment))
+    assert code == -signal.SIGKILL, f"{moment} (seed {seed}) did not kill a running trainer: {err[-2000:]}"
+    ckpt = Checkpointer(str(workdir), read_only=True)
+    resumed_from = ckpt.latest_step()
+    ckpt.close()
+    assert resumed_from < 9, moment
 
     code, err = finish(start(cmd))
     assert code == 0, err[-2000:]
+    assert f"resumed from step {resumed_from}" in err, moment  # and trained steps {resumed_from + 1}..9
     got = checksums(workdir)
     assert got["step"] == 9
     assert got["state_sha256"] == expected["state_sha256"]
@@ -175,6 +180,28 @@ def test_a_corrupt_latest_checkpoint_falls_back_and_the_run_redoes_the_epoch(roo
     assert (workdir / "checkpoints" / "6.unreadable").is_dir(), "the corrupt step is kept for a post-mortem"
     got = checksums(workdir)
     assert (got["step"], got["state_sha256"]) == (6, expected["state_sha256"])
+
+
+def test_a_full_or_read_only_disk_stops_the_run_and_the_restart_continues_exactly(root, two_epochs, tmp_path,
+                                                                                   monkeypatch):
+    """The save of step 3 fails as on a read-only disk (no checkpoint yet), then, on the restart,
+    the save of step 6 as on a full one: each stops the run naming the folder, the error and the
+    last complete checkpoint, which stays readable; the third start ends bit-identical."""
+    from camjax.checkpoint import CheckpointWriteError
+
+    workdir, cache = tmp_path / "run", str(tmp_path / "jax-cache")
+    for point, error, last in ((("readonly", 3), "Read-only file system", "none"),
+                               (("nospace", 6), "No space left on device", "step 3")):
+        monkeypatch.setattr(faults, "_POINTS", {point: 0.0})
+        with pytest.raises(CheckpointWriteError) as info:
+            trainer.train_and_evaluate(tiny_config(root, num_epochs=2, compilation_cache=cache), str(workdir))
+        message = str(info.value)
+        assert f"saving step {point[1]} in {workdir / 'checkpoints'} failed" in message
+        assert error in message and f"the last complete checkpoint is {last}" in message
+    assert checksums(workdir)["step"] == 3  # intact and readable
+    monkeypatch.setattr(faults, "_POINTS", {})
+    trainer.train_and_evaluate(tiny_config(root, num_epochs=2, compilation_cache=cache), str(workdir))
+    assert checksums(workdir)["state_sha256"] == checksums(two_epochs)["state_sha256"]
 
 
 def test_a_partial_checkpoint_is_never_a_step(two_epochs, tmp_path):

@@ -2,6 +2,7 @@
 
 import itertools
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -174,3 +175,39 @@ def test_read_labels(tmp_path):
     path.write_text("fname,camera,manipulation\na.tif,iPhone-6,none\nb.tif,iPhone-6,jpeg50\n")
     with pytest.raises(ValueError, match="test_labels.csv:3.*jpeg50"):
         pp.read_labels(path)
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_gives_the_mode_open_would(tmp_path, umask, expected):
+    old = os.umask(umask)
+    try:
+        with pp.atomic_write(tmp_path / "run.json") as f:
+            f.write("{}")
+        with open(tmp_path / "plain.json", "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "run.json").st_mode) == expected
+    assert stat.S_IMODE(os.stat(tmp_path / "plain.json").st_mode) == expected
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", "folder" if os.path.isdir(target) else os.path.basename(target)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    with pp.atomic_write(tmp_path / "sub.csv") as f:
+        f.write("fname,camera\n")
+    assert len(events) == 3 and events[0][0] == "fsync" and events[0][1].startswith(".sub.csv.")
+    assert events[1:] == [("replace", "sub.csv"), ("fsync", "folder")]
+    assert (tmp_path / "sub.csv").read_text() == "fname,camera\n"
