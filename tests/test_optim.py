@@ -1,5 +1,6 @@
 """The plateau tracker follows Keras' ReduceLROnPlateau; the plateau scale reaches the update."""
 
+import importlib.util
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
@@ -9,13 +10,15 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import require_reference
 
 from camjax import optim
 
 
 def keras_lrs(values, **kwargs):
     """The learning rates Keras' own callback sets for a sequence of epoch-end values."""
-    keras = pytest.importorskip("keras")
+    require_reference(importlib.util.find_spec("keras") is not None, "Keras (pip install -e '.[dev]')")
+    import keras
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=1.0), loss="mse")

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import require_reference
 
 from camjax import models, report, saliency, steps, trainer
 from datasets import make_challenge_tree
@@ -125,8 +126,7 @@ _CHECK_IMAGES = """<script>window.addEventListener('load', () => {
 def images_loaded(html_path: Path, tmp_path: Path) -> tuple[int, int]:
     """(images, images that decoded) on the page in headless Chromium."""
     browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-    if browser is None:
-        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium)")
+    require_reference(browser is not None, "Chromium on PATH (Debian: apt-get install chromium)")
     page = tmp_path / f"{html_path.stem}_check.html"
     page.write_text(html_path.read_text().replace("</body>", _CHECK_IMAGES + "</body>"))
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
