@@ -116,7 +116,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"the final start failed: {err[-3000:]}")
     want, got = inspect.inspect_run(reference)["latest"], inspect.inspect_run(soaked)["latest"]
     line = {
-        "kills": outcomes.count("killed"), "finished_before_the_kill": outcomes.count("finished"),
+        "benchmark": "soak", "kills": outcomes.count("killed"), "finished_before_the_kill": outcomes.count("finished"),
         "moments": moments, "seed": args.seed, "final_step": got["step"],
         "state_sha256_equal": got["state_sha256"] == want["state_sha256"],
         "params_sha256_equal": got["params_sha256"] == want["params_sha256"],

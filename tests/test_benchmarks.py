@@ -233,3 +233,21 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         assert all(0 <= v <= 1 for v in r["test_weighted_accuracy"].values())
         assert 0 <= r["test_balanced"] <= 1 and 0 <= r["val_weighted_accuracy"] <= 1
     assert not any((tmp_path / "runs").iterdir())  # run folders go unless --keep
+
+
+def test_every_figure_in_a_results_table_has_its_raw_line(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import check_results
+
+    gaps = check_results.missing(BENCH / "RESULTS.md")
+    assert not gaps, "\n".join(f"{figure} in '{heading}': {row[:120]}" for heading, row, figure in gaps)
+
+    # The check itself: a figure no raw line gives is reported; one marked derived (*) is not;
+    # a row naming a script is checked against that script's lines only.
+    (tmp_path / "raw.jsonl").write_text(json.dumps({"benchmark": "a", "x": 466.87, "y": 989.1}) + "\n"
+                                        + json.dumps({"benchmark": "b", "z": 12.5}) + "\n")
+    (tmp_path / "RESULTS.md").write_text(
+        "# t\n\n| what | v | w |\n|---|---|---|\n| `a.py` | 466.9 | 990 |\n| `a.py` | 12.5 | 3.18* |\n"
+        "| any | 12.5 | 0.77 |\n")
+    assert [(row.split("|")[1].strip(), figure) for _, row, figure in check_results.missing(tmp_path / "RESULTS.md")] \
+        == [("`a.py`", "12.5"), ("any", "0.77")]
