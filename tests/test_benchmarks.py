@@ -248,6 +248,6 @@ def test_every_figure_in_a_results_table_has_its_raw_line(tmp_path):
                                         + json.dumps({"benchmark": "b", "z": 12.5}) + "\n")
     (tmp_path / "RESULTS.md").write_text(
         "# t\n\n| what | v | w |\n|---|---|---|\n| `a.py` | 466.9 | 990 |\n| `a.py` | 12.5 | 3.18* |\n"
-        "| any | 12.5 | 0.77 |\n")
+        "# u (no script named: every raw value counts)\n\n| what | v | w |\n|---|---|---|\n| any | 12.5 | 0.77 |\n")
     assert [(row.split("|")[1].strip(), figure) for _, row, figure in check_results.missing(tmp_path / "RESULTS.md")] \
         == [("`a.py`", "12.5"), ("any", "0.77")]
