@@ -5,6 +5,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# One persistent compilation cache for the whole session, test processes and the trainers they
+# start alike: dozens of tests compile the same tiny programs, and a hit skips XLA's compiler.
+# Compile counts include hits, so no-recompilation assertions hold; the tests of the cache
+# itself point their runs at folders of their own.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "jax-tests")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
 def require_reference(available: bool, what: str) -> None:

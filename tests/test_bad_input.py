@@ -252,8 +252,9 @@ def test_a_class_whose_validation_files_are_unreadable_trains_to_the_end(tmp_pat
 
     page = open(report.write_report(str(workdir), per_class=1)).read()
     assert "classes without a readable validation file" in page and "zz_empty.jpg" in page
-    result = evaluator.evaluate([str(workdir)], out=str(tmp_path / "sub.csv"), skip_bad=True, batch_size=8)
+    result = evaluator.evaluate([str(workdir)], out=str(tmp_path / "sub.csv"), skip_bad=True, batch_size=8,
+                                tta_name="none")
     assert result["skipped"] == ["img_broken_unalt.tif"]
     labelled = pseudolabel.pseudolabel([str(workdir)], data_root=str(root), out=str(tmp_path / "pl"), threshold=0.0,
-                                       skip_bad=True, batch_size=8)
+                                       skip_bad=True, batch_size=8, tta_name="none")
     assert labelled["skipped"] == ["img_broken_unalt.tif"] and labelled["pseudo_labels"] == 4
