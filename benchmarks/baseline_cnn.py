@@ -13,7 +13,6 @@ Prints one JSON line (weighted accuracy = 0.7 acc(unaltered) + 0.3 acc(manipulat
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import sys
 import time
@@ -27,7 +26,7 @@ import optax
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, record, rounded  # noqa: E402
+from common import challenge_score, emit, record, rounded  # noqa: E402
 
 P, BATCH = 64, 32
 
@@ -115,14 +114,7 @@ def main(argv=None):
         n = img.shape[0] // P
         tiles = img[: n * P, : n * P].reshape(n, P, n, P, 3).transpose(0, 2, 1, 3, 4).reshape(-1, P, P, 3)
         preds[f.name] = classes[int(np.asarray(predict(params, stats, tiles)).mean(0).argmax())]
-    acc = {}
-    if (args.root / "test_labels.csv").exists():
-        with open(args.root / "test_labels.csv") as fh:
-            rows = list(csv.DictReader(fh))
-        for kind in ("unalt", "manip"):
-            hits = [preds.get(r["fname"]) == r["camera"] for r in rows if r["fname"].rsplit(".", 1)[0].endswith(kind)]
-            acc[kind] = float(np.mean(hits)) if hits else None
-    weighted = 0.7 * acc["unalt"] + 0.3 * acc["manip"] if acc.get("unalt") is not None and acc.get("manip") is not None else None
+    weighted, acc = challenge_score(args.root, preds)
     emit(record("baseline_cnn", model="cnn50", root=str(args.root), seed=args.seed, steps=steps,
                 train_seconds=rounded(train_seconds, 1), images_per_sec=rounded((steps - 1) * BATCH / train_seconds, 1) if steps > 1 else None,
                 final_loss=rounded(loss, 4) if steps else None, weighted_accuracy=rounded(weighted, 4),

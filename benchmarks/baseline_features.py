@@ -18,7 +18,6 @@ Prints one JSON line (weighted accuracy = 0.7 acc(unaltered) + 0.3 acc(manipulat
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import math
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, record, rounded  # noqa: E402
+from common import challenge_score, emit, record, rounded  # noqa: E402
 
 TILE = 256
 MANIPULATIONS = ("jpeg70", "jpeg90", "resize0.5", "resize0.8", "resize1.5", "resize2.0", "gamma0.8", "gamma1.2")
@@ -161,14 +160,7 @@ def main(argv=None):
             clf.fit(np.stack(X), np.array(y))
             train_seconds = time.perf_counter() - start
             preds = {p.name: classes[int(clf.predict_proba(f).mean(0).argmax())] for p, f in zip(tests, test_feats)}
-    acc = {}
-    if (args.root / "test_labels.csv").exists():
-        with open(args.root / "test_labels.csv") as fh:
-            rows = list(csv.DictReader(fh))
-        for kind in ("unalt", "manip"):
-            hits = [preds.get(r["fname"]) == r["camera"] for r in rows if r["fname"].rsplit(".", 1)[0].endswith(kind)]
-            acc[kind] = float(np.mean(hits)) if hits else None
-    weighted = 0.7 * acc["unalt"] + 0.3 * acc["manip"] if acc.get("unalt") is not None and acc.get("manip") is not None else None
+    weighted, acc = challenge_score(args.root, preds)
     emit(record("baseline_features", model="hgb", root=str(args.root), seed=args.seed, steps=args.max_iter,
                 train_seconds=rounded(train_seconds, 1), images_per_sec=rounded(len(X) / train_seconds, 1),
                 total_seconds=rounded(time.perf_counter() - start, 1), weighted_accuracy=rounded(weighted, 4),

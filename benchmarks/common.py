@@ -8,6 +8,7 @@ check benchmarks/gpu.sh on a CPU).
 
 from __future__ import annotations
 
+import csv
 import datetime
 import functools
 import json
@@ -348,3 +349,21 @@ def peak_tflops(device_kind: str, dtype: str, override: float = 0.0) -> float | 
         if key.lower() in device_kind.lower():
             return peaks.get(dtype)
     return None
+
+
+def challenge_score(root: Path, predicted: dict[str, str]) -> tuple[float | None, dict[str, float | None]]:
+    """(weighted accuracy, {"unalt": accuracy, "manip": accuracy}) of `predicted` (test file name ->
+    camera) against ROOT/test_labels.csv: 0.7 unaltered + 0.3 manipulated, the challenge's score.
+    Written here, not imported from camjax, so the reference baselines share no code with it;
+    None where the labels or a subset are missing."""
+    acc: dict[str, float | None] = {}
+    labels = Path(root) / "test_labels.csv"
+    if labels.exists():
+        with open(labels) as fh:
+            rows = list(csv.DictReader(fh))
+        for kind in ("unalt", "manip"):
+            hits = [predicted.get(r["fname"]) == r["camera"] for r in rows if r["fname"].rsplit(".", 1)[0].endswith(kind)]
+            acc[kind] = float(np.mean(hits)) if hits else None
+    if acc.get("unalt") is None or acc.get("manip") is None:
+        return None, acc
+    return 0.7 * acc["unalt"] + 0.3 * acc["manip"], acc

@@ -41,10 +41,15 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _take(name: str, step: int) -> float | None:
+    """The delay of fail point `name:step`, removed so that it fires once; None if not set."""
+    return _POINTS.pop((name, int(step)), None) if _POINTS else None
+
+
 def check(name: str, step: int) -> None:
     """SIGKILLs the process (now, or after the point's delay) when `name:step` is a fail point."""
-    if _POINTS and (name, int(step)) in _POINTS:
-        delay = _POINTS.pop((name, int(step)))
+    delay = _take(name, step)
+    if delay is not None:
         if delay:
             timer = threading.Timer(delay, _kill)
             timer.daemon = True
@@ -60,6 +65,5 @@ def check_write(step: int, path: str) -> None:
     """Raises the OSError a full or read-only disk gives, when `nospace:step` or `readonly:step`
     is a fail point."""
     for name, code in _WRITE_ERRORS.items():
-        if _POINTS and (name, int(step)) in _POINTS:
-            _POINTS.pop((name, int(step)))
+        if _take(name, step) is not None:
             raise OSError(code, os.strerror(code), path)

@@ -70,6 +70,11 @@ def per_manipulation_accuracy(pred, label, manipulation_ids) -> dict[str, float]
     }
 
 
+def format_score(x) -> str:
+    """A score for people: four decimals, "n/a" where there was nothing to score (None)."""
+    return "n/a" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 

@@ -177,10 +177,6 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
-
-
 def render_html(sections: list[tuple[str, str, list[tuple[str, str]]]], title: str, summary) -> str:
     """sections: (heading, note, [(png path, alt text)])."""
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -222,8 +218,8 @@ def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 1
 
     summary = [("workdir", os.path.abspath(workdir)), ("model", run.model["name"]), ("checkpoint step", str(restored.step)),
                ("classes", str(len(classes))), ("patch", f"{run.patch} px"), ("dataset", data_root or run.data_root),
-               ("validation accuracy", _fmt(val_report["accuracy"])),
-               ("validation weighted accuracy", _fmt(val_report["weighted_accuracy"]))]
+               ("validation accuracy", scoring.format_score(val_report["accuracy"])),
+               ("validation weighted accuracy", scoring.format_score(val_report["weighted_accuracy"]))]
     if val.skipped:
         summary.append(("unreadable validation files (skipped)",
                         "; ".join(f"{os.path.basename(p)}: {why}" for p, why in val.skipped)))
@@ -231,7 +227,7 @@ def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 1
     if unscored:
         summary.append(("classes without a readable validation file", ", ".join(unscored)))
     if found:
-        summary.append(("test weighted accuracy", _fmt(scores["weighted_accuracy"])))
+        summary.append(("test weighted accuracy", scoring.format_score(scores["weighted_accuracy"])))
     summary.append(("written", datetime.datetime.now().isoformat(timespec="seconds")))
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -400,7 +400,8 @@ def _train(config, workdir: str) -> dict[str, float]:
                     last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read, step)
                     if last_val:
                         writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
-                        line = ", ".join(f"{k}={_fmt(last_val[k])}" for k in ("val/accuracy", "val/weighted_accuracy"))
+                        line = ", ".join(f"{k}={scoring.format_score(last_val[k])}"
+                                         for k in ("val/accuracy", "val/weighted_accuracy"))
                         if last_val.get(config.optim.plateau.metric) is not None:
                             scale = plateau.update(last_val[config.optim.plateau.metric])
                             state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
@@ -430,10 +431,6 @@ def _train(config, workdir: str) -> dict[str, float]:
         log.info("compilations after the first step: %d (validation included); persistent-cache misses: %d",
                  recompiles, cache_miss_count())
     return last_val
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _encode_data_state(state):
