@@ -115,14 +115,13 @@ def main(argv=None) -> None:
     if code:
         raise SystemExit(f"the final start failed: {err[-3000:]}")
     want, got = inspect.inspect_run(reference)["latest"], inspect.inspect_run(soaked)["latest"]
-    line = {
-        "benchmark": "soak", "kills": outcomes.count("killed"), "finished_before_the_kill": outcomes.count("finished"),
-        "moments": moments, "seed": args.seed, "final_step": got["step"],
-        "state_sha256_equal": got["state_sha256"] == want["state_sha256"],
-        "params_sha256_equal": got["params_sha256"] == want["params_sha256"],
-        "reference_state_sha256": want["state_sha256"], "wall_s": round(time.time() - begin, 1),
-        "machine": common.machine(),
-    }
+    line = common.record(
+        "soak", model="camnet", kills=outcomes.count("killed"), finished_before_the_kill=outcomes.count("finished"),
+        moments=moments, seed=args.seed, final_step=got["step"],
+        state_sha256_equal=got["state_sha256"] == want["state_sha256"],
+        params_sha256_equal=got["params_sha256"] == want["params_sha256"],
+        reference_state_sha256=want["state_sha256"], wall_s=round(time.time() - begin, 1),
+    )  # with the machine, the load average and the date
     print(json.dumps(line))
     if args.out:
         with open(args.out, "a") as f:

@@ -1,4 +1,5 @@
-"""camnet: the compact forensic CNN. `quick` is the demo's recipe (about three minutes on 2 CPU cores).
+"""camnet: the compact forensic CNN. `quick` is the demo's recipe (284 s of training on a
+2-vCPU VM: benchmarks/demo-2026-12-02.txt).
 
 Usage: python -m camjax.train --config configs/camnet.py:quick --workdir runs/camnet
 """
