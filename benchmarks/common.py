@@ -1,6 +1,6 @@
 """Shared benchmark helpers: machine description, memory, compile counts, timing, JSON lines.
 
-Every benchmark prints one JSON object per measurement (DESIGN.md section 2) built by
+Every benchmark prints one JSON object per measurement (docs/design.md, section 2) built by
 `record`, so results from different scripts and machines can be concatenated and compared.
 `CAMJAX_BENCH_SMOKE=1` asks the scripts for their tiniest settings (used by the tests and to
 check benchmarks/gpu.sh on a CPU).
@@ -152,15 +152,6 @@ def csv_strs(text: str) -> list[str]:
     return [v.strip() for v in str(text).split(",") if v.strip()]
 
 
-def enable_compilation_cache(path: str) -> None:
-    """The persistent compilation cache (as in training): reruns skip XLA compilation."""
-    if path:
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 # --- synthetic camera files ------------------------------------------------------------
 
 
@@ -223,30 +214,26 @@ def apply_overrides(config, overrides) -> None:
 
 
 def load_config(spec: str):
-    """`configs/<name>.py[:preset]` -> its ConfigDict (what --config takes in training)."""
-    import importlib.util
+    """`configs/<name>.py[:preset]` -> its ConfigDict (what --config takes in training), a
+    relative path from the repository root."""
+    from camjax import defaults
 
-    path, _, preset = spec.partition(":")
+    path, sep, preset = spec.partition(":")
     file = Path(path) if Path(path).is_absolute() else REPO / path
-    if not file.is_file():
-        raise FileNotFoundError(f"config file {file} not found")
-    module_spec = importlib.util.spec_from_file_location(f"_bench_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return defaults.load_config(f"{file}{sep}{preset}")
 
 
 def model_config(name: str, kwargs_json: str = "", config: str = ""):
     """The model section: from a config file when given, else the defaults for `name`
-    (configs/common.py's head; camnet with configs/camnet.py's kwargs), kwargs overridden."""
-    from camjax.models.__main__ import model_config as defaults
+    (camjax/defaults.py's model section), kwargs overridden."""
+    from camjax.models import default_config
 
     if config:
         mc = load_config(config).model
         if name:
             mc.name = name
     else:
-        mc = defaults(name)
+        mc = default_config(name)
     if kwargs_json:
         try:
             extra = json.loads(kwargs_json)
@@ -257,10 +244,10 @@ def model_config(name: str, kwargs_json: str = "", config: str = ""):
 
 
 def train_config(mc, *, dtype: str, batch: int, parallel: str):
-    """configs/common.py's training defaults with this model section."""
-    from configs import common as config_common
+    """camjax/defaults.py's training defaults with this model section."""
+    from camjax import defaults
 
-    c = config_common.get_config()
+    c = defaults.get_config()
     c.model = mc
     c.dtype, c.batch_size, c.parallel = dtype, batch, parallel
     return c
@@ -278,32 +265,25 @@ def synthetic_batch(batch: int, patch: int, seed: int = 0, num_classes: int = 10
 
 
 class TrainSetup:
-    """Model, optimizer, placed state and the wrapped steps, exactly as camjax/trainer.py
-    builds them (same `steps.init_state`, `DataParallel.train_step` and `predict`)."""
+    """Model, optimizer, placed state and the wrapped steps, built by `camjax.assembly.build`:
+    the same call `python -m camjax.train` makes, so a benchmark times what training runs."""
 
     def __init__(self, config, num_classes: int = 10, seed: int = 0):
-        from camjax import models, optim, steps
-        from camjax.parallel import DataParallel, bn_axis_name
+        from camjax import assembly
+        from camjax.parallel import DataParallel
 
         self.config = config
         self.dp = DataParallel(config.parallel)
         self.local_batch = self.dp.check_batch_size(config.batch_size)
-        model = models.create(
-            config.model, num_classes, dtype=config.dtype, bn_axis_name=bn_axis_name(config.parallel), seed=seed
-        )
-        self.tx = optim.make_optimizer(config.optim, 100, 1000)
-        self.model_def, host_state = steps.init_state(model, self.tx, models.get(config.model.name).preprocess, seed)
-        del model
-        self.state = self.dp.put_state(host_state)
-        self.train_step = self.dp.train_step(
-            functools.partial(steps.train_step, model_def=self.model_def, tx=self.tx, config=config)
-        )
-        self.eval_step = self.dp.predict(functools.partial(steps.eval_step, model_def=self.model_def))
+        self.built = assembly.build(config.model, num_classes, self.dp, dtype=config.dtype, optim_config=config.optim,
+                                    steps_per_epoch=100, total_steps=1000, seed=seed)
+        self.model_def, self.tx = self.built.model_def, self.built.tx
+        self.state = self.dp.put_state(self.built.host_state)
+        self.train_step = self.built.train_step(config)
+        self.eval_step = self.built.predict()
 
     def tta_step(self, view_ids):
-        from camjax.evaluator import make_tta_step
-
-        return self.dp.predict(make_tta_step(self.model_def, tuple(view_ids)))
+        return self.built.tta_predict(view_ids)
 
     def put_batch(self, batch):
         return self.dp.put_batch(batch)

@@ -77,10 +77,11 @@ def timed_steps(setup, next_batch, warmup: int, steps: int) -> tuple[float, int]
 def main(argv=None) -> None:
     args = parse_args(argv)
     from camjax.data import pipeline, sources
+    from camjax.assembly import enable_compilation_cache
     from camjax.parallel import prefetch
-    from configs import common as config_common
+    from camjax import defaults as config_common
 
-    common.enable_compilation_cache(args.compilation_cache)
+    enable_compilation_cache(args.compilation_cache)
     mc = common.model_config(args.model, args.model_kwargs, args.config)
     config = common.train_config(mc, dtype=args.dtype, batch=args.batch, parallel=args.parallel)
     config.data.patch = args.patch  # the step's device-side manipulations cut this size

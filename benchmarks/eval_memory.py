@@ -102,7 +102,7 @@ def main(argv=None) -> None:
         return evaluate_one(args)
     if args.balance_of:
         return balance_one(args.balance_of)
-    from camjax.trainer import Run
+    from camjax.assembly import Run
 
     run = Run.load(args.workdir)
     for count in common.csv_ints(args.counts):

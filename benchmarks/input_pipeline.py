@@ -54,7 +54,7 @@ def parse_args(argv=None):
 
 
 def data_config(args, *, workers: int, manip_prob: float):
-    from configs import common as config_common
+    from camjax import defaults as config_common
 
     c = config_common.get_config().data
     c.patch, c.patches_per_image, c.manip_prob = args.patch, args.patches_per_image, manip_prob

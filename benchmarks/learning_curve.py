@@ -24,6 +24,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def main(argv=None) -> None:
     start = time.time()
     stamps: dict[int, float] = {}  # metrics.jsonl row number -> seconds when first seen
     log = tempfile.TemporaryFile(mode="w+")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the `finally` below on a plain kill too
     proc = subprocess.Popen(cmd, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     timed_out = False
     try:
@@ -138,6 +140,9 @@ def main(argv=None) -> None:
         log.seek(0)
         output = log.read()
     finally:
+        if proc.poll() is None:  # this script was interrupted: the training must not outlive it
+            proc.terminate()
+            proc.wait()
         log.close()
     if proc.returncode != 0 and not timed_out:
         sys.stderr.write(output[-5000:])
@@ -176,7 +181,7 @@ def main(argv=None) -> None:
         best_val_weighted_accuracy=None if best is None else best["val_weighted_accuracy"],
         best_at=None if best is None else {"seconds": best["seconds"], "step": best["step"]},
         final_val_weighted_accuracy=curve[-1]["val_weighted_accuracy"] if curve else None,
-        first_above=first, load_avg_start=load_start,
+        first_above=first, load_avg_start=load_start, load_avg_end=load_end,
         peak_rss_mb=round((kib / 1024 if sys.platform == "darwin" else kib) / 1024, 1),
         compiles_after_warmup=int(compiles[-1]) if compiles else None,
     )

@@ -15,7 +15,6 @@ BatchNorm statistics, not a learning problem.
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import sys
 import time
@@ -37,41 +36,40 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    import jax
-
-    from camjax import models, optim, steps, trainer
+    from camjax import assembly, trainer
     from camjax.data import pipeline
-    from camjax.parallel import compile_count
+    from camjax.parallel import DataParallel, compile_count
 
     config = common.load_config(args.config)
     common.apply_overrides(config, args.set)
     config.optim.schedule = "constant"
-    index, read, _ = trainer.open_dataset(config.data, config.seed)
+    index, read, _ = assembly.open_dataset(config.data, config.seed)
     loader = pipeline.make_process_loader(index, config.data, global_batch=config.batch_size, seed=config.seed,
                                           process_index=0, process_count=1, read=read)
-    stream = (trainer._model_inputs(b) for b in loader)
+    dp = DataParallel(config.parallel)
+    stream = (dp.put_batch(trainer.model_inputs(b)) for b in loader)
     if args.fixed_batches:
         fixed = list(itertools.islice(stream, args.fixed_batches))
         stream = itertools.cycle(fixed)
-    model = models.create(config.model, len(index.classes), dtype=config.dtype, seed=config.seed)
-    tx = optim.make_optimizer(config.optim, args.steps, args.steps)
-    model_def, state = steps.init_state(model, tx, models.get(config.model.name).preprocess, config.seed)
-    train_step = jax.jit(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config), donate_argnums=0)
-    predict = jax.jit(functools.partial(steps.eval_step, model_def=model_def))
+    built = assembly.build(config.model, len(index.classes), dp, dtype=config.dtype, optim_config=config.optim,
+                           steps_per_epoch=args.steps, total_steps=args.steps, seed=config.seed)
+    state = dp.put_state(built.host_state)
+    train_step, predict = built.train_step(config), built.predict()
 
     start, compiles, accuracies, windows = time.perf_counter(), None, [], []
     for i, batch in enumerate(itertools.islice(stream, args.steps)):
         state, metrics = train_step(state, batch)
-        accuracies.append(metrics["train/accuracy"])
+        accuracies.append(metrics)
         if i == 0:
             compiles = compile_count()
         if (i + 1) % args.window == 0:
-            windows.append(common.rounded(np.mean(jax.device_get(accuracies[-args.window:]))))
+            windows.append(common.rounded(np.mean([dp.fetch_metrics(m)["train/accuracy"] for m in accuracies])))
+            accuracies = []
             print(f"step {i + 1}: window train accuracy {windows[-1]} at {time.perf_counter() - start:.0f} s, "
                   f"load {common.load_average()}", file=sys.stderr, flush=True)  # progress, for long probes
     fields = dict(train_accuracy_per_window=windows, window=args.window, steps=args.steps)
     if args.fixed_batches:
-        hits = [np.mean(np.argmax(np.asarray(predict(state, b)), -1) == np.asarray(b["label"])) for b in fixed]
+        hits = [np.mean(np.argmax(dp.fetch_per_example(predict(state, b)), -1) == np.asarray(b["label"])) for b in fixed]
         fields["inference_accuracy_on_fixed_batches"] = common.rounded(np.mean(hits))
     common.emit(common.record(
         "learning_probe", model=config.model.name, config=args.config, overrides=args.set,

@@ -38,9 +38,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from camjax import evaluator, trainer
+    from camjax import assembly, evaluator, trainer
 
-    trainer.quiet_libraries()
+    assembly.quiet_libraries()
     for seed in args.seeds:
         config = common.load_config(args.config)
         common.apply_overrides(config, args.set)
@@ -55,11 +55,9 @@ def main(argv=None) -> None:
             val = trainer.train_and_evaluate(config, workdir)
             train_seconds = time.perf_counter() - start
             steps = max(json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")))
-            root = trainer.resolve_data_root(config.data)
+            root = assembly.resolve_data_root(config.data)
             start = time.perf_counter()
-            result = evaluator.evaluate([workdir], data_root=root, agg=config.eval.agg,
-                                        max_tiles=config.eval.max_tiles or None,
-                                        out=os.path.join(workdir, "submission.csv"))
+            result = evaluator.evaluate([workdir], data_root=root, out=os.path.join(workdir, "submission.csv"))
         common.emit(common.record(
             "recipe", model=config.model.name, name=args.name, config=args.config, overrides=args.set,
             root=args.root or "synthetic", seed=seed, steps=steps, train_seconds=common.rounded(train_seconds, 1),

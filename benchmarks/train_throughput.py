@@ -133,10 +133,11 @@ def measure(args, mc, *, mode: str, batch: int, parallel: str) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from camjax.assembly import enable_compilation_cache
     from camjax.parallel import initialize
 
     initialize()  # under srun / a JobSet / JAX_* variables: one process of a multi-host job
-    common.enable_compilation_cache(args.compilation_cache)
+    enable_compilation_cache(args.compilation_cache)
     mc = common.model_config(args.model, args.model_kwargs, args.config)
     combos = itertools.product(common.csv_strs(args.mode), common.csv_ints(args.batch), common.csv_strs(args.parallel))
     for mode, batch, parallel in combos:

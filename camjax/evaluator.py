@@ -18,56 +18,41 @@ import ml_collections
 import numpy as np
 
 from camjax import metrics as scoring
-from camjax import optim, plots, postprocess, prnu, steps, tta
+from camjax import assembly, plots, postprocess, prnu, steps, tta
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
 from camjax.data.decode import read_bytes
 from camjax.parallel import DataParallel
-from camjax.trainer import Run, build_model
 
 
 @dataclasses.dataclass
 class RestoredModel:
-    run: Run
+    run: assembly.Run
     config: ml_collections.ConfigDict
-    model_def: steps.ModelDef
+    built: assembly.Assembled  # its tta_predict() wraps the step for the devices
     state: steps.TrainState  # on device, replicated
     step: int
+
+    @property
+    def model_def(self) -> steps.ModelDef:
+        return self.built.model_def
 
 
 def restore(workdir: str, dp: DataParallel, step: int | None = None) -> RestoredModel:
     """The best (or the given) checkpoint of a training run, placed on the devices."""
-    run = Run.load(workdir)
+    run = assembly.Run.load(workdir)
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    model, preprocess_mode = build_model(run, "sharded", seed=0)
-    tx = optim.make_optimizer(config.optim, 1, 1)  # only its state's structure matters here
-    model_def, host_state = steps.init_state(model, tx, preprocess_mode, 0)
+    built = assembly.build(run.model_config, len(run.classes), dp, dtype=run.dtype, optim_config=config.optim)
     ckpt = Checkpointer(workdir, best_metric=config.optim.plateau.metric, read_only=True)
     step = ckpt.best_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{workdir}: no checkpoint to evaluate")
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(dp.local_devices[0])),
-        host_state,
-    )
+    target = built.restore_target(jax.sharding.SingleDeviceSharding(dp.local_devices[0]))
     step, state, _ = ckpt.restore(target, step)
     ckpt.close()
-    return RestoredModel(run, config, model_def, dp.put_state(state), step)
-
-
-def make_tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...]):
-    """(state, batch) -> probs [B, V, C]: all views through one model call."""
-
-    def step(state, batch):
-        def apply(images, is_manipulated):
-            return steps.predict_logits(state.params, state.model_state, images, is_manipulated, model_def=model_def)
-
-        probs = tta.make_tta_predict(apply, view_ids)(batch["image"], batch["is_manipulated"])
-        return probs.swapaxes(0, 1)
-
-    return step
+    return RestoredModel(run, config, built, dp.put_state(state), step)
 
 
 def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_ids, *, agg: str, p: float,
@@ -79,7 +64,7 @@ def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_id
         test_paths, patch=restored.run.patch, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad,
         read=read,
     )
-    predict = dp.predict(make_tta_step(restored.model_def, view_ids))
+    predict = restored.built.tta_predict(view_ids)
     num_classes = len(restored.run.classes)
     out = np.full((len(test_paths), len(view_ids), num_classes), np.nan, np.float32)
     open_tiles: dict[int, list[np.ndarray]] = {}
@@ -140,11 +125,20 @@ def _prnu_report(clusters, before, good, groups, labels, fnames, classes, thresh
             "balanced_weighted_accuracy_without": _score_report(before_balanced, labels, fnames, classes)["weighted_accuracy"]}
 
 
-def evaluate(workdirs, *, data_root=None, tta_name=None, agg="geometric", p=2.0, weights=None, balance=False,
-             out="submission.csv", batch_size=64, max_tiles=None, pad=False, skip_bad=False,
+def evaluate(workdirs, *, data_root=None, tta_name=None, agg=None, p=2.0, weights=None, balance=False,
+             out="submission.csv", batch_size=None, max_tiles=None, pad=False, skip_bad=False,
              prnu_threshold: float | None = None) -> dict:
+    """Predicts, blends, balances and writes the submission of `workdirs`' best checkpoints.
+
+    `agg`, `batch_size` and `max_tiles` left None come from the first run's `config.eval`
+    (max_tiles 0: every tile), so the CLI and the configured run agree by construction.
+    """
     dp = DataParallel("sharded")
     restored = [restore(w, dp) for w in workdirs]
+    configured = restored[0].config.get("eval", {})
+    agg = agg or configured.get("agg", "geometric")
+    batch_size = batch_size or configured.get("batch_size", 64)
+    max_tiles = (configured.get("max_tiles", 0) if max_tiles is None else max_tiles) or None
     classes = restored[0].run.classes
     for r, w in zip(restored, workdirs):
         if r.run.classes != classes:

@@ -22,7 +22,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from camjax import evaluator, postprocess, trainer, tta
+from camjax import assembly, cli, evaluator, postprocess
 from camjax.cameras import is_manipulated_from_fname
 from camjax.data import sources
 from camjax.data.decode import BadImageError
@@ -87,31 +87,23 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
     """Only when run: importing pseudolabel() next to another entry point defines no clashing flags."""
-    flags.DEFINE_multi_string("workdir", None, "Training run directory; repeat to ensemble.")
-    flags.DEFINE_string("data_root", None, "Dataset root whose test/ files are pseudo-labelled.")
+    cli.define_prediction_flags(data_root_help="Dataset root whose test/ files are pseudo-labelled.")
     flags.DEFINE_string("out", None, "Output folder: train/<class>/..., manifest.csv, predictions*.")
     flags.DEFINE_float("threshold", 0.95, "Keep files whose assigned class has at least this probability.")
     flags.DEFINE_bool("balance", True, "Assign classes with the count-balanced assignment (else argmax).")
     flags.DEFINE_bool("include_manipulated", True, "Also keep files named *_manip (they train flagged as manipulated, never manipulated again).")
-    flags.DEFINE_enum("tta", None, list(tta.VIEW_SETS), "D4 views (default: those each model trained with).")
-    flags.DEFINE_enum("agg", "geometric", ["mean", "geometric", "power"], "How views, tiles and models blend.")
-    flags.DEFINE_bool("prnu", False, "Make predictions agree within sensor-noise (PRNU) clusters first.")
-    flags.DEFINE_float("prnu_threshold", 4.5, "Mean pairwise z score at which PRNU clusters merge.")
-    flags.DEFINE_integer("max_tiles", None, "At most this many tiles per test image (evenly spaced).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    trainer.quiet_libraries()
-    trainer.enable_compilation_cache(".cache/jax")
+    assembly.quiet_libraries()
+    assembly.enable_compilation_cache(".cache/jax")
+    options = cli.prediction_options()
     try:
         sources.list_test_files(FLAGS.data_root)
-        result = pseudolabel(
-            FLAGS.workdir, data_root=FLAGS.data_root, out=FLAGS.out, threshold=FLAGS.threshold,
-            balance=FLAGS.balance, include_manipulated=FLAGS.include_manipulated, tta_name=FLAGS.tta, agg=FLAGS.agg,
-            max_tiles=FLAGS.max_tiles, prnu_threshold=FLAGS.prnu_threshold if FLAGS.prnu else None,
-        )
+        result = pseudolabel(FLAGS.workdir, out=FLAGS.out, threshold=FLAGS.threshold, balance=FLAGS.balance,
+                             include_manipulated=FLAGS.include_manipulated, **options)
     except (BadImageError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

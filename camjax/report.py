@@ -28,7 +28,7 @@ from absl import app, flags
 from flax import nnx
 
 from camjax import metrics as scoring
-from camjax import plots, saliency, steps, trainer
+from camjax import assembly, plots, saliency, steps
 from camjax.cameras import MANIPULATION_NAMES
 from camjax.data import pipeline, sources
 from camjax.data.decode import BadImageError, read_bytes
@@ -62,7 +62,7 @@ def validation_records(restored: RestoredModel, data_root: str | None):
         data = config.data.copy_and_resolve_references()
         if run.data_source == "folder":
             data.root = run.data_root
-        index, read, _ = trainer.open_dataset(data, config.seed)
+        index, read, _ = assembly.open_dataset(data, config.seed)
     if list(index.classes) != list(run.classes):
         raise ValueError(f"{data_root or run.data_root} has classes {list(index.classes)}, the run {run.classes}")
     if not index.val:
@@ -286,8 +286,8 @@ def _define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    trainer.quiet_libraries()
-    trainer.enable_compilation_cache(".cache/jax")
+    assembly.quiet_libraries()
+    assembly.enable_compilation_cache(".cache/jax")
     f = flags.FLAGS
     try:
         path = write_report(f.workdir, f.out, f.data_root, max_files=f.max_files or None, per_class=f.per_class,

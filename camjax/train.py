@@ -16,8 +16,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from camjax import parallel, trainer
+from camjax import assembly, parallel, trainer
 from camjax.checkpoint import CheckpointWriteError
+from camjax.config_checks import ConfigError
 from camjax.runlock import WorkdirBusyError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration (file[:preset]).", lock_config=True)
@@ -32,14 +33,14 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    trainer.quiet_libraries()
+    assembly.quiet_libraries()
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     is_main = jax.process_index() == 0
     if not is_main:  # process 0 speaks for the run
         logging.getLogger("camjax").setLevel(logging.WARNING)
     try:
         final = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (WorkdirBusyError, CheckpointWriteError) as e:  # a requeue, a full disk: one line, not a traceback
+    except (ConfigError, WorkdirBusyError, CheckpointWriteError) as e:  # a typo, a requeue, a full disk: no traceback
         raise SystemExit(f"error: {e}") from None
     if final and final.get("val/weighted_accuracy") is not None and is_main:
         print(f"val/weighted_accuracy={final['val/weighted_accuracy']:.4f}")

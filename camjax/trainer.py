@@ -6,8 +6,6 @@ plateau tracker and data-iterator position, so it continues exactly where it sto
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import logging
 import math
@@ -20,121 +18,15 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from camjax import faults, models, optim, steps
+from camjax import assembly, config_checks, faults, optim
 from camjax import metrics as scoring
 from camjax.checkpoint import Checkpointer
-from camjax.data import pipeline, sources
-from camjax.data.decode import read_bytes
-from camjax.parallel import DataParallel, bn_axis_name, cache_miss_count, compile_count, prefetch
-from camjax.postprocess import atomic_write
+from camjax.data import pipeline
+from camjax.parallel import DataParallel, cache_miss_count, compile_count, prefetch
 from camjax.runlock import WorkdirBusyError, WorkdirLock
 from camjax.writers import MetricWriter
 
-RUN_FILE = "run.json"
 log = logging.getLogger("camjax")
-
-
-def enable_compilation_cache(path: str) -> None:
-    """JAX's persistent compilation cache: a restarted run does not compile again."""
-    if path:
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
-        # Every program, however quick to compile: a threshold makes a restart's hits depend on load.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
-def resolve_data_root(data_config) -> str:
-    """`data.root`, or the synthetic dataset generated once into `data.cache_dir`."""
-    if data_config.root:
-        return data_config.root
-    from camjax import synth
-
-    return str(synth.ensure_dataset(data_config.cache_dir, **data_config.synth.to_dict()))
-
-
-def open_dataset(data_config, seed: int):
-    """(index, read, location) for `data.source`: a challenge-layout folder or a TFDS build
-    (`python -m camjax.data.tfds_builder`) holding the original file bytes."""
-    if data_config.source == "tfds":
-        from camjax.data import tfds_builder
-
-        if not data_config.tfds_dir:
-            raise ValueError("data.source='tfds' needs data.tfds_dir (built by python -m camjax.data.tfds_builder)")
-        if data_config.get("extra"):
-            raise ValueError("data.extra (an extra folder of training files) needs data.source='folder'")
-        index = tfds_builder.load_index(data_config.tfds_dir, val_fraction=data_config.val_fraction, seed=seed)
-        return index, tfds_builder.BytesReader(data_config.tfds_dir), data_config.tfds_dir
-    if data_config.source != "folder":
-        raise ValueError(f"unknown data.source {data_config.source!r}; expected 'folder' or 'tfds'")
-    root = resolve_data_root(data_config)
-    index = sources.scan_root(root, val_fraction=data_config.val_fraction, seed=seed)
-    if data_config.get("extra"):
-        index = sources.add_extra_train(index, data_config.extra)
-    return index, read_bytes, root
-
-
-@dataclasses.dataclass
-class Run:
-    """What evaluation needs to rebuild a trained model: written to DIR/run.json."""
-
-    model: dict
-    dtype: str
-    classes: list[str]
-    patch: int
-    trained_views: str  # the D4 subset seen in training: none | flips | rot90 | d4
-    d4_exempt_classes: list[str]
-    data_root: str  # the dataset folder, or the TFDS data_dir when data_source is 'tfds'
-    data_source: str = "folder"
-
-    @classmethod
-    def load(cls, workdir: str) -> "Run":
-        path = os.path.join(workdir, RUN_FILE)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: {workdir} is not a camjax training directory")
-        with open(path) as f:
-            return cls(**json.load(f))
-
-    def save(self, workdir: str) -> None:
-        _write_json(os.path.join(workdir, RUN_FILE), dataclasses.asdict(self))
-
-
-def _write_json(path: str, obj) -> None:
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-
-
-def _check_same_run(workdir: str, run: Run) -> None:
-    """A workdir belongs to one model and class list: resuming another is an error."""
-    path = os.path.join(workdir, RUN_FILE)
-    if not os.path.exists(path):
-        return
-    old = Run.load(workdir)
-    for field in ("model", "classes", "patch"):
-        if getattr(old, field) != getattr(run, field):
-            raise ValueError(
-                f"{workdir} holds a run with another {field} ({getattr(old, field)!r}, now {getattr(run, field)!r}); "
-                "use a new --workdir"
-            )
-
-
-def build_model(run: Run, parallel_mode: str, seed: int):
-    model = models.create(
-        _to_config(run.model), len(run.classes), dtype=run.dtype, bn_axis_name=bn_axis_name(parallel_mode), seed=seed
-    )
-    return model, models.get(run.model["name"]).preprocess
-
-
-def _to_config(d: dict):
-    import ml_collections
-
-    return ml_collections.ConfigDict(d)
-
-
-def quiet_libraries() -> None:
-    """camjax's own messages at INFO; orbax's and absl's per-save chatter only when it matters."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    log.setLevel(logging.INFO)
 
 
 class _StopFlag:
@@ -175,7 +67,7 @@ def validate(predict, dp: DataParallel, state, index, data_config, batch_size: i
     for batch in batches:
         # Every process reads every batch and runs its rows; predictions are gathered, so all
         # processes compute the same metrics (and plateau decisions).
-        probs = dp.fetch_per_example(predict(state, dp.put_batch(dp.process_rows(_model_inputs(batch)))))
+        probs = dp.fetch_per_example(predict(state, dp.put_batch(dp.process_rows(model_inputs(batch)))))
         keep = batch["mask"] > 0
         preds.append(probs.argmax(-1)[keep])
         labels.append(batch["label"][keep])
@@ -213,9 +105,25 @@ _MODEL_INPUTS = ("image", "label", "is_manipulated", "manipulation")
 _DEVICE_AUGMENT_INPUTS = ("raw", "d4")  # data.manipulate_on='device': the step makes "image"
 
 
-def _model_inputs(batch):
+def model_inputs(batch):
+    """The fields of a loader batch that the steps take (the rest is bookkeeping)."""
     keys = _MODEL_INPUTS + (_DEVICE_AUGMENT_INPUTS if "raw" in batch else ())
     return {k: batch[k] for k in keys if k in batch}
+
+
+def _check_same_run(workdir: str, run: assembly.Run) -> None:
+    """A workdir with a checkpoint belongs to one model and class list: resuming another is an
+    error. (run.json is written with the first checkpoint, so a run that failed before it
+    leaves nothing to refuse a corrected retry with.)"""
+    if not os.path.exists(os.path.join(workdir, assembly.RUN_FILE)):
+        return
+    old = assembly.Run.load(workdir)
+    for field in ("model", "classes", "patch"):
+        if getattr(old, field) != getattr(run, field):
+            raise ValueError(
+                f"{workdir} holds a run with another {field} ({getattr(old, field)!r}, now {getattr(run, field)!r}); "
+                "use a new --workdir"
+            )
 
 
 def lock_workdir(workdir: str) -> WorkdirLock | None:
@@ -239,9 +147,9 @@ def lock_workdir(workdir: str) -> WorkdirLock | None:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the last validation
-    metrics. A workdir that another live run holds is refused before anything is written."""
-    if config.nonfinite not in ("stop", "skip"):
-        raise ValueError(f"config.nonfinite={config.nonfinite!r}: expected 'stop' or 'skip'")
+    metrics. A config that cannot run (config_checks.ConfigError), or a workdir that another live
+    run holds (WorkdirBusyError), is refused before anything is written."""
+    config_checks.validate(config)
     os.makedirs(workdir, exist_ok=True)
     lock = lock_workdir(workdir)
     try:
@@ -252,41 +160,21 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
 
 def _train(config, workdir: str) -> dict[str, float]:
-    enable_compilation_cache(config.compilation_cache)
-    index, read, root = open_dataset(config.data, config.seed)
-    run = Run(
-        model=json.loads(json.dumps(config.model.to_dict())),  # tuples -> lists, as stored
-        dtype=config.dtype,
-        classes=list(index.classes),
-        patch=config.data.patch,
-        trained_views=config.data.d4,
-        d4_exempt_classes=list(config.data.d4_exempt_classes),
-        data_root=os.path.abspath(root),
-        data_source=config.data.source,
-    )
-    _check_same_run(workdir, run)
+    assembly.enable_compilation_cache(config.compilation_cache)
+    index, read, root = assembly.open_dataset(config.data, config.seed)
+    run = assembly.Run.from_config(config, index.classes, root)
     is_main = jax.process_index() == 0
-    if is_main:
-        run.save(workdir)
-        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-
     dp = DataParallel(config.parallel)
     dp.check_batch_size(config.batch_size)
-    if config.batch_size % (config.grad_accum * dp.num_devices):
-        raise ValueError(f"batch_size {config.batch_size} must divide into grad_accum x devices")
     steps_per_epoch = config.steps_per_epoch or max(
         1, len(index.train) * config.data.patches_per_image // config.batch_size
     )
     total_steps = steps_per_epoch * config.num_epochs
 
-    model, preprocess_mode = build_model(run, config.parallel, config.seed)
-    if config.model.init_from:
-        from camjax.models import pretrained
-
-        pretrained.restore_backbone(model.backbone, config.model.init_from)
-    tx = optim.make_optimizer(config.optim, steps_per_epoch, total_steps)
-    model_def, host_state = steps.init_state(model, tx, preprocess_mode, config.seed)
-    del model
+    built = assembly.build(config.model, len(run.classes), dp, dtype=config.dtype, optim_config=config.optim,
+                           steps_per_epoch=steps_per_epoch, total_steps=total_steps, seed=config.seed,
+                           init_from=config.model.init_from)
+    host_state = built.host_state
     plateau = optim.PlateauTracker.from_config(config.optim.plateau, config.optim.learning_rate)
     schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
 
@@ -294,25 +182,21 @@ def _train(config, workdir: str) -> dict[str, float]:
     writer = MetricWriter(workdir)
     step, data_state = 0, None
     if ckpt.latest_step() is not None:
-        target = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dp.restore_sharding),
-            host_state,
-        )
-        step, host_state, record = ckpt.restore(target)
+        _check_same_run(workdir, run)
+        step, host_state, record = ckpt.restore(built.restore_target(dp.restore_sharding))
         plateau = optim.PlateauTracker.from_state_dict(record["plateau"])
         data_state = record.get("data_state")
         log.info("resumed from step %d (epoch %d)", step, step // steps_per_epoch)
     writer.truncate_after(step)  # rows a killed or failed attempt logged after its last checkpoint
     state = dp.put_state(host_state)
     del host_state
+    built.host_state = None  # on the devices now: the host copy is freed
 
     class_weights = None
     if config.data.class_balance == "weights":
         class_weights = pipeline.class_weights(index)
-    train_step = dp.train_step(
-        functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config, class_weights=class_weights)
-    )
-    predict = dp.predict(functools.partial(steps.eval_step, model_def=model_def))
+    train_step = built.train_step(config, class_weights)
+    predict = built.predict()
 
     loader = pipeline.make_process_loader(
         index,
@@ -333,7 +217,7 @@ def _train(config, workdir: str) -> dict[str, float]:
 
     def to_device(item):
         batch, position = item
-        return dp.put_batch(_model_inputs(batch)), int(batch["skipped"].sum()), position
+        return dp.put_batch(model_inputs(batch)), int(batch["skipped"].sum()), position
 
     batches = prefetch(with_position(loader), to_device, size=2)
 
@@ -348,6 +232,9 @@ def _train(config, workdir: str) -> dict[str, float]:
     compiles_after_first = None
 
     def save(metrics=None, *, force=False):
+        if is_main and ckpt.latest_step() is None:  # the first checkpoint: the run's description goes with it
+            run.save(workdir)
+            assembly.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
         record = {
             "step": int(step),
             "epoch": step // steps_per_epoch,

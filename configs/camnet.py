@@ -6,11 +6,11 @@ Usage: python -m camjax.train --config configs/camnet.py:quick --workdir runs/ca
 
 import ml_collections
 
-from configs import common
+from camjax import defaults
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    c = common.get_config()
+    c = defaults.get_config()
     c.model.name = "camnet"
     c.model.highpass = "box3"  # the noise residual: without it a small CNN stays near chance
     c.model.pooling = "avg"

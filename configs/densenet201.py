@@ -10,17 +10,17 @@ and the stem options `model.kwargs.stem_stride=1` / `stem_pool=False` (strides, 
 
 import ml_collections
 
-from configs import common
+from camjax import defaults
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    c = common.get_config()
+    c = defaults.get_config()
     c.model.name = "densenet201"
     c.batch_size = 32
     c.dtype = "bfloat16"
     if preset == "quick":
         c.model.name = "densenet121"
-        common.cpu_quick(c, patch=64, batch_size=16, num_epochs=2, steps_per_epoch=30)
+        defaults.cpu_quick(c, patch=64, batch_size=16, num_epochs=2, steps_per_epoch=30)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for densenet201; expected '' or 'quick'")
     return c

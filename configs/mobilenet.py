@@ -7,18 +7,18 @@ and `model.kwargs.stem_stride=1` (a stride, not a shape);
 
 import ml_collections
 
-from configs import common
+from camjax import defaults
 
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
-    c = common.get_config()
+    c = defaults.get_config()
     c.model.name = "mobilenet"
     c.model.kwargs = ml_collections.ConfigDict(dict(alpha=1.0))
     c.batch_size = 64
     c.dtype = "bfloat16"
     if preset == "quick":
         c.model.kwargs.alpha = 0.25
-        common.cpu_quick(c, patch=64, batch_size=32, num_epochs=10, val_crops=2)
+        defaults.cpu_quick(c, patch=64, batch_size=32, num_epochs=10, val_crops=2)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for mobilenet; expected '' or 'quick'")
     return c

@@ -1,4 +1,4 @@
-"""Test set-up: tests import their fixture helpers (tests/datasets.py) by name."""
+"""Test set-up: tests import their helpers (tests/camjax_testdata.py) by name."""
 
 import os
 import sys

@@ -5,12 +5,12 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from datasets import save, texture
+from camjax_testdata import save, texture
 from PIL import Image, ImageFile, ImageOps
 
 from camjax.data import pipeline, sources
 from camjax.data.decode import BadImageError, decode_image, is_jpeg, orient
-from configs.common import get_config
+from camjax.defaults import get_config
 
 IMG = texture(96, 128, 0)
 
@@ -224,7 +224,7 @@ def test_a_class_whose_validation_files_are_unreadable_trains_to_the_end(tmp_pat
     and the class without a readable validation file is reported as such, not as a zero."""
     import json
 
-    from datasets import make_challenge_tree
+    from camjax_testdata import make_challenge_tree
     from test_train_evaluate import tiny_config
 
     from camjax import evaluator, pseudolabel, report, trainer

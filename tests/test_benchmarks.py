@@ -1,5 +1,5 @@
 """Smoke tests of benchmarks/: each script runs with its tiniest settings and prints the
-contracted JSON lines (DESIGN.md section 2). No timing is asserted."""
+contracted JSON lines (docs/design.md, section 2). No timing is asserted."""
 
 import json
 import os
@@ -155,7 +155,7 @@ def test_depthwise_lowerings_agree(env):
 
 
 def test_eval_memory_streams_growing_test_sets(env, tmp_path):
-    from datasets import make_challenge_tree
+    from camjax_testdata import make_challenge_tree
     from test_train_evaluate import tiny_config
 
     from camjax import trainer
@@ -173,7 +173,7 @@ def test_eval_memory_streams_growing_test_sets(env, tmp_path):
 
 
 def test_learning_probe_streams_and_checks_fit_against_inference(env, tmp_path):
-    from datasets import make_challenge_tree
+    from camjax_testdata import make_challenge_tree
 
     root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=3, test_per_class=1)
     tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8",
@@ -187,7 +187,7 @@ def test_learning_probe_streams_and_checks_fit_against_inference(env, tmp_path):
 
 
 def test_learning_curve_records_validation_against_seconds_and_steps(env, tmp_path):
-    from datasets import make_challenge_tree
+    from camjax_testdata import make_challenge_tree
 
     root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=3, test_per_class=1)
     tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8", "steps_per_epoch=2",
@@ -212,7 +212,7 @@ def test_learning_curve_records_validation_against_seconds_and_steps(env, tmp_pa
 def test_recipe_trains_and_scores_each_seed(env, tmp_path):
     import csv
 
-    from datasets import make_challenge_tree
+    from camjax_testdata import make_challenge_tree
 
     classes = ("HTC-1-M7", "iPhone-4s")
     root = make_challenge_tree(tmp_path / "data", classes=classes, per_class=3, test_per_class=2)

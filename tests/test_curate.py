@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import require_reference
 import simplejpeg
-from datasets import texture
+from camjax_testdata import texture
 from PIL import Image, ImageFile, JpegPresets
 
 from camjax.cameras import CHALLENGE_CLASSES, NATIVE_RESOLUTIONS

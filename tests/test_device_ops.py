@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from datasets import texture
+from camjax_testdata import texture
 from PIL import Image
 
 from camjax.cameras import MANIPULATIONS, NUM_MANIPULATIONS, manipulation_by_name

@@ -17,7 +17,7 @@ import pytest
 
 from camjax import faults, inspect, steps, trainer
 from camjax.checkpoint import Checkpointer, tree_checksum
-from datasets import make_challenge_tree
+from camjax_testdata import make_challenge_tree
 from test_train_evaluate import _train_cmd as cli_train_cmd
 from test_train_evaluate import tiny_config as train_tiny_config
 
@@ -266,13 +266,13 @@ def test_nonfinite_skip_counts_the_batches_and_finishes(root, two_epochs, tmp_pa
 def test_skip_mode_leaves_the_state_untouched_on_a_nonfinite_loss():
     """At the step level: a NaN loss (here from NaN class weights) changes nothing but the
     step counter, and is counted; in stop mode the same step poisons the parameters."""
-    from camjax import models, optim
+    from camjax import assembly
+    from camjax.parallel import DataParallel
 
     config = tiny_config("unused")
-    model = models.create(config.model, len(CLASSES), dtype="float32", bn_axis_name=None, seed=0)
-    preprocess_mode = models.get(config.model.name).preprocess
-    tx = optim.make_optimizer(config.optim, 3, 9)
-    model_def, state = steps.init_state(model, tx, preprocess_mode, 0)
+    built = assembly.build(config.model, len(CLASSES), DataParallel("sharded"), dtype="float32",
+                           optim_config=config.optim, steps_per_epoch=3, total_steps=9)
+    model_def, tx, state = built.model_def, built.tx, built.host_state
     rng = np.random.default_rng(0)
     batch = {
         "image": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)),

@@ -12,9 +12,9 @@ import pytest
 from flax import nnx
 
 from camjax import convert
-from camjax.models import create, layers, mobilenet, registry
+from camjax.models import create, default_config, layers, mobilenet, registry
 
-KERAS_PARAMS = {  # include_top=False, BatchNorm statistics included (DESIGN.md)
+KERAS_PARAMS = {  # include_top=False, BatchNorm statistics included (docs/design.md)
     "resnet50": 23_587_712,
     "mobilenet": 3_228_864,
     "mobilenet_v2": 2_257_984,
@@ -212,7 +212,7 @@ def test_resnet_batchnorm_modes_and_odd_sizes():
 def test_models_table_counts_and_flops():
     from camjax.models import __main__ as table
 
-    classifier = nnx.eval_shape(lambda: create(table.model_config("mobilenet"), 10))
+    classifier = nnx.eval_shape(lambda: create(default_config("mobilenet"), 10))
     assert table.count(classifier.backbone) == KERAS_PARAMS["mobilenet"]
     head = (1024 + 1) * 512 + 512 + 513 * 256 + 256 * 10 + 10 + 256 * 9 + 9  # FC 512, 256, classes, aux
     assert table.count(classifier) == KERAS_PARAMS["mobilenet"] + head

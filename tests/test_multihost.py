@@ -18,8 +18,7 @@ import pytest
 from camjax import evaluator, parallel, trainer
 from camjax.data import pipeline, sources
 from camjax.parallel import DataParallel
-from configs import camnet
-from datasets import make_challenge_tree
+from camjax_testdata import make_challenge_tree, repo_config
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "launch" / "local.sh"
@@ -49,7 +48,7 @@ def root(tmp_path_factory):
 
 
 def config(root, **overrides):
-    c = camnet.get_config("quick")
+    c = repo_config("configs/camnet.py:quick")
     c.data.root = str(root)
     c.update_from_flattened_dict({**OVERRIDES, **overrides})
     return c

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from datasets import coordinate_image, locate, make_challenge_tree, save, texture
+from camjax_testdata import coordinate_image, locate, make_challenge_tree, save, texture
 
 from camjax import tta
 from camjax.cameras import MANIPULATIONS
 from camjax.data import manipulations, pipeline, sources
 from camjax.data.decode import decode_image
-from configs.common import get_config
+from camjax.defaults import get_config
 
 
 def data_config(**overrides):

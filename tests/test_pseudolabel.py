@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camjax import pseudolabel, trainer
+from camjax import assembly, pseudolabel, trainer
 from camjax.data import sources
-from datasets import make_challenge_tree, save, texture
+from camjax_testdata import make_challenge_tree, save, texture
 from test_train_evaluate import tiny_config as train_tiny_config
 
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
@@ -72,13 +72,13 @@ def test_add_extra_train_names_bad_sources(root, tmp_path):
 def test_open_dataset_reads_data_extra(root, tmp_path):
     save(texture(64, 64, 1), tmp_path / "train" / "HTC-1-M7" / "img_0000001_unalt.tif")
     config = tiny_config(root)
-    base, _, _ = trainer.open_dataset(config.data, seed=0)
+    base, _, _ = assembly.open_dataset(config.data, seed=0)
     config.data.extra = str(tmp_path)
-    index, _, _ = trainer.open_dataset(config.data, seed=0)
+    index, _, _ = assembly.open_dataset(config.data, seed=0)
     assert len(index.train) == len(base.train) + 1 and index.val == base.val
     config.data.source, config.data.tfds_dir = "tfds", str(tmp_path)
     with pytest.raises(ValueError, match="data.extra"):
-        trainer.open_dataset(config.data, seed=0)
+        assembly.open_dataset(config.data, seed=0)
 
 
 def test_select_keeps_confident_assignments():

@@ -15,7 +15,7 @@ import pytest
 from conftest import require_reference
 
 from camjax import models, report, saliency, steps, trainer
-from datasets import make_challenge_tree
+from camjax_testdata import make_challenge_tree
 from test_train_evaluate import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

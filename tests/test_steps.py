@@ -23,23 +23,22 @@ SCRIPT = textwrap.dedent(
     """
     import json, functools, sys
     import jax, jax.numpy as jnp, numpy as np, ml_collections
-    from camjax import models, optim, steps
-    from camjax.parallel import DataParallel, bn_axis_name, compile_count
-    from configs import camnet
+    from camjax import assembly
+    from camjax.parallel import DataParallel, compile_count
+    from camjax import defaults
 
     mode, accum = sys.argv[1], int(sys.argv[2])
-    config = camnet.get_config("quick")
+    config = defaults.load_config("configs/camnet.py:quick")
     config.model.kwargs.widths = (8, 16)
     config.model.head.hidden = (16, 8)
     config.model.head.dropout = (0.0, 0.0)  # dropout masks legitimately differ between layouts
     config.grad_accum = accum
     config.optim.learning_rate = 1e-2
     dp = DataParallel(mode)
-    model = models.create(config.model, 4, bn_axis_name=bn_axis_name(mode), seed=0)
-    tx = optim.make_optimizer(config.optim, 10, 100)
-    model_def, state = steps.init_state(model, tx, "tf", 0)
-    state = dp.put_state(state)
-    step = dp.train_step(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config))
+    built = assembly.build(config.model, 4, dp, dtype=config.dtype, optim_config=config.optim, steps_per_epoch=10,
+                           total_steps=100, seed=0)
+    state = dp.put_state(built.host_state)
+    step = built.train_step(config)
     rng = np.random.default_rng(0)
     losses, compiles = [], []
     for i in range(4):

@@ -10,7 +10,7 @@ import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from datasets import make_challenge_tree, texture
+from camjax_testdata import make_challenge_tree, texture
 from PIL import Image
 
 from camjax.data import sources, tfds_builder

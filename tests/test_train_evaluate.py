@@ -11,10 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from camjax import trainer
+from camjax import assembly, trainer
 from camjax.checkpoint import Checkpointer
-from configs import camnet
-from datasets import make_challenge_tree
+from camjax_testdata import make_challenge_tree, repo_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
@@ -33,7 +32,7 @@ def root(tmp_path_factory):
 
 
 def tiny_config(root, **overrides):
-    c = camnet.get_config("quick")
+    c = repo_config("configs/camnet.py:quick")
     c.data.root = str(root)
     c.data.workers = 0
     c.data.patch = 32
@@ -166,7 +165,7 @@ def test_training_and_evaluation_from_a_tfds_build(root, tmp_path):
     val = trainer.train_and_evaluate(
         tiny_config(root, **{"data.source": "tfds", "data.tfds_dir": str(tfds_dir), "num_epochs": 1}), str(workdir)
     )
-    run = trainer.Run.load(str(workdir))
+    run = assembly.Run.load(str(workdir))
     assert run.data_source == "tfds" and run.classes == list(CLASSES)
     assert 0.0 <= val["val/weighted_accuracy"] <= 1.0
     result = evaluator.evaluate([str(workdir)], out=str(tmp_path / "sub.csv"))

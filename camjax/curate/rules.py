@@ -1,4 +1,4 @@
-"""The trust rules for a downloaded photo (DESIGN.md section 1), applied to one file's headers.
+"""The trust rules for a downloaded photo (docs/design.md, section 1), applied to one file's headers.
 
 A photo is kept only if its EXIF names one of the challenge cameras, its JPEG quality is above
 the threshold (the winners kept > 93: a camera original, not a re-save), its size is the

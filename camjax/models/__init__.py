@@ -39,6 +39,17 @@ def set_batchnorm_momentum(module: nnx.Module, momentum: float) -> None:
             layer.momentum = momentum
 
 
+def default_config(name: str):
+    """The model section of camjax/defaults.py for backbone `name`, with the family's own
+    keyword defaults (for camnet, the full-size `configs/camnet.py` widths)."""
+    from camjax import defaults
+
+    config = defaults.get_config().model
+    get(name)  # an unknown name fails here, naming the registered ones
+    config.name = name
+    return config
+
+
 def create(
     model_config,
     num_classes: int,
@@ -72,4 +83,4 @@ def create(
     )
 
 
-__all__ = ["BACKBONES", "BackboneSpec", "Classifier", "FlagHead", "create", "dtype_from_name", "get", "load", "preprocess", "register", "set_batchnorm_momentum"]
+__all__ = ["BACKBONES", "BackboneSpec", "Classifier", "FlagHead", "create", "default_config", "dtype_from_name", "get", "load", "preprocess", "register", "set_batchnorm_momentum"]

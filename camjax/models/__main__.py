@@ -3,7 +3,7 @@
     python -m camjax.models
 
 Backbone counts are include_top=False with BatchNorm statistics (Keras' `count_params`);
-the classifier adds the default flag-injection head of configs/common.py for 10 classes.
+the classifier adds the default flag-injection head (camjax/defaults.py) for 10 classes.
 Everything is abstract (`nnx.eval_shape`, XLA's cost analysis of the lowered forward), so
 no weights are allocated and nothing runs: the table takes seconds.
 """
@@ -14,34 +14,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from camjax.cameras import CHALLENGE_CLASSES
-from camjax.models import BACKBONES, create
+from camjax.models import BACKBONES, create, default_config
 from camjax.models.pretrained import WEIGHTS
 
 PATCH = 512
-
-
-def model_config(name: str) -> ml_collections.ConfigDict:
-    """configs/common.py's model section for `name`; camnet takes configs/camnet.py's kwargs."""
-    try:
-        from configs import common
-
-        config = common.get_config().model
-    except ImportError:  # installed without the repository's configs: FlagHead's defaults are the same
-        config = ml_collections.ConfigDict({"head": {}, "highpass": "none", "pooling": "avg"})
-    config.name = name
-    config.kwargs = ml_collections.ConfigDict()
-    if name == "camnet":
-        try:
-            from configs import camnet
-
-            config.kwargs = camnet.get_config().model.kwargs
-        except ImportError:
-            pass
-    return config
 
 
 def count(module: nnx.Module) -> int:
@@ -63,7 +42,7 @@ def gflops(classifier: nnx.Module, size: int = PATCH) -> float:
 
 def rows():
     for name in sorted(BACKBONES):
-        config = model_config(name)
+        config = default_config(name)
         classifier = nnx.eval_shape(lambda config=config: create(config, len(CHALLENGE_CLASSES)))
         yield name, count(classifier.backbone), count(classifier), gflops(classifier)
 

@@ -1,8 +1,19 @@
-"""Small datasets in the challenge layout for tests (textured JPEGs, 512x512 .tif test files)."""
+"""Test helpers: small datasets in the challenge layout (textured JPEGs, 512x512 .tif test
+files), and the repository's config files by name."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_config(spec: str):
+    """`configs/<name>.py[:preset]` of this repository, as `--config` reads it, from any directory."""
+    from camjax import defaults
+
+    path, sep, preset = spec.partition(":")
+    return defaults.load_config(f"{REPO / path}{sep}{preset}")
 
 import numpy as np
 from PIL import Image

@@ -1,8 +1,12 @@
-"""Defaults shared by every model config: the winning recipe (DESIGN.md section 1).
+"""Defaults shared by every model config (`configs/<model>.py` extends them): the winning recipe.
 
 Every knob of a run lives here or in the model config that extends it; any field can be
-overridden from the command line with --config.<field>=<value>.
+overridden from the command line with --config.<field>=<value>. `load_config` reads a config
+file the way `--config` does, for Python callers (tests, benchmarks, notebooks).
 """
+
+import importlib.util
+import os
 
 import ml_collections
 
@@ -34,7 +38,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 4  # batches buffered per worker
     c.data.shards = 0  # file shards making up each global batch (0: one per process); fix it to
     # train on the same batches, and resume, at another process count
-    c.data.shuffle_seed = 0
     c.data.extra = ""  # an extra training source (e.g. pseudo-labels), same layout
 
     c.model = ml_collections.ConfigDict()
@@ -74,7 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every = 20
     c.checkpoint_keep_best = 3
     c.compilation_cache = ".cache/jax"
-    c.eval = ml_collections.ConfigDict(dict(tta="", agg="geometric", max_tiles=16, batch_size=64))
+    # How `camjax.evaluate` predicts this run unless its flags say otherwise (max_tiles 0: every
+    # tile of a test image); batch_size is also the validation batch in training.
+    c.eval = ml_collections.ConfigDict(dict(agg="geometric", max_tiles=16, batch_size=64))
     return c
 
 
@@ -113,3 +118,15 @@ def cpu_quick(c: ml_collections.ConfigDict, *, patch: int, batch_size: int, num_
     c.steps_per_epoch = steps_per_epoch
     c.log_every = max(1, min(10, steps_per_epoch // 4 or 10))
     return c
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:preset]` -> its ConfigDict, as `--config` reads it (a relative path
+    from the working directory)."""
+    path, _, preset = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    module_spec = importlib.util.spec_from_file_location(f"_camjax_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset)

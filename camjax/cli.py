@@ -1,0 +1,43 @@
+"""Flags shared by the entry points that predict the test set (`evaluate`, `pseudolabel`).
+
+One definition, so the two accept the same spelling, help and defaults. Where a flag is left
+unset, the first run's `config.eval` decides (blend, tiles per image, batch), so a run is
+evaluated the way it was configured unless the command line says otherwise.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from camjax import tta
+
+AGGREGATIONS = ("mean", "geometric", "power")
+
+
+def define_prediction_flags(*, data_root_help: str) -> None:
+    flags.DEFINE_multi_string("workdir", None, "Training run directory; repeat to ensemble.")
+    flags.DEFINE_string("data_root", None, data_root_help)
+    flags.DEFINE_enum("tta", None, list(tta.VIEW_SETS), "D4 views (default: those each model trained with).")
+    flags.DEFINE_enum("agg", None, list(AGGREGATIONS),
+                      "How views, tiles and models blend (default: the first run's config.eval.agg).")
+    flags.DEFINE_float("power", 2.0, "p of the power mean (2: mean of squares).")
+    flags.DEFINE_multi_float("weights", None, "One weight per --workdir for the model blend.")
+    flags.DEFINE_integer("batch_size", None, "Tiles per batch (default: config.eval.batch_size).")
+    flags.DEFINE_integer("max_tiles", None,
+                         "At most this many tiles per test image, evenly spaced; 0: every tile "
+                         "(default: config.eval.max_tiles).")
+    flags.DEFINE_bool("pad", False, "Mirror-pad test images smaller than the patch instead of failing.")
+    flags.DEFINE_bool("skip_bad", False, "Predict the most frequent class for unreadable test files.")
+    flags.DEFINE_bool("prnu", False, "Cluster the test files by sensor noise (PRNU) and make each cluster agree.")
+    flags.DEFINE_float("prnu_threshold", 4.5, "Mean pairwise z score at which PRNU clusters merge.")
+
+
+def prediction_options() -> dict:
+    """`camjax.evaluator.evaluate`'s keywords from the flags above."""
+    f = flags.FLAGS
+    if f.weights and len(f.weights) != len(f.workdir):
+        raise app.UsageError("--weights needs one value per --workdir")
+    return dict(
+        data_root=f.data_root, tta_name=f.tta, agg=f.agg, p=f.power, weights=f.weights, batch_size=f.batch_size,
+        max_tiles=f.max_tiles, pad=f.pad, skip_bad=f.skip_bad, prnu_threshold=f.prnu_threshold if f.prnu else None,
+    )
