@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINTED := camjax configs benchmarks tests launch
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-fast lint setup clean
 
 setup: $(STAMP)
 
@@ -17,8 +18,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m camjax.demo --workdir runs/demo
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The edit-run loop: everything but the tests marked slow (multi-process, kill-and-resume,
+# Keras comparisons of whole networks, benchmark smoke runs). CI runs `make test`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -70,7 +70,9 @@ def batches(frames, labels, rng):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", required=True, type=Path)
-    ap.add_argument("--seconds", type=float, default=240.0, help="training wall-clock budget (after the compiling first step)")
+    ap.add_argument(
+        "--seconds", type=float, default=240.0, help="training wall-clock budget (after the compiling first step)"
+    )
     ap.add_argument("--steps", type=int, default=0, help="a fixed step budget instead (deterministic)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -94,7 +96,9 @@ def main(argv=None):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), stats, opt_state, loss
 
-    predict = jax.jit(lambda params, stats, x: jax.nn.softmax(model.apply({"params": params, "batch_stats": stats}, x, train=False)))
+    predict = jax.jit(
+        lambda params, stats, x: jax.nn.softmax(model.apply({"params": params, "batch_stats": stats}, x, train=False))
+    )
 
     stream, steps, loss = batches(frames, labels, np.random.default_rng(args.seed)), 0, None
     start = time.perf_counter()  # restarted after the first step, so compiling is not in the budget
@@ -115,11 +119,24 @@ def main(argv=None):
         tiles = img[: n * P, : n * P].reshape(n, P, n, P, 3).transpose(0, 2, 1, 3, 4).reshape(-1, P, P, 3)
         preds[f.name] = classes[int(np.asarray(predict(params, stats, tiles)).mean(0).argmax())]
     weighted, acc = challenge_score(args.root, preds)
-    emit(record("baseline_cnn", model="cnn50", root=str(args.root), seed=args.seed, steps=steps,
-                train_seconds=rounded(train_seconds, 1), images_per_sec=rounded((steps - 1) * BATCH / train_seconds, 1) if steps > 1 else None,
-                final_loss=rounded(loss, 4) if steps else None, weighted_accuracy=rounded(weighted, 4),
-                accuracy_unalt=rounded(acc.get("unalt"), 4), accuracy_manip=rounded(acc.get("manip"), 4),
-                classes=len(classes), train_frames=len(frames), test_files=len(preds)))
+    emit(
+        record(
+            "baseline_cnn",
+            model="cnn50",
+            root=str(args.root),
+            seed=args.seed,
+            steps=steps,
+            train_seconds=rounded(train_seconds, 1),
+            images_per_sec=rounded((steps - 1) * BATCH / train_seconds, 1) if steps > 1 else None,
+            final_loss=rounded(loss, 4) if steps else None,
+            weighted_accuracy=rounded(weighted, 4),
+            accuracy_unalt=rounded(acc.get("unalt"), 4),
+            accuracy_manip=rounded(acc.get("manip"), 4),
+            classes=len(classes),
+            train_frames=len(frames),
+            test_files=len(preds),
+        )
+    )
 
 
 if __name__ == "__main__":

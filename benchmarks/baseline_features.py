@@ -34,8 +34,13 @@ from common import challenge_score, emit, record, rounded  # noqa: E402
 TILE = 256
 MANIPULATIONS = ("jpeg70", "jpeg90", "resize0.5", "resize0.8", "resize1.5", "resize2.0", "gamma0.8", "gamma1.2")
 ZIGZAG = [(0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0), (4, 0)]
-DCT8 = np.array([[math.sqrt((1 if k == 0 else 2) / 8) * math.cos((2 * n + 1) * k * math.pi / 16) for n in range(8)]
-                 for k in range(8)], np.float32)
+DCT8 = np.array(
+    [
+        [math.sqrt((1 if k == 0 else 2) / 8) * math.cos((2 * n + 1) * k * math.pi / 16) for n in range(8)]
+        for k in range(8)
+    ],
+    np.float32,
+)
 
 
 def source_size(name: str, patch: int) -> int:
@@ -149,23 +154,51 @@ def main(argv=None):
     tests = sorted((args.root / "test").glob("*.tif"))
     n = len(files)
     with concurrent.futures.ProcessPoolExecutor(max(1, args.workers), multiprocessing.get_context("spawn")) as pool:
-        per_frame = list(pool.map(frame_features, [f for f, _ in files], [args.seed] * n, range(n),
-                                  [args.patches_per_frame] * n, chunksize=4))
+        per_frame = list(
+            pool.map(
+                frame_features,
+                [f for f, _ in files],
+                [args.seed] * n,
+                range(n),
+                [args.patches_per_frame] * n,
+                chunksize=4,
+            )
+        )
         test_feats = pool.map(test_features, tests, chunksize=4)  # runs while the classifier trains
         X = [v for frame in per_frame for v in frame]
         y = [c for (_, c), frame in zip(files, per_frame) for _ in frame]
-        clf = HistGradientBoostingClassifier(max_iter=args.max_iter, learning_rate=0.1, max_leaf_nodes=15,
-                                             l2_regularization=1.0, early_stopping=False, random_state=args.seed)
+        clf = HistGradientBoostingClassifier(
+            max_iter=args.max_iter,
+            learning_rate=0.1,
+            max_leaf_nodes=15,
+            l2_regularization=1.0,
+            early_stopping=False,
+            random_state=args.seed,
+        )
         with threadpool_limits(args.threads):  # OpenMP threads spin: on a busy machine 2 ran 25x slower than 1
             clf.fit(np.stack(X), np.array(y))
             train_seconds = time.perf_counter() - start
             preds = {p.name: classes[int(clf.predict_proba(f).mean(0).argmax())] for p, f in zip(tests, test_feats)}
     weighted, acc = challenge_score(args.root, preds)
-    emit(record("baseline_features", model="hgb", root=str(args.root), seed=args.seed, steps=args.max_iter,
-                train_seconds=rounded(train_seconds, 1), images_per_sec=rounded(len(X) / train_seconds, 1),
-                total_seconds=rounded(time.perf_counter() - start, 1), weighted_accuracy=rounded(weighted, 4),
-                accuracy_unalt=rounded(acc.get("unalt"), 4), accuracy_manip=rounded(acc.get("manip"), 4),
-                classes=len(classes), train_patches=len(X), features=int(X[0].size) if X else 0, test_files=len(preds)))
+    emit(
+        record(
+            "baseline_features",
+            model="hgb",
+            root=str(args.root),
+            seed=args.seed,
+            steps=args.max_iter,
+            train_seconds=rounded(train_seconds, 1),
+            images_per_sec=rounded(len(X) / train_seconds, 1),
+            total_seconds=rounded(time.perf_counter() - start, 1),
+            weighted_accuracy=rounded(weighted, 4),
+            accuracy_unalt=rounded(acc.get("unalt"), 4),
+            accuracy_manip=rounded(acc.get("manip"), 4),
+            classes=len(classes),
+            train_patches=len(X),
+            features=int(X[0].size) if X else 0,
+            test_files=len(preds),
+        )
+    )
 
 
 if __name__ == "__main__":

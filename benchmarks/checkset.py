@@ -59,8 +59,18 @@ import numpy as np
 from PIL import Image
 
 VERSION = 1
-CLASSES = ("HTC-1-M7", "iPhone-4s", "iPhone-6", "LG-Nexus-5x", "Motorola-Droid-Maxx",
-           "Motorola-Nexus-6", "Motorola-X", "Samsung-Galaxy-Note3", "Samsung-Galaxy-S4", "Sony-NEX-7")
+CLASSES = (
+    "HTC-1-M7",
+    "iPhone-4s",
+    "iPhone-6",
+    "LG-Nexus-5x",
+    "Motorola-Droid-Maxx",
+    "Motorola-Nexus-6",
+    "Motorola-X",
+    "Samsung-Galaxy-Note3",
+    "Samsung-Galaxy-S4",
+    "Sony-NEX-7",
+)
 MANIPULATIONS = ("jpeg70", "jpeg90", "resize0.5", "resize0.8", "resize1.5", "resize2.0", "gamma0.8", "gamma1.2")
 FRAME = (768, 1024)  # sensor rows x columns of train frames (landscape)
 CANVAS = 1024  # scenes are composed on a square canvas; the test sensor window is all of it
@@ -70,20 +80,93 @@ PORTRAIT = 0.25  # chance that a frame is stored rotated (every camera alike)
 # (package, file) of the photographs: all ship inside the wheels, nothing is downloaded; the
 # grey ones (brick, grass, gravel, camera, coins) are tinted per piece.
 SOURCES = (
-    ("skimage.data", "astronaut.png"), ("skimage.data", "chelsea.png"), ("skimage.data", "coffee.png"),
-    ("skimage.data", "motorcycle_left.png"), ("skimage.data", "rocket.jpg"),
-    ("sklearn.datasets.images", "china.jpg"), ("sklearn.datasets.images", "flower.jpg"),
+    ("skimage.data", "astronaut.png"),
+    ("skimage.data", "chelsea.png"),
+    ("skimage.data", "coffee.png"),
+    ("skimage.data", "motorcycle_left.png"),
+    ("skimage.data", "rocket.jpg"),
+    ("sklearn.datasets.images", "china.jpg"),
+    ("sklearn.datasets.images", "flower.jpg"),
     ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-    ("skimage.data", "brick.png"), ("skimage.data", "grass.png"), ("skimage.data", "gravel.png"),
-    ("skimage.data", "camera.png"), ("skimage.data", "coins.png"),
+    ("skimage.data", "brick.png"),
+    ("skimage.data", "grass.png"),
+    ("skimage.data", "gravel.png"),
+    ("skimage.data", "camera.png"),
+    ("skimage.data", "coins.png"),
 )
 BAYER = ("RGGB", "BGGR", "GRBG", "GBRG")
 DEMOSAIC = ("bilinear", "Malvar2004", "Menon2007")
 JPEG_ENCODERS = ("pillow", "opencv", "pillow-tables")
 SUBSAMPLING = ("4:2:0", "4:2:2", "4:4:4")
-IJG_LUMA = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-                     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-                     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64).reshape(8, 8)
+IJG_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ],
+    np.float64,
+).reshape(8, 8)
 IJG_CHROMA = np.full((8, 8), 99.0)
 IJG_CHROMA[:4, :4] = [[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]]
 
@@ -160,15 +243,19 @@ def jpeg_tables(quality: int, tilt: float) -> list[list[int]]:
     """IJG tables at `quality`, tilted towards high (tilt > 0) or low frequencies: a maker's own."""
     scale = 5000 / quality if quality < 50 else 200 - 2 * quality
     ramp = 1 + tilt * (np.add.outer(np.arange(8), np.arange(8)) / 7 - 1)
-    return [np.clip(np.round((t * scale + 50) / 100 * ramp), 1, 255).astype(int).ravel().tolist()
-            for t in (IJG_LUMA, IJG_CHROMA)]
+    return [
+        np.clip(np.round((t * scale + 50) / 100 * ramp), 1, 255).astype(int).ravel().tolist()
+        for t in (IJG_LUMA, IJG_CHROMA)
+    ]
 
 
 def encode_jpeg(img: np.ndarray, cam: dict) -> bytes:
     q, sub = cam["jpeg_quality"], cam["jpeg_subsampling"]
     if cam["jpeg_encoder"] == "opencv":
         code = getattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR_" + sub.replace(":", "")[:3])
-        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, code])
+        ok, buf = cv2.imencode(
+            ".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, code]
+        )
         assert ok
         return buf.tobytes()
     buf = io.BytesIO()
@@ -246,7 +333,9 @@ def compose_scene(rng) -> np.ndarray:
             zoom = max(_logu(rng, 1.0, 2.5), ch / src.shape[0], cw / src.shape[1])
             sh, sw = round(ch / zoom), round(cw / zoom)
             y, x = int(rng.integers(0, src.shape[0] - sh + 1)), int(rng.integers(0, src.shape[1] - sw + 1))
-            cell = cv2.resize(np.ascontiguousarray(src[y : y + sh, x : x + sw]), (cw, ch), interpolation=cv2.INTER_CUBIC)
+            cell = cv2.resize(
+                np.ascontiguousarray(src[y : y + sh, x : x + sw]), (cw, ch), interpolation=cv2.INTER_CUBIC
+            )
             cell = cell * _logu(rng, 0.5, 1.5)
             if grey:
                 cell = cell * np.exp(rng.normal(0, 0.15, 3)).astype(np.float32)
@@ -291,8 +380,11 @@ def tone(x: np.ndarray, cam: dict) -> np.ndarray:
 def demosaic(cfa: np.ndarray, bayer: str, method: str) -> np.ndarray:
     import colour_demosaicing as cd
 
-    fn = {"bilinear": cd.demosaicing_CFA_Bayer_bilinear, "Malvar2004": cd.demosaicing_CFA_Bayer_Malvar2004,
-          "Menon2007": cd.demosaicing_CFA_Bayer_Menon2007}[method]
+    fn = {
+        "bilinear": cd.demosaicing_CFA_Bayer_bilinear,
+        "Malvar2004": cd.demosaicing_CFA_Bayer_Malvar2004,
+        "Menon2007": cd.demosaicing_CFA_Bayer_Menon2007,
+    }[method]
     return np.asarray(fn(cfa, bayer), np.float32)
 
 
@@ -313,7 +405,9 @@ def capture(cam: dict, device: int, pattern: np.ndarray, scene: np.ndarray, illu
     for i, j, ch in bayer_cell(cam["bayer"]):
         cfa[i::2, j::2] = raw[i::2, j::2, ch] * exposure
     cfa *= 1 + cam["prnu_strength"] * pattern[ya:yb, xa:xb]
-    var = (cam["shot_noise"] * iso * np.maximum(cfa, 0) + cam["read_noise"] * iso**2) * cam["devices"][str(device)]["noise_scale"] ** 2
+    var = (cam["shot_noise"] * iso * np.maximum(cfa, 0) + cam["read_noise"] * iso**2) * cam["devices"][str(device)][
+        "noise_scale"
+    ] ** 2
     cfa = cfa + np.sqrt(var) * rng.standard_normal(cfa.shape, dtype=np.float32)
     levels = 2 ** cam["adc_bits"] - 1
     cfa = np.round(np.clip(cfa, 0, 1) * levels) / levels
@@ -414,15 +508,32 @@ def plan(draw: int, cameras: int, train_per_camera: int, test_per_camera: int, p
     jobs, k = [], 0
     for c in range(cameras):
         for i in range(train_per_camera):
-            jobs.append(dict(draw=draw, camera=c, split="train", index=i, params=params[c],
-                             path=f"train/{CLASSES[c]}/({CLASSES[c]}){i + 1}.jpg"))
+            jobs.append(
+                dict(
+                    draw=draw,
+                    camera=c,
+                    split="train",
+                    index=i,
+                    params=params[c],
+                    path=f"train/{CLASSES[c]}/({CLASSES[c]}){i + 1}.jpg",
+                )
+            )
         for i in range(test_per_camera):
             manip = "none"
             if i % 2:
                 manip, k = MANIPULATIONS[k % len(MANIPULATIONS)], k + 1
             name = f"img_{int(ids[c * test_per_camera + i]):07x}_{'manip' if i % 2 else 'unalt'}.tif"
-            jobs.append(dict(draw=draw, camera=c, split="test", index=i, params=params[c], manipulation=manip,
-                             path=f"test/{name}"))
+            jobs.append(
+                dict(
+                    draw=draw,
+                    camera=c,
+                    split="test",
+                    index=i,
+                    params=params[c],
+                    manipulation=manip,
+                    path=f"test/{name}",
+                )
+            )
     return jobs
 
 
@@ -431,8 +542,14 @@ def _init_worker():
     load_sources()
 
 
-def generate(out: Path, draw: int = 0, cameras: int = 5, train_per_camera: int = 40, test_per_camera: int = 20,
-             workers: int | None = None) -> dict:
+def generate(
+    out: Path,
+    draw: int = 0,
+    cameras: int = 5,
+    train_per_camera: int = 40,
+    test_per_camera: int = 20,
+    workers: int | None = None,
+) -> dict:
     if not 1 <= cameras <= len(CLASSES):
         raise SystemExit(f"--cameras must be in 1..{len(CLASSES)}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -462,9 +579,15 @@ def generate(out: Path, draw: int = 0, cameras: int = 5, train_per_camera: int =
             writer.writeheader()
             writer.writerows(rows)
         info = {
-            "generator": "benchmarks/checkset.py", "checkset_version": VERSION, "draw": draw,
-            "train_per_camera": train_per_camera, "test_per_camera": test_per_camera,
-            "frame": list(FRAME), "test_sensor_window": [CANVAS, CANVAS], "patch": PATCH, "portrait": PORTRAIT,
+            "generator": "benchmarks/checkset.py",
+            "checkset_version": VERSION,
+            "draw": draw,
+            "train_per_camera": train_per_camera,
+            "test_per_camera": test_per_camera,
+            "frame": list(FRAME),
+            "test_sensor_window": [CANVAS, CANVAS],
+            "patch": PATCH,
+            "portrait": PORTRAIT,
             "sources": [f"{m}:{n}" for m, n in SOURCES],
             "cameras": {CLASSES[c]: p for c, p in enumerate(params)},
             "seconds": round(time.perf_counter() - start, 1),

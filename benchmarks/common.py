@@ -169,7 +169,9 @@ def photo_like(height: int, width: int, seed: int) -> np.ndarray:
     y, x = np.mgrid[0:h4, 0:w4].astype(np.float32)
     base = 110 + 50 * np.sin(x / rng.uniform(20, 90) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(20, 90))
     base += 25 * (rng.random((h4 // 16 + 1, w4 // 16 + 1)) > 0.5).repeat(16, 0).repeat(16, 1)[:h4, :w4]
-    small = base[..., None] + rng.uniform(-30, 30, 3).astype(np.float32) + rng.normal(0, 6, (h4, w4, 3)).astype(np.float32)
+    small = (
+        base[..., None] + rng.uniform(-30, 30, 3).astype(np.float32) + rng.normal(0, 6, (h4, w4, 3)).astype(np.float32)
+    )
     frame = cv2.resize(np.clip(small, 0, 255).astype(np.uint8), (width, height), interpolation=cv2.INTER_CUBIC)
     noise = rng.integers(-3, 4, (height, width, 3), dtype=np.int16)
     return np.clip(frame.astype(np.int16) + noise, 0, 255).astype(np.uint8)
@@ -275,8 +277,16 @@ class TrainSetup:
         self.config = config
         self.dp = DataParallel(config.parallel)
         self.local_batch = self.dp.check_batch_size(config.batch_size)
-        self.built = assembly.build(config.model, num_classes, self.dp, dtype=config.dtype, optim_config=config.optim,
-                                    steps_per_epoch=100, total_steps=1000, seed=seed)
+        self.built = assembly.build(
+            config.model,
+            num_classes,
+            self.dp,
+            dtype=config.dtype,
+            optim_config=config.optim,
+            steps_per_epoch=100,
+            total_steps=1000,
+            seed=seed,
+        )
         self.model_def, self.tx = self.built.model_def, self.built.tx
         self.state = self.dp.put_state(self.built.host_state)
         self.train_step = self.built.train_step(config)
@@ -342,7 +352,9 @@ def challenge_score(root: Path, predicted: dict[str, str]) -> tuple[float | None
         with open(labels) as fh:
             rows = list(csv.DictReader(fh))
         for kind in ("unalt", "manip"):
-            hits = [predicted.get(r["fname"]) == r["camera"] for r in rows if r["fname"].rsplit(".", 1)[0].endswith(kind)]
+            hits = [
+                predicted.get(r["fname"]) == r["camera"] for r in rows if r["fname"].rsplit(".", 1)[0].endswith(kind)
+            ]
             acc[kind] = float(np.mean(hits)) if hits else None
     if acc.get("unalt") is None or acc.get("manip") is None:
         return None, acc

@@ -28,13 +28,20 @@ import jax
 import numpy as np
 
 NUM_CLASSES = 10
-TORCHVISION = {"resnet50": "resnet50", "mobilenet_v2": "mobilenet_v2", "densenet121": "densenet121", "densenet201": "densenet201"}
+TORCHVISION = {
+    "resnet50": "resnet50",
+    "mobilenet_v2": "mobilenet_v2",
+    "densenet121": "densenet121",
+    "densenet201": "densenet201",
+}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet50", help="resnet50 | mobilenet | mobilenet_v2 | densenet121 | densenet201 | ...")
-    p.add_argument("--model_kwargs", default="", help='e.g. \'{"alpha": 0.25}\' (passed to both frameworks)')
+    p.add_argument(
+        "--model", default="resnet50", help="resnet50 | mobilenet | mobilenet_v2 | densenet121 | densenet201 | ..."
+    )
+    p.add_argument("--model_kwargs", default="", help="e.g. '{\"alpha\": 0.25}' (passed to both frameworks)")
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -147,8 +154,15 @@ def base_record(args, kwargs, framework: str, **fields) -> dict:
 
 
 def skipped(args, kwargs, framework: str, why: str) -> dict:
-    return base_record(args, kwargs, framework, skipped=why, images_per_sec=None, peak_rss_mb=common.peak_rss_mb(),
-                       compiles_after_warmup=None)
+    return base_record(
+        args,
+        kwargs,
+        framework,
+        skipped=why,
+        images_per_sec=None,
+        peak_rss_mb=common.peak_rss_mb(),
+        compiles_after_warmup=None,
+    )
 
 
 def main(argv=None) -> None:

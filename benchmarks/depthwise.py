@@ -23,7 +23,11 @@ def parse_args(argv=None):
     smoke = common.smoke()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=2 if smoke else 32)
-    p.add_argument("--shapes", default="8x4s1,9x4s2" if smoke else DEFAULT_SHAPES, help="<side>x<channels>s<stride>, comma-separated")
+    p.add_argument(
+        "--shapes",
+        default="8x4s1,9x4s2" if smoke else DEFAULT_SHAPES,
+        help="<side>x<channels>s<stride>, comma-separated",
+    )
     p.add_argument("--repeats", type=int, default=2 if smoke else 10, help="timed calls per measurement (median)")
     return p.parse_args(argv)
 
@@ -54,28 +58,42 @@ def main(argv=None) -> None:
         for impl in ("conv", "shifts"):
             lowering = layers.depthwise_lowering(impl)
             conv = functools.partial(
-                lowering, window_strides=(stride, stride), padding=padding,
+                lowering,
+                window_strides=(stride, stride),
+                padding=padding,
                 dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC")),
                 feature_group_count=channels,
             )
             forward = jax.jit(conv)
             out = forward(x, kernel)
-            grads = jax.jit(jax.grad(lambda x, k: jnp.vdot(conv(x, k), weights), argnums=(0, 1)))
+            grads = jax.jit(
+                jax.grad(lambda x, k, conv=conv, weights=weights: jnp.vdot(conv(x, k), weights), argnums=(0, 1))
+            )
             outputs = (out, *grads(x, kernel))
             before = compile_count()
-            fwd = common.median(common.time_calls(lambda: forward(x, kernel).block_until_ready(), args.repeats))
-            bwd = common.median(common.time_calls(lambda: jax.block_until_ready(grads(x, kernel)), args.repeats))
+            # Each lambda is timed at once, in its own iteration: it never sees a later loop's values.
+            fwd = common.median(common.time_calls(lambda: forward(x, kernel).block_until_ready(), args.repeats))  # noqa: B023
+            bwd = common.median(common.time_calls(lambda: jax.block_until_ready(grads(x, kernel)), args.repeats))  # noqa: B023
             results[impl] = (fwd, bwd, outputs, compile_count() - before)
         diff = max(
-            float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-12)) for a, b in zip(results["shifts"][2], results["conv"][2])
+            float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-12))
+            for a, b in zip(results["shifts"][2], results["conv"][2])
         )
         for impl, (fwd, bwd, _, compiles) in results.items():
-            common.emit(common.record(
-                "depthwise", model=f"depthwise3x3 {side}x{side}x{channels} stride {stride}", impl=impl,
-                batch=args.batch, forward_ms=common.rounded(fwd * 1e3, 2), train_ms=common.rounded(bwd * 1e3, 2),
-                speedup_vs_conv=common.rounded(results["conv"][1] / bwd, 2),
-                max_rel_diff=diff, peak_rss_mb=common.peak_rss_mb(), compiles_after_warmup=compiles,
-            ))
+            common.emit(
+                common.record(
+                    "depthwise",
+                    model=f"depthwise3x3 {side}x{side}x{channels} stride {stride}",
+                    impl=impl,
+                    batch=args.batch,
+                    forward_ms=common.rounded(fwd * 1e3, 2),
+                    train_ms=common.rounded(bwd * 1e3, 2),
+                    speedup_vs_conv=common.rounded(results["conv"][1] / bwd, 2),
+                    max_rel_diff=diff,
+                    peak_rss_mb=common.peak_rss_mb(),
+                    compiles_after_warmup=compiles,
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -157,5 +157,6 @@ def main(argv=None) -> None:
             for strategy in strategies:
                 run("train", ids, d4, "device", strategy)
 
+
 if __name__ == "__main__":
     main()

@@ -40,8 +40,12 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=2, help="Grain worker processes (data.workers)")
     p.add_argument("--prefetch", type=int, default=4)
     p.add_argument("--manip_prob", type=float, default=0.5)
-    p.add_argument("--manipulate_on", default="host", choices=["host", "device"],
-                   help="data.manipulate_on: manipulations and D4 in the Grain workers or in the jitted step")
+    p.add_argument(
+        "--manipulate_on",
+        default="host",
+        choices=["host", "device"],
+        help="data.manipulate_on: manipulations and D4 in the Grain workers or in the jitted step",
+    )
     p.add_argument("--patches_per_image", type=int, default=8)
     p.add_argument("--data_root", default="", help="a dataset root (challenge layout) instead of the generated JPEGs")
     p.add_argument("--files", type=int, default=4 if smoke else 16)
@@ -76,10 +80,10 @@ def timed_steps(setup, next_batch, warmup: int, steps: int) -> tuple[float, int]
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from camjax.data import pipeline, sources
-    from camjax.assembly import enable_compilation_cache
-    from camjax.parallel import prefetch
     from camjax import defaults as config_common
+    from camjax.assembly import enable_compilation_cache
+    from camjax.data import pipeline, sources
+    from camjax.parallel import prefetch
 
     enable_compilation_cache(args.compilation_cache)
     mc = common.model_config(args.model, args.model_kwargs, args.config)
@@ -100,7 +104,9 @@ def main(argv=None) -> None:
     data.patch, data.patches_per_image, data.manip_prob = args.patch, args.patches_per_image, args.manip_prob
     data.workers, data.prefetch, data.manipulate_on = args.workers, args.prefetch, args.manipulate_on
     loader = pipeline.make_train_loader(index, data, batch_size=setup.local_batch, seed=0)
-    keys = ("label", "is_manipulated", "manipulation") + (("raw", "d4") if args.manipulate_on == "device" else ("image",))
+    keys = ("label", "is_manipulated", "manipulation") + (
+        ("raw", "d4") if args.manipulate_on == "device" else ("image",)
+    )
     batches = prefetch(loader, lambda b: setup.put_batch({k: b[k] for k in keys}), size=2)
     # Buffered batches (per-worker buffers, Grain's read-ahead, the device prefetch) must drain
     # before timing, or an input-bound run looks faster than it is.

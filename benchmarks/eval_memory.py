@@ -68,10 +68,19 @@ def evaluate_one(args) -> None:
     from camjax.parallel import compile_count
 
     start = time.perf_counter()
-    evaluator.evaluate([args.workdir], data_root=args.root, tta_name=args.tta, max_tiles=args.max_tiles,
-                       batch_size=args.batch_size, out=os.path.join(args.root, "submission.csv"))
+    evaluator.evaluate(
+        [args.workdir],
+        data_root=args.root,
+        tta_name=args.tta,
+        max_tiles=args.max_tiles,
+        batch_size=args.batch_size,
+        out=os.path.join(args.root, "submission.csv"),
+    )
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": common.peak_rss_mb(), "compilations": compile_count()}), flush=True)
+    print(
+        json.dumps({"seconds": seconds, "peak_rss_mb": common.peak_rss_mb(), "compilations": compile_count()}),
+        flush=True,
+    )
 
 
 def balance_one(probs_file: str) -> None:
@@ -107,17 +116,42 @@ def main(argv=None) -> None:
     run = Run.load(args.workdir)
     for count in common.csv_ints(args.counts):
         root = make_test_tree(Path(run.data_root) / "test", count, cache_dir() / "eval_memory" / str(count))
-        evaluated = child(["--workdir", args.workdir, "--one", str(count), "--root", str(root), "--max_tiles",
-                           str(args.max_tiles), "--tta", args.tta, "--batch_size", str(args.batch_size)],
-                          f"evaluation of {count} files")
-        balanced = child(["--workdir", args.workdir, "--balance_of", str(root / "submission_probs.npz")],
-                         f"balancing {count} files")
-        common.emit(common.record(
-            "eval_memory", model=run.model["name"], test_files=count, tta=args.tta, max_tiles=args.max_tiles,
-            seconds=common.rounded(evaluated["seconds"], 2), files_per_sec=common.rounded(count / evaluated["seconds"], 1),
-            peak_rss_mb=evaluated["peak_rss_mb"], compilations=evaluated["compilations"], compiles_after_warmup=None,
-            balance_seconds=common.rounded(balanced["seconds"], 2), balance_peak_growth_mb=balanced["growth_mb"],
-        ))
+        evaluated = child(
+            [
+                "--workdir",
+                args.workdir,
+                "--one",
+                str(count),
+                "--root",
+                str(root),
+                "--max_tiles",
+                str(args.max_tiles),
+                "--tta",
+                args.tta,
+                "--batch_size",
+                str(args.batch_size),
+            ],
+            f"evaluation of {count} files",
+        )
+        balanced = child(
+            ["--workdir", args.workdir, "--balance_of", str(root / "submission_probs.npz")], f"balancing {count} files"
+        )
+        common.emit(
+            common.record(
+                "eval_memory",
+                model=run.model["name"],
+                test_files=count,
+                tta=args.tta,
+                max_tiles=args.max_tiles,
+                seconds=common.rounded(evaluated["seconds"], 2),
+                files_per_sec=common.rounded(count / evaluated["seconds"], 1),
+                peak_rss_mb=evaluated["peak_rss_mb"],
+                compilations=evaluated["compilations"],
+                compiles_after_warmup=None,
+                balance_seconds=common.rounded(balanced["seconds"], 2),
+                balance_peak_growth_mb=balanced["growth_mb"],
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--patch", type=int, default=512)
     p.add_argument("--batch", type=int, default=8 if smoke else 32)
-    p.add_argument("--patches_per_image", type=int, default=8, help="patches cut per decoded frame (data.patches_per_image)")
+    p.add_argument(
+        "--patches_per_image", type=int, default=8, help="patches cut per decoded frame (data.patches_per_image)"
+    )
     p.add_argument("--workers", default="0,1,2", help="Grain worker counts, comma-separated")
     p.add_argument("--manip_prob", default="0,0.5", help="manipulation probabilities, comma-separated")
     p.add_argument("--prefetch", type=int, default=4, help="batches buffered per worker (data.prefetch)")
@@ -124,7 +126,11 @@ def measure_pipeline(args, index, *, workers: int, manip_prob: float) -> dict:
 
 def files_info(args, index) -> dict:
     sizes = [os.path.getsize(r.path) for r in index.train]
-    return {"frame": f"{args.width}x{args.height}", "files": len(sizes), "mean_file_mb": common.rounded(np.mean(sizes) / 1e6, 2)}
+    return {
+        "frame": f"{args.width}x{args.height}",
+        "files": len(sizes),
+        "mean_file_mb": common.rounded(np.mean(sizes) / 1e6, 2),
+    }
 
 
 def _ms(fn, repeat: int) -> float:
@@ -236,13 +242,20 @@ def main(argv=None) -> None:
             for manip_prob in manip_probs:
                 rec = measure_pipeline(args, index, workers=workers, manip_prob=manip_prob)
                 common.emit(rec)
-                if manip_prob == 0 and rec["patches_per_cpu_sec"] and (per_cpu is None or rec["patches_per_cpu_sec"] > per_cpu):
+                if (
+                    manip_prob == 0
+                    and rec["patches_per_cpu_sec"]
+                    and (per_cpu is None or rec["patches_per_cpu_sec"] > per_cpu)
+                ):
                     per_cpu, source = rec["patches_per_cpu_sec"], f"input_pipeline workers={workers} manip_prob=0"
     if "split" not in skip:
         rec = measure_split(args, index, manip_probs)
         common.emit(rec)
         if per_cpu is None:
-            per_cpu, source = rec["patches_per_cpu_sec_estimate"].get("0.0"), "input_pipeline_split estimate, manip_prob=0"
+            per_cpu, source = (
+                rec["patches_per_cpu_sec_estimate"].get("0.0"),
+                "input_pipeline_split estimate, manip_prob=0",
+            )
     if "baseline" not in skip:
         common.emit(measure_baseline(args, index, per_cpu, source))
 

@@ -58,12 +58,22 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/camnet.py:quick", help="configs/<x>.py[:preset]")
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (Python literal), repeatable")
-    p.add_argument("--seconds", type=float, default=0.0 if smoke else 600.0,
-                   help="wall-time budget: config.max_train_seconds (0: the config's epochs)")
-    p.add_argument("--timeout", type=float, default=0.0,
-                   help="hard limit on the whole process (0: 2 x seconds + 600, none without --seconds)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=0.0 if smoke else 600.0,
+        help="wall-time budget: config.max_train_seconds (0: the config's epochs)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="hard limit on the whole process (0: 2 x seconds + 600, none without --seconds)",
+    )
     p.add_argument("--workdir", default="", help="fresh run directory (default: a temporary one, removed after)")
-    p.add_argument("--thresholds", default="0.2,0.5", help="report when validation weighted accuracy first exceeds these")
+    p.add_argument(
+        "--thresholds", default="0.2,0.5", help="report when validation weighted accuracy first exceeds these"
+    )
     p.add_argument("--append", default="", help="also append the JSON line to this file")
     p.add_argument("--label", default="", help="free-form name of the variant, kept in the record")
     p.add_argument("--poll", type=float, default=0.5, help="seconds between reads of metrics.jsonl")
@@ -101,8 +111,15 @@ def main(argv=None) -> None:
             raise SystemExit(f"--workdir {workdir} is not empty: a learning curve starts from scratch")
         workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir.parent / f".{workdir.name}_config.py"
-    config_file.write_text(CONFIG_TEMPLATE.format(spec=args.config, base=str(base), preset=preset, overrides=overrides,
-                                                  benchmarks=str(Path(__file__).resolve().parent)))
+    config_file.write_text(
+        CONFIG_TEMPLATE.format(
+            spec=args.config,
+            base=str(base),
+            preset=preset,
+            overrides=overrides,
+            benchmarks=str(Path(__file__).resolve().parent),
+        )
+    )
     model_config = common.load_config(str(config_file))
     metrics = workdir / "metrics.jsonl"
     timeout = args.timeout or (2 * args.seconds + 600 if args.seconds > 0 else None)
@@ -157,14 +174,16 @@ def main(argv=None) -> None:
             if first_train_seconds is None:
                 first_train_seconds = t
         if "val/weighted_accuracy" in row:
-            curve.append({
-                "step": row["step"],
-                "epoch": row.get("epoch"),
-                "seconds": common.rounded(t, 1),
-                "val_weighted_accuracy": common.rounded(row["val/weighted_accuracy"], 4),
-                "val_accuracy": common.rounded(row.get("val/accuracy"), 4),
-                "train_accuracy": common.rounded(sum(train_acc) / len(train_acc), 4) if train_acc else None,
-            })
+            curve.append(
+                {
+                    "step": row["step"],
+                    "epoch": row.get("epoch"),
+                    "seconds": common.rounded(t, 1),
+                    "val_weighted_accuracy": common.rounded(row["val/weighted_accuracy"], 4),
+                    "val_accuracy": common.rounded(row.get("val/accuracy"), 4),
+                    "train_accuracy": common.rounded(sum(train_acc) / len(train_acc), 4) if train_acc else None,
+                }
+            )
             train_acc = []
     best = max(curve, key=lambda p: p["val_weighted_accuracy"], default=None)
     first = {}
@@ -174,14 +193,25 @@ def main(argv=None) -> None:
     compiles = re.findall(r"compilations after the first step: (\d+)", output)
     kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     rec = common.record(
-        "learning_curve", model=model_config.model.name, label=args.label, config=args.config, overrides=args.set,
-        budget_seconds=args.seconds, seconds=common.rounded(seconds, 1), timed_out=timed_out,
-        steps=rows[-1]["step"] if rows else 0, batch_size=model_config.batch_size, patch=model_config.data.patch,
-        first_train_row_seconds=common.rounded(first_train_seconds, 1), curve=curve,
+        "learning_curve",
+        model=model_config.model.name,
+        label=args.label,
+        config=args.config,
+        overrides=args.set,
+        budget_seconds=args.seconds,
+        seconds=common.rounded(seconds, 1),
+        timed_out=timed_out,
+        steps=rows[-1]["step"] if rows else 0,
+        batch_size=model_config.batch_size,
+        patch=model_config.data.patch,
+        first_train_row_seconds=common.rounded(first_train_seconds, 1),
+        curve=curve,
         best_val_weighted_accuracy=None if best is None else best["val_weighted_accuracy"],
         best_at=None if best is None else {"seconds": best["seconds"], "step": best["step"]},
         final_val_weighted_accuracy=curve[-1]["val_weighted_accuracy"] if curve else None,
-        first_above=first, load_avg_start=load_start, load_avg_end=load_end,
+        first_above=first,
+        load_avg_start=load_start,
+        load_avg_end=load_end,
         peak_rss_mb=round((kib / 1024 if sys.platform == "darwin" else kib) / 1024, 1),
         compiles_after_warmup=int(compiles[-1]) if compiles else None,
     )

@@ -44,15 +44,30 @@ def main(argv=None) -> None:
     common.apply_overrides(config, args.set)
     config.optim.schedule = "constant"
     index, read, _ = assembly.open_dataset(config.data, config.seed)
-    loader = pipeline.make_process_loader(index, config.data, global_batch=config.batch_size, seed=config.seed,
-                                          process_index=0, process_count=1, read=read)
+    loader = pipeline.make_process_loader(
+        index,
+        config.data,
+        global_batch=config.batch_size,
+        seed=config.seed,
+        process_index=0,
+        process_count=1,
+        read=read,
+    )
     dp = DataParallel(config.parallel)
     stream = (dp.put_batch(trainer.model_inputs(b)) for b in loader)
     if args.fixed_batches:
         fixed = list(itertools.islice(stream, args.fixed_batches))
         stream = itertools.cycle(fixed)
-    built = assembly.build(config.model, len(index.classes), dp, dtype=config.dtype, optim_config=config.optim,
-                           steps_per_epoch=args.steps, total_steps=args.steps, seed=config.seed)
+    built = assembly.build(
+        config.model,
+        len(index.classes),
+        dp,
+        dtype=config.dtype,
+        optim_config=config.optim,
+        steps_per_epoch=args.steps,
+        total_steps=args.steps,
+        seed=config.seed,
+    )
     state = dp.put_state(built.host_state)
     train_step, predict = built.train_step(config), built.predict()
 
@@ -65,17 +80,31 @@ def main(argv=None) -> None:
         if (i + 1) % args.window == 0:
             windows.append(common.rounded(np.mean([dp.fetch_metrics(m)["train/accuracy"] for m in accuracies])))
             accuracies = []
-            print(f"step {i + 1}: window train accuracy {windows[-1]} at {time.perf_counter() - start:.0f} s, "
-                  f"load {common.load_average()}", file=sys.stderr, flush=True)  # progress, for long probes
+            print(
+                f"step {i + 1}: window train accuracy {windows[-1]} at {time.perf_counter() - start:.0f} s, "
+                f"load {common.load_average()}",
+                file=sys.stderr,
+                flush=True,
+            )  # progress, for long probes
     fields = dict(train_accuracy_per_window=windows, window=args.window, steps=args.steps)
     if args.fixed_batches:
-        hits = [np.mean(np.argmax(dp.fetch_per_example(predict(state, b)), -1) == np.asarray(b["label"])) for b in fixed]
+        hits = [
+            np.mean(np.argmax(dp.fetch_per_example(predict(state, b)), -1) == np.asarray(b["label"])) for b in fixed
+        ]
         fields["inference_accuracy_on_fixed_batches"] = common.rounded(np.mean(hits))
-    common.emit(common.record(
-        "learning_probe", model=config.model.name, config=args.config, overrides=args.set,
-        fixed_batches=args.fixed_batches, seconds=common.rounded(time.perf_counter() - start, 1), **fields,
-        peak_rss_mb=common.peak_rss_mb(), compiles_after_warmup=compile_count() - compiles,
-    ))
+    common.emit(
+        common.record(
+            "learning_probe",
+            model=config.model.name,
+            config=args.config,
+            overrides=args.set,
+            fixed_batches=args.fixed_batches,
+            seconds=common.rounded(time.perf_counter() - start, 1),
+            **fields,
+            peak_rss_mb=common.peak_rss_mb(),
+            compiles_after_warmup=compile_count() - compiles,
+        )
+    )
 
 
 if __name__ == "__main__":

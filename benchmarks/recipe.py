@@ -27,7 +27,9 @@ import common
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/camnet.py:quick", help="configs/<x>.py[:preset]")
-    p.add_argument("--root", default="", help="dataset in the challenge layout with test_labels.csv (empty: the synthetic set)")
+    p.add_argument(
+        "--root", default="", help="dataset in the challenge layout with test_labels.csv (empty: the synthetic set)"
+    )
     p.add_argument("--seeds", type=common.csv_ints, default=[0])
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (Python literal), repeatable")
     p.add_argument("--name", default="", help="a label for the recipe in the output")
@@ -58,19 +60,28 @@ def main(argv=None) -> None:
             root = assembly.resolve_data_root(config.data)
             start = time.perf_counter()
             result = evaluator.evaluate([workdir], data_root=root, out=os.path.join(workdir, "submission.csv"))
-        common.emit(common.record(
-            "recipe", model=config.model.name, name=args.name, config=args.config, overrides=args.set,
-            root=args.root or "synthetic", seed=seed, steps=steps, train_seconds=common.rounded(train_seconds, 1),
-            eval_seconds=common.rounded(time.perf_counter() - start, 1),
-            images_per_sec=common.rounded(steps * config.batch_size / train_seconds, 1),
-            val_weighted_accuracy=common.rounded(val["val/weighted_accuracy"], 4),
-            trained_views=result["tta"][0],
-            test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
-            test_balanced=common.rounded(result["balanced_weighted_accuracy"], 4),
-            test_unbalanced=common.rounded(result["unbalanced_weighted_accuracy"], 4),
-            peak_rss_mb=common.peak_rss_mb(),
-            compiles_after_warmup=None,  # a whole run, not a timed loop: the trainer logs its own count
-        ))
+        common.emit(
+            common.record(
+                "recipe",
+                model=config.model.name,
+                name=args.name,
+                config=args.config,
+                overrides=args.set,
+                root=args.root or "synthetic",
+                seed=seed,
+                steps=steps,
+                train_seconds=common.rounded(train_seconds, 1),
+                eval_seconds=common.rounded(time.perf_counter() - start, 1),
+                images_per_sec=common.rounded(steps * config.batch_size / train_seconds, 1),
+                val_weighted_accuracy=common.rounded(val["val/weighted_accuracy"], 4),
+                trained_views=result["tta"][0],
+                test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
+                test_balanced=common.rounded(result["balanced_weighted_accuracy"], 4),
+                test_unbalanced=common.rounded(result["unbalanced_weighted_accuracy"], 4),
+                peak_rss_mb=common.peak_rss_mb(),
+                compiles_after_warmup=None,  # a whole run, not a timed loop: the trainer logs its own count
+            )
+        )
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 

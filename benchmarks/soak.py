@@ -31,9 +31,16 @@ import common
 
 STEPS_PER_EPOCH, EPOCHS = 5, 6
 OVERRIDES = {
-    "data.workers": 2, "data.patch": 32, "data.patches_per_image": 4, "data.val_crops": 1,
-    "model.kwargs.widths": "(8, 16)", "model.head.hidden": "(16, 8)", "batch_size": 8,
-    "steps_per_epoch": STEPS_PER_EPOCH, "num_epochs": EPOCHS, "log_every": 1,
+    "data.workers": 2,
+    "data.patch": 32,
+    "data.patches_per_image": 4,
+    "data.val_crops": 1,
+    "model.kwargs.widths": "(8, 16)",
+    "model.head.hidden": "(16, 8)",
+    "batch_size": 8,
+    "steps_per_epoch": STEPS_PER_EPOCH,
+    "num_epochs": EPOCHS,
+    "log_every": 1,
 }
 
 
@@ -48,14 +55,23 @@ def parse_args(argv=None):
 
 def train_cmd(data: str, workdir: str, cache: str) -> list[str]:
     flags = {"data.root": data, "compilation_cache": cache, **OVERRIDES}
-    return [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", workdir,
-            *(f"--config.{k}={v}" for k, v in flags.items())]
+    return [
+        sys.executable,
+        "-m",
+        "camjax.train",
+        "--config",
+        "configs/camnet.py:quick",
+        "--workdir",
+        workdir,
+        *(f"--config.{k}={v}" for k, v in flags.items()),
+    ]
 
 
 def start(cmd: list[str], failpoint: str = "") -> tuple[int, str]:
     env = {**os.environ, "CAMJAX_FAILPOINT": failpoint, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(cmd, cwd=common.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        cmd, cwd=common.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600
+    )
     return proc.returncode, proc.stderr
 
 
@@ -89,8 +105,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from camjax import inspect, synth
 
-    data = str(synth.ensure_dataset(os.path.join(args.runs, "data"), cameras=4, images_per_camera=8,
-                                    test_per_camera=2, seed=7))
+    data = str(
+        synth.ensure_dataset(os.path.join(args.runs, "data"), cameras=4, images_per_camera=8, test_per_camera=2, seed=7)
+    )
     cache = os.path.join(args.runs, "jax-cache")
     reference, soaked = os.path.join(args.runs, "reference"), os.path.join(args.runs, "soaked")
     for d in (reference, soaked):
@@ -116,11 +133,17 @@ def main(argv=None) -> None:
         raise SystemExit(f"the final start failed: {err[-3000:]}")
     want, got = inspect.inspect_run(reference)["latest"], inspect.inspect_run(soaked)["latest"]
     line = common.record(
-        "soak", model="camnet", kills=outcomes.count("killed"), finished_before_the_kill=outcomes.count("finished"),
-        moments=moments, seed=args.seed, final_step=got["step"],
+        "soak",
+        model="camnet",
+        kills=outcomes.count("killed"),
+        finished_before_the_kill=outcomes.count("finished"),
+        moments=moments,
+        seed=args.seed,
+        final_step=got["step"],
         state_sha256_equal=got["state_sha256"] == want["state_sha256"],
         params_sha256_equal=got["params_sha256"] == want["params_sha256"],
-        reference_state_sha256=want["state_sha256"], wall_s=round(time.time() - begin, 1),
+        reference_state_sha256=want["state_sha256"],
+        wall_s=round(time.time() - begin, 1),
     )  # with the machine, the load average and the date
     print(json.dumps(line))
     if args.out:

@@ -28,9 +28,21 @@ def main():
     start = time.time()
     acc = accuracies(args.root, crops=args.crops, seed=args.seed)
     classes = len([d for d in (args.root / "train").iterdir() if d.is_dir()])
-    print(json.dumps({"benchmark": "synth_honesty", "root": str(args.root), "classes": classes, "chance": 1 / classes,
-                      "content_accuracy": acc["content"], "trace_accuracy": acc["trace"], "crops": args.crops,
-                      "seed": args.seed, "seconds": round(time.time() - start, 1)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "synth_honesty",
+                "root": str(args.root),
+                "classes": classes,
+                "chance": 1 / classes,
+                "content_accuracy": acc["content"],
+                "trace_accuracy": acc["trace"],
+                "crops": args.crops,
+                "seed": args.seed,
+                "seconds": round(time.time() - start, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import common
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet50", help="registry name (python -m camjax.models lists them)")
-    p.add_argument("--model_kwargs", default="", help='backbone kwargs as JSON, e.g. \'{"alpha": 0.25}\'')
+    p.add_argument("--model_kwargs", default="", help="backbone kwargs as JSON, e.g. '{\"alpha\": 0.25}'")
     p.add_argument("--config", default="", help="take the model section from configs/<x>.py[:preset]")
     p.add_argument("--patch", type=int, default=512)
     p.add_argument("--batch", default="32", help="global batch size(s), comma-separated")

@@ -96,7 +96,7 @@ class Run:
     manipulations: list[str] = dataclasses.field(default_factory=lambda: list(MANIPULATION_NAMES))
 
     @classmethod
-    def from_config(cls, config, classes, data_root: str) -> "Run":
+    def from_config(cls, config, classes, data_root: str) -> Run:
         return cls(
             model=json.loads(json.dumps(config.model.to_dict())),  # tuples -> lists, as stored
             dtype=config.dtype,
@@ -109,7 +109,7 @@ class Run:
         )
 
     @classmethod
-    def load(cls, workdir: str) -> "Run":
+    def load(cls, workdir: str) -> Run:
         """The run of `workdir`; an error if its manipulation set is not this camjax's (the
         auxiliary head's shape, and what the manipulation ids mean, depend on it)."""
         path = os.path.join(workdir, RUN_FILE)
@@ -118,8 +118,10 @@ class Run:
         with open(path) as f:
             run = cls(**json.load(f))
         if run.manipulations != list(MANIPULATION_NAMES):
-            raise ValueError(f"{path}: the run trained with manipulations {run.manipulations}, this camjax has "
-                             f"{list(MANIPULATION_NAMES)}; evaluate it with the camjax version that trained it")
+            raise ValueError(
+                f"{path}: the run trained with manipulations {run.manipulations}, this camjax has "
+                f"{list(MANIPULATION_NAMES)}; evaluate it with the camjax version that trained it"
+            )
         return run
 
     def save(self, workdir: str) -> None:
@@ -151,8 +153,11 @@ class Assembled:
 
     def train_step(self, config, class_weights=None):
         """(state, batch) -> (state, metrics), jitted or pmapped, the state's buffers donated."""
-        return self.dp.train_step(functools.partial(
-            steps.train_step, model_def=self.model_def, tx=self.tx, config=config, class_weights=class_weights))
+        return self.dp.train_step(
+            functools.partial(
+                steps.train_step, model_def=self.model_def, tx=self.tx, config=config, class_weights=class_weights
+            )
+        )
 
     def predict(self):
         """(state, batch) -> class probabilities [B, C], inference mode."""
@@ -176,8 +181,18 @@ def tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...]):
     return step
 
 
-def build(model_config, num_classes: int, dp: DataParallel, *, dtype: str, optim_config,
-          steps_per_epoch: int = 1, total_steps: int = 1, seed: int = 0, init_from: str = "") -> Assembled:
+def build(
+    model_config,
+    num_classes: int,
+    dp: DataParallel,
+    *,
+    dtype: str,
+    optim_config,
+    steps_per_epoch: int = 1,
+    total_steps: int = 1,
+    seed: int = 0,
+    init_from: str = "",
+) -> Assembled:
     """The model of `model_config` for `num_classes`, its optimizer and initial state.
 
     BatchNorm averages its statistics over `dp`'s devices (pmap's axis, or the global batch

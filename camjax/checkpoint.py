@@ -42,8 +42,15 @@ def tree_checksum(tree) -> str:
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, *, keep_best: int = 3, best_metric: str = "val/weighted_accuracy",
-                 async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        keep_best: int = 3,
+        best_metric: str = "val/weighted_accuracy",
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.best_metric = best_metric
         self.read_only = read_only
         preservation = policies.AnyPreservationPolicy(
@@ -79,14 +86,15 @@ class Checkpointer:
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)),
                 metrics={self.best_metric: metrics[self.best_metric]}
-                if metrics and metrics.get(self.best_metric) is not None else None,
+                if metrics and metrics.get(self.best_metric) is not None
+                else None,
                 force=force,
             )
         except OSError as e:
             raise self._write_failure(f"saving step {step}", e) from e
         return bool(saved)
 
-    def _write_failure(self, what: str, error: OSError) -> "CheckpointWriteError":
+    def _write_failure(self, what: str, error: OSError) -> CheckpointWriteError:
         # The failed step's temporary folder is never listed as a step.
         self.manager.reload()
         last = self.latest_step()

@@ -18,14 +18,17 @@ def define_prediction_flags(*, data_root_help: str) -> None:
     flags.DEFINE_multi_string("workdir", None, "Training run directory; repeat to ensemble.")
     flags.DEFINE_string("data_root", None, data_root_help)
     flags.DEFINE_enum("tta", None, list(tta.VIEW_SETS), "D4 views (default: those each model trained with).")
-    flags.DEFINE_enum("agg", None, list(AGGREGATIONS),
-                      "How views, tiles and models blend (default: the first run's config.eval.agg).")
+    flags.DEFINE_enum(
+        "agg", None, list(AGGREGATIONS), "How views, tiles and models blend (default: the first run's config.eval.agg)."
+    )
     flags.DEFINE_float("power", 2.0, "p of the power mean (2: mean of squares).")
     flags.DEFINE_multi_float("weights", None, "One weight per --workdir for the model blend.")
     flags.DEFINE_integer("batch_size", None, "Tiles per batch (default: config.eval.batch_size).")
-    flags.DEFINE_integer("max_tiles", None,
-                         "At most this many tiles per test image, evenly spaced; 0: every tile "
-                         "(default: config.eval.max_tiles).")
+    flags.DEFINE_integer(
+        "max_tiles",
+        None,
+        "At most this many tiles per test image, evenly spaced; 0: every tile (default: config.eval.max_tiles).",
+    )
     flags.DEFINE_bool("pad", False, "Mirror-pad test images smaller than the patch instead of failing.")
     flags.DEFINE_bool("skip_bad", False, "Predict the most frequent class for unreadable test files.")
     flags.DEFINE_bool("prnu", False, "Cluster the test files by sensor noise (PRNU) and make each cluster agree.")
@@ -38,6 +41,14 @@ def prediction_options() -> dict:
     if f.weights and len(f.weights) != len(f.workdir):
         raise app.UsageError("--weights needs one value per --workdir")
     return dict(
-        data_root=f.data_root, tta_name=f.tta, agg=f.agg, p=f.power, weights=f.weights, batch_size=f.batch_size,
-        max_tiles=f.max_tiles, pad=f.pad, skip_bad=f.skip_bad, prnu_threshold=f.prnu_threshold if f.prnu else None,
+        data_root=f.data_root,
+        tta_name=f.tta,
+        agg=f.agg,
+        p=f.power,
+        weights=f.weights,
+        batch_size=f.batch_size,
+        max_tiles=f.max_tiles,
+        pad=f.pad,
+        skip_bad=f.skip_bad,
+        prnu_threshold=f.prnu_threshold if f.prnu else None,
     )

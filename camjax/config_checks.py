@@ -70,8 +70,10 @@ def _problems(config, num_devices: int) -> list[str]:
         problems.append(f"model.space_to_depth={block} does not divide data.patch={config.data.patch}")
     if isinstance(config.batch_size, int) and isinstance(config.grad_accum, int) and config.grad_accum > 0:
         if config.batch_size % (config.grad_accum * num_devices):
-            problems.append(f"batch_size={config.batch_size} must divide into grad_accum ({config.grad_accum}) x "
-                            f"devices ({num_devices})")
+            problems.append(
+                f"batch_size={config.batch_size} must divide into grad_accum ({config.grad_accum}) x "
+                f"devices ({num_devices})"
+            )
     for field in ("data.manip_prob", "data.val_fraction"):
         value = _get(config, field)
         if not 0.0 <= value <= 1.0:
@@ -112,11 +114,15 @@ def validate(config, num_devices: int | None = None, *, shapes: bool = True) -> 
         try:
             shape = feature_map_shape(config.model, config.data.patch, config.dtype)
         except Exception as e:  # noqa: BLE001 - any failure to trace is the config's problem to report
-            problems.append(f"model {config.model.name!r} cannot take data.patch={config.data.patch}: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            problems.append(
+                f"model {config.model.name!r} cannot take data.patch={config.data.patch}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
         else:
             if min(shape[1:3]) < 1:
-                problems.append(f"data.patch={config.data.patch} is too small for model {config.model.name!r}: "
-                                f"its feature map would be {shape[1]}x{shape[2]}")
+                problems.append(
+                    f"data.patch={config.data.patch} is too small for model {config.model.name!r}: "
+                    f"its feature map would be {shape[1]}x{shape[2]}"
+                )
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

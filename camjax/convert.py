@@ -76,7 +76,7 @@ def _keras_weighted_layers(keras_model, n_backbone: int) -> list:
     if len(layers) < n_backbone or any(layer.name not in TOP_LAYER_NAMES for layer in extra):
         raise ValueError(
             f"Keras model {keras_model.name!r} has {len(layers)} weighted layers, the camjax backbone "
-            f"{n_backbone} (+ top layers named {sorted(TOP_LAYER_NAMES)}); extra: {[l.name for l in extra][:5]}"
+            f"{n_backbone} (+ top layers named {sorted(TOP_LAYER_NAMES)}); extra: {[layer.name for layer in extra][:5]}"
         )
     return layers[:n_backbone]
 

@@ -20,9 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.root = ""  # challenge layout; empty -> the synthetic dataset, generated once into cache_dir
     c.data.tfds_dir = ""  # a `python -m camjax.data.tfds_builder` output, for data.source='tfds'
     c.data.cache_dir = ".cache/camjax"
-    c.data.synth = ml_collections.ConfigDict(
-        dict(cameras=10, images_per_camera=40, test_per_camera=24, seed=0)
-    )
+    c.data.synth = ml_collections.ConfigDict(dict(cameras=10, images_per_camera=40, test_per_camera=24, seed=0))
     c.data.patch = 512
     c.data.patches_per_image = 8  # patches cut from each decoded frame (decoding dominates)
     c.data.mix_files = 32  # files whose patches are shuffled together (per worker) before batching
@@ -83,8 +81,16 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-def cpu_quick(c: ml_collections.ConfigDict, *, patch: int, batch_size: int, num_epochs: int, steps_per_epoch: int = 0,
-              patches_per_image: int = 16, val_crops: int = 1) -> ml_collections.ConfigDict:
+def cpu_quick(
+    c: ml_collections.ConfigDict,
+    *,
+    patch: int,
+    batch_size: int,
+    num_epochs: int,
+    steps_per_epoch: int = 0,
+    patches_per_image: int = 16,
+    val_crops: int = 1,
+) -> ml_collections.ConfigDict:
     """The `quick` preset of a full-size model: small patches, f32, a fixed number of epochs
     (steps, not wall time: the 2-core machine is shared) on 2 CPU cores.
 

@@ -36,13 +36,19 @@ def main(argv):
     print(f"[demo] synthetic dataset: {root} ({t1 - t0:.0f} s)")
     val = trainer.train_and_evaluate(config, workdir)
     t2 = time.time()
-    print(f"[demo] trained {config.model.name} in {t2 - t1:.0f} s: val/weighted_accuracy={val['val/weighted_accuracy']:.4f}")
+    print(
+        f"[demo] trained {config.model.name} in {t2 - t1:.0f} s: val/weighted_accuracy={val['val/weighted_accuracy']:.4f}"
+    )
     result = evaluator.evaluate([workdir], data_root=root, out=os.path.join(workdir, "submission.csv"))
     t3 = time.time()
-    print(f"[demo] evaluated the test set in {t3 - t2:.0f} s; TTA subsets: "
-          + ", ".join(f"{k}={v:.4f}" for k, v in result["tta_subsets"].items()))
-    print(f"[demo] unbalanced={result['unbalanced_weighted_accuracy']:.4f} "
-          f"balanced={result['balanced_weighted_accuracy']:.4f} (python -m camjax.evaluate --balance)")
+    print(
+        f"[demo] evaluated the test set in {t3 - t2:.0f} s; TTA subsets: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in result["tta_subsets"].items())
+    )
+    print(
+        f"[demo] unbalanced={result['unbalanced_weighted_accuracy']:.4f} "
+        f"balanced={result['balanced_weighted_accuracy']:.4f} (python -m camjax.evaluate --balance)"
+    )
     print(f"[demo] submission: {result['out']}; report: {os.path.splitext(result['out'])[0]}_report.json")
     page = report.write_report(workdir, data_root=root)
     t4 = time.time()

@@ -34,10 +34,14 @@ def main(argv):
             print(f"tta {name}: weighted_accuracy={score:.4f}")
         if "prnu" in result:
             r = result["prnu"]
-            print(f"prnu: {r['clusters']} clusters, {r['clustered']}/{r['files']} files, purity={r['purity']:.4f}; "
-                  f"without: unbalanced={r['unbalanced_weighted_accuracy_without']:.4f} "
-                  f"balanced={r['balanced_weighted_accuracy_without']:.4f}")
-        print(f"unbalanced={result['unbalanced_weighted_accuracy']:.4f} balanced={result['balanced_weighted_accuracy']:.4f}")
+            print(
+                f"prnu: {r['clusters']} clusters, {r['clustered']}/{r['files']} files, purity={r['purity']:.4f}; "
+                f"without: unbalanced={r['unbalanced_weighted_accuracy_without']:.4f} "
+                f"balanced={r['balanced_weighted_accuracy_without']:.4f}"
+            )
+        print(
+            f"unbalanced={result['unbalanced_weighted_accuracy']:.4f} balanced={result['balanced_weighted_accuracy']:.4f}"
+        )
         print(f"weighted_accuracy={result['weighted_accuracy']:.4f}")
     return 0
 

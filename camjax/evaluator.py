@@ -17,8 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import metrics as scoring
 from camjax import assembly, plots, postprocess, prnu, steps, tta
+from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
 from camjax.data import pipeline, sources
@@ -55,13 +55,30 @@ def restore(workdir: str, dp: DataParallel, step: int | None = None) -> Restored
     return RestoredModel(run, config, built, dp.put_state(state), step)
 
 
-def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_ids, *, agg: str, p: float,
-                  batch_size: int, max_tiles: int | None, pad: bool, skip_bad: bool, read=read_bytes):
+def predict_files(
+    restored: RestoredModel,
+    dp: DataParallel,
+    test_paths,
+    view_ids,
+    *,
+    agg: str,
+    p: float,
+    batch_size: int,
+    max_tiles: int | None,
+    pad: bool,
+    skip_bad: bool,
+    read=read_bytes,
+):
     """Per-file probabilities [N, V, C], tiles blended, streaming: only the tiles of files still
     arriving are held in memory. Returns (probs, skipped paths)."""
     batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
     batches = pipeline.make_test_batches(
-        test_paths, patch=restored.run.patch, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad,
+        test_paths,
+        patch=restored.run.patch,
+        batch_size=batch_size,
+        max_tiles=max_tiles,
+        pad=pad,
+        skip_bad=skip_bad,
         read=read,
     )
     predict = restored.built.tta_predict(view_ids)
@@ -74,8 +91,9 @@ def predict_files(restored: RestoredModel, dp: DataParallel, test_paths, view_id
             out[f] = postprocess.blend(np.stack(open_tiles.pop(f)), axis=0, agg=agg, p=p)
 
     for batch in batches:
-        probs = dp.fetch_per_example(predict(restored.state, dp.put_batch(
-            {"image": batch["image"], "is_manipulated": batch["is_manipulated"]})))
+        probs = dp.fetch_per_example(
+            predict(restored.state, dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]}))
+        )
         for row, f, m in zip(probs, batch["file_index"], batch["mask"]):
             if m > 0:
                 open_tiles.setdefault(int(f), []).append(row)
@@ -120,14 +138,34 @@ def _prnu_report(clusters, before, good, groups, labels, fnames, classes, thresh
     before_argmax = np.where(good, np.nan_to_num(before).argmax(-1), 0)
     before_balanced = before_argmax.copy()
     before_balanced[good] = postprocess.balance_probs(before[good], groups[good])
-    return {"threshold": threshold, **prnu.purity(clusters[member], cameras[member]),
-            "unbalanced_weighted_accuracy_without": _score_report(before_argmax, labels, fnames, classes)["weighted_accuracy"],
-            "balanced_weighted_accuracy_without": _score_report(before_balanced, labels, fnames, classes)["weighted_accuracy"]}
+    return {
+        "threshold": threshold,
+        **prnu.purity(clusters[member], cameras[member]),
+        "unbalanced_weighted_accuracy_without": _score_report(before_argmax, labels, fnames, classes)[
+            "weighted_accuracy"
+        ],
+        "balanced_weighted_accuracy_without": _score_report(before_balanced, labels, fnames, classes)[
+            "weighted_accuracy"
+        ],
+    }
 
 
-def evaluate(workdirs, *, data_root=None, tta_name=None, agg=None, p=2.0, weights=None, balance=False,
-             out="submission.csv", batch_size=None, max_tiles=None, pad=False, skip_bad=False,
-             prnu_threshold: float | None = None) -> dict:
+def evaluate(
+    workdirs,
+    *,
+    data_root=None,
+    tta_name=None,
+    agg=None,
+    p=2.0,
+    weights=None,
+    balance=False,
+    out="submission.csv",
+    batch_size=None,
+    max_tiles=None,
+    pad=False,
+    skip_bad=False,
+    prnu_threshold: float | None = None,
+) -> dict:
     """Predicts, blends, balances and writes the submission of `workdirs`' best checkpoints.
 
     `agg`, `batch_size` and `max_tiles` left None come from the first run's `config.eval`
@@ -158,17 +196,36 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg=None, p=2.0, weight
         name = tta_name or r.run.trained_views
         unseen = tta.views_unseen(r.run.trained_views, name)
         if unseen:
-            logging.warning("%s trained with %r views; TTA %r adds unseen views %s (CFA/JPEG phase moves: expect a loss)",
-                            w, r.run.trained_views, name, [tta.D4_NAMES[k] for k in unseen])
+            logging.warning(
+                "%s trained with %r views; TTA %r adds unseen views %s (CFA/JPEG phase moves: expect a loss)",
+                w,
+                r.run.trained_views,
+                name,
+                [tta.D4_NAMES[k] for k in unseen],
+            )
         view_ids = tta.views(name)
-        probs, skipped = predict_files(r, dp, test_paths, view_ids, agg=agg, p=p, batch_size=batch_size,
-                                       max_tiles=max_tiles, pad=pad, skip_bad=skip_bad, read=read)
+        probs, skipped = predict_files(
+            r,
+            dp,
+            test_paths,
+            view_ids,
+            agg=agg,
+            p=p,
+            batch_size=batch_size,
+            max_tiles=max_tiles,
+            pad=pad,
+            skip_bad=skip_bad,
+            read=read,
+        )
         per_model.append(probs)
         view_sets.append(view_ids)
     skipped_idx = sorted({test_paths.index(s) for s in skipped})
 
     blended = postprocess.blend(
-        np.stack([postprocess.blend(pm, axis=1, agg=agg, p=p) for pm in per_model]), axis=0, agg=agg, p=p,
+        np.stack([postprocess.blend(pm, axis=1, agg=agg, p=p) for pm in per_model]),
+        axis=0,
+        agg=agg,
+        p=p,
         weights=weights,
     )
     clusters, before_prnu = None, blended
@@ -179,8 +236,12 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg=None, p=2.0, weight
     if skipped_idx:
         most_frequent = np.bincount(unbalanced[good], minlength=len(classes)).argmax()
         unbalanced[~good] = most_frequent
-        logging.warning("skipped %d unreadable test files, predicted %s for them: %s", len(skipped_idx),
-                        classes[most_frequent], ", ".join(fnames[i] for i in skipped_idx))
+        logging.warning(
+            "skipped %d unreadable test files, predicted %s for them: %s",
+            len(skipped_idx),
+            classes[most_frequent],
+            ", ".join(fnames[i] for i in skipped_idx),
+        )
     groups = manipulation_groups(fnames)
     balanced = unbalanced.copy()
     balanced[good] = postprocess.balance_probs(blended[good], groups[good])
@@ -191,12 +252,22 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg=None, p=2.0, weight
     postprocess.write_submission(f"{stem}_unbalanced.csv", fnames, [classes[i] for i in unbalanced])
     postprocess.write_submission(f"{stem}_balanced.csv", fnames, [classes[i] for i in balanced])
     postprocess.write_submission(out, fnames, [classes[i] for i in chosen])
-    np.savez_compressed(f"{stem}_probs.npz", fnames=np.array(fnames), classes=np.array(classes), probs=blended,
-                        **{f"model{i}_views": pm for i, pm in enumerate(per_model)},
-                        **{f"model{i}_view_ids": np.array(v) for i, v in enumerate(view_sets)},
-                        **({} if clusters is None else {"prnu_clusters": clusters, "probs_before_prnu": before_prnu}))
+    np.savez_compressed(
+        f"{stem}_probs.npz",
+        fnames=np.array(fnames),
+        classes=np.array(classes),
+        probs=blended,
+        **{f"model{i}_views": pm for i, pm in enumerate(per_model)},
+        **{f"model{i}_view_ids": np.array(v) for i, v in enumerate(view_sets)},
+        **({} if clusters is None else {"prnu_clusters": clusters, "probs_before_prnu": before_prnu}),
+    )
 
-    result = {"out": out, "workdirs": list(workdirs), "steps": [r.step for r in restored], "skipped": [fnames[i] for i in skipped_idx]}
+    result = {
+        "out": out,
+        "workdirs": list(workdirs),
+        "steps": [r.step for r in restored],
+        "skipped": [fnames[i] for i in skipped_idx],
+    }
     labels_path = os.path.join(root, "test_labels.csv")
     if os.path.exists(labels_path):
         labels = {f: (camera, m) for f, camera, m in postprocess.read_labels(labels_path)}
@@ -213,16 +284,27 @@ def evaluate(workdirs, *, data_root=None, tta_name=None, agg=None, p=2.0, weight
         for name in tta.VIEW_SETS:
             if all(set(tta.views(name)) <= set(v) for v in view_sets):
                 sub = [pm[:, [list(v).index(k) for k in tta.views(name)]] for pm, v in zip(per_model, view_sets)]
-                probs = postprocess.blend(np.stack([postprocess.blend(s, axis=1, agg=agg, p=p) for s in sub]), axis=0,
-                                          agg=agg, p=p, weights=weights)
-                report["tta_subsets"][name] = _score_report(probs.argmax(-1), labels, fnames, classes)["weighted_accuracy"]
+                probs = postprocess.blend(
+                    np.stack([postprocess.blend(s, axis=1, agg=agg, p=p) for s in sub]),
+                    axis=0,
+                    agg=agg,
+                    p=p,
+                    weights=weights,
+                )
+                report["tta_subsets"][name] = _score_report(probs.argmax(-1), labels, fnames, classes)[
+                    "weighted_accuracy"
+                ]
         report.update(result)
         report["tta"] = [tta_name or r.run.trained_views for r in restored]
         report["agg"] = agg
         report["balance"] = balance
         with postprocess.atomic_write(f"{stem}_report.json") as f:
             json.dump(report, f, indent=2)
-        plots.confusion_png(np.array(report["confusion"]), classes, f"{stem}_confusion.png",
-                            title=f"weighted accuracy {report['weighted_accuracy']:.4f}")
+        plots.confusion_png(
+            np.array(report["confusion"]),
+            classes,
+            f"{stem}_confusion.png",
+            title=f"weighted accuracy {report['weighted_accuracy']:.4f}",
+        )
         result = report
     return result

@@ -3,7 +3,7 @@ per-manipulation breakdowns, and the confusion matrix (numpy, host side)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -82,7 +82,7 @@ class PlateauTracker:
             raise ValueError(f"plateau factor must be in (0, 1), got {self.factor}")
 
     @classmethod
-    def from_config(cls, plateau_config, base_lr: float) -> "PlateauTracker":
+    def from_config(cls, plateau_config, base_lr: float) -> PlateauTracker:
         metric = plateau_config.metric
         return cls(
             patience=plateau_config.patience,
@@ -121,5 +121,5 @@ class PlateauTracker:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "PlateauTracker":
+    def from_state_dict(cls, state: dict) -> PlateauTracker:
         return cls(**state)

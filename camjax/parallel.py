@@ -31,8 +31,12 @@ log = logging.getLogger("camjax")
 _SLURM_STEP_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
 
-def distributed_params(coordinator_address: str | None = None, num_processes: int | None = None,
-                       process_id: int | None = None, env: Mapping[str, str] | None = None) -> dict | None:
+def distributed_params(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict | None:
     """The `jax.distributed.initialize` arguments for this process, or None for a lone process.
 
     First match wins: explicit arguments (the train flags; jax fills what is missing from the
@@ -44,27 +48,40 @@ def distributed_params(coordinator_address: str | None = None, num_processes: in
     """
     env = os.environ if env is None else env
     if coordinator_address or num_processes is not None or process_id is not None:
-        return dict(coordinator_address=coordinator_address or None, num_processes=num_processes,
-                    process_id=process_id)
+        return dict(coordinator_address=coordinator_address or None, num_processes=num_processes, process_id=process_id)
     address, count = env.get("JAX_COORDINATOR_ADDRESS"), env.get("JAX_NUM_PROCESSES")
     pid = env.get("JAX_PROCESS_ID", env.get("JOB_COMPLETION_INDEX"))
     if address or count or "JAX_PROCESS_ID" in env:
-        missing = [name for name, v in (("JAX_COORDINATOR_ADDRESS", address), ("JAX_NUM_PROCESSES", count),
-                                        ("JAX_PROCESS_ID or JOB_COMPLETION_INDEX", pid)) if not v]
+        missing = [
+            name
+            for name, v in (
+                ("JAX_COORDINATOR_ADDRESS", address),
+                ("JAX_NUM_PROCESSES", count),
+                ("JAX_PROCESS_ID or JOB_COMPLETION_INDEX", pid),
+            )
+            if not v
+        ]
         if missing:
             raise ValueError(f"multi-process environment incomplete: {', '.join(missing)} not set")
-        return dict(coordinator_address=address, num_processes=int(count), process_id=int(pid),
-                    cluster_detection_method="deactivate")
+        return dict(
+            coordinator_address=address,
+            num_processes=int(count),
+            process_id=int(pid),
+            cluster_detection_method="deactivate",
+        )
     if "JOB_COMPLETION_INDEX" in env and "KUBERNETES_SERVICE_HOST" in env:
-        raise ValueError("Kubernetes indexed job without JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES: "
-                         "set them in the pod spec (see launch/jobset.yaml)")
+        raise ValueError(
+            "Kubernetes indexed job without JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES: "
+            "set them in the pod spec (see launch/jobset.yaml)"
+        )
     if all(v in env for v in _SLURM_STEP_VARS) and int(env["SLURM_NTASKS"]) > 1:
         return dict(cluster_detection_method="slurm")
     return None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Joins JAX's multi-controller runtime when this process is one of several (see
     `distributed_params`); returns whether it did. Call before anything touches a device."""
     if jax.distributed.is_initialized():
@@ -75,8 +92,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     # Cross-process collectives on CPU devices (the loopback recipe, CPU clusters) go through gloo.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**params)
-    log.info("process %d of %d: %d local devices, %d in all", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+    log.info(
+        "process %d of %d: %d local devices, %d in all",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
     return True
 
 
@@ -163,12 +185,14 @@ class DataParallel:
         if self.process_count == 1:
             return batch
         p, n = jax.process_index(), self.process_count
-        return jax.tree.map(lambda x: x[p * len(x) // n:(p + 1) * len(x) // n], batch)
+        return jax.tree.map(lambda x: x[p * len(x) // n : (p + 1) * len(x) // n], batch)
 
     def put_batch(self, batch: dict[str, np.ndarray]):
         if self.mode == "pmap":
             n = len(self.local_devices)
-            return jax.device_put(jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch), self.per_device)
+            return jax.device_put(
+                jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch), self.per_device
+            )
         return jax.tree.map(lambda x: jax.make_array_from_process_local_data(self.data_sharding, x), batch)
 
     # --- steps -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
@@ -40,8 +40,15 @@ def confusion_png(confusion, class_names: Sequence[str], path: str | os.PathLike
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n), class_names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -129,8 +136,9 @@ def accuracy_bars_png(values: dict[str, float | None], path: str | os.PathLike, 
     _save(fig, path)
 
 
-def thumbnails_png(images: Sequence[np.ndarray], captions: Sequence[str], path: str | os.PathLike,
-                   cols: int = 6) -> None:
+def thumbnails_png(
+    images: Sequence[np.ndarray], captions: Sequence[str], path: str | os.PathLike, cols: int = 6
+) -> None:
     """uint8 RGB images in a grid, pixels shown as they are (nearest neighbour), with captions."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
@@ -148,8 +156,9 @@ def thumbnails_png(images: Sequence[np.ndarray], captions: Sequence[str], path: 
     _save(fig, path)
 
 
-def saliency_png(images, grad_x_input, grad_cam, captions: Sequence[str], path: str | os.PathLike,
-                 per_row: int = 2) -> None:
+def saliency_png(
+    images, grad_x_input, grad_cam, captions: Sequence[str], path: str | os.PathLike, per_row: int = 2
+) -> None:
     """Per patch three panels side by side: the patch, gradient x input (signed: red raises the
     score, blue lowers it; scaled to its 99th percentile of |value|) and Grad-CAM blended over
     the patch (scaled to its maximum). Each triple is composed in numpy and drawn as one image:
@@ -179,8 +188,16 @@ def saliency_png(images, grad_x_input, grad_cam, captions: Sequence[str], path: 
     _save(fig, path)
 
 
-def embedding_png(points, labels, class_names: Sequence[str], path: str | os.PathLike, *, manipulated=None,
-                  axis_labels: Sequence[str] = ("component 1", "component 2"), title: str = "") -> None:
+def embedding_png(
+    points,
+    labels,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    manipulated=None,
+    axis_labels: Sequence[str] = ("component 1", "component 2"),
+    title: str = "",
+) -> None:
     """A 2-D scatter of examples coloured by class; manipulated examples (if given) as small
     crosses, unaltered ones as dots."""
     points, labels = np.asarray(points, np.float64), np.asarray(labels)

@@ -12,7 +12,7 @@ import csv
 import heapq
 import os
 import tempfile
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -101,9 +101,7 @@ def _group_problems(log_probs, groups, counts):
         yield rows, lp, cnt
 
 
-def balance(
-    log_probs: np.ndarray, groups: np.ndarray, counts: Mapping[int, Sequence[int]] | None = None
-) -> np.ndarray:
+def balance(log_probs: np.ndarray, groups: np.ndarray, counts: Mapping[int, Sequence[int]] | None = None) -> np.ndarray:
     """The class assignment maximising total log-probability with exact per-group class counts.
 
     counts maps a group id to C counts summing to the group's size (default: `default_counts`).

@@ -76,8 +76,9 @@ def wiener_dft(w: np.ndarray) -> np.ndarray:
     return np.real(np.fft.ifft2(spectrum * gain)).astype(np.float32)
 
 
-def residual(image: np.ndarray, *, sigma: float = 3.0, wavelet: str = "db4", levels: int = 4,
-             whiten: bool = True) -> np.ndarray:
+def residual(
+    image: np.ndarray, *, sigma: float = 3.0, wavelet: str = "db4", levels: int = 4, whiten: bool = True
+) -> np.ndarray:
     """The PRNU-bearing noise residual W (HxW float32) of one image.
 
     Luminance first (one transform instead of three; measured no worse on the synthetic
@@ -145,8 +146,14 @@ def _chunks(x: np.ndarray, chunk: int):
         yield s, block
 
 
-def correlate(a: np.ndarray, b: np.ndarray, *, rotations: Sequence[int] = (0, 1, 2, 3),
-              chunk: int = 64, upper_blocks_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def correlate(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    rotations: Sequence[int] = (0, 1, 2, 3),
+    chunk: int = 64,
+    upper_blocks_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """z scores [Na, Nb] = NCC * sqrt(pixels) of each a with each b under its best rotation
     in `rotations` (k quarter turns of b, counter-clockwise), and that k.
 
@@ -226,16 +233,18 @@ def pce(a: np.ndarray, b: np.ndarray, *, radius: int = 5, chunk: int = 8) -> tup
     return out, shifts
 
 
-def fingerprint_scores(images: Sequence[np.ndarray], fingerprints: np.ndarray, *,
-                       rotations: Sequence[int] = (0,), **residual_kw) -> np.ndarray:
+def fingerprint_scores(
+    images: Sequence[np.ndarray], fingerprints: np.ndarray, *, rotations: Sequence[int] = (0,), **residual_kw
+) -> np.ndarray:
     """z scores [N, C] of each image against each reference fingerprint: the correlation of
     W with I K, computed as that of W I with K (the same inner product)."""
     weighted = np.stack([residual(im, **residual_kw) * np.where(grey(im) < SATURATED, grey(im), 0) for im in images])
     return correlate(standardise(weighted), standardise(fingerprints), rotations=rotations)[0]
 
 
-def residuals_of_files(paths: Sequence[str], *, size: int = 512, read: Callable = read_bytes,
-                   **residual_kw) -> tuple[np.ndarray, np.ndarray]:
+def residuals_of_files(
+    paths: Sequence[str], *, size: int = 512, read: Callable = read_bytes, **residual_kw
+) -> tuple[np.ndarray, np.ndarray]:
     """Standardised residuals [M, size, size] of the centre crops of the test files, and the
     indices (into `paths`) of the M files that are large enough and readable."""
     out, used = [], []
@@ -296,5 +305,10 @@ def purity(clusters: np.ndarray, labels: np.ndarray) -> dict:
     multi = ids[counts > 1]
     majority = sum(int(np.unique(labels[clusters == c], return_counts=True)[1].max()) for c in multi)
     clustered = int(np.isin(clusters, multi).sum())
-    return {"purity": majority / clustered if clustered else 1.0, "clustered": clustered, "files": len(clusters),
-            "clusters": len(multi), "largest": int(counts.max()) if len(counts) else 0}
+    return {
+        "purity": majority / clustered if clustered else 1.0,
+        "clustered": clustered,
+        "files": len(clusters),
+        "clusters": len(multi),
+        "largest": int(counts.max()) if len(counts) else 0,
+    }

@@ -64,18 +64,33 @@ def write_source(out: str, test_dir: str, chosen) -> str:
     return manifest
 
 
-def pseudolabel(workdirs, *, data_root: str, out: str, threshold: float = 0.95, balance: bool = True,
-                include_manipulated: bool = True, **evaluate_kw) -> dict:
+def pseudolabel(
+    workdirs,
+    *,
+    data_root: str,
+    out: str,
+    threshold: float = 0.95,
+    balance: bool = True,
+    include_manipulated: bool = True,
+    **evaluate_kw,
+) -> dict:
     """One round: evaluate (predictions kept under out/predictions*), select, copy. Returns the
     evaluation result with `pseudo_labels` (count), `per_class` counts and `manifest` added."""
     os.makedirs(out, exist_ok=True)
-    result = evaluator.evaluate(workdirs, data_root=data_root, balance=balance,
-                                out=os.path.join(out, "predictions.csv"), **evaluate_kw)
+    result = evaluator.evaluate(
+        workdirs, data_root=data_root, balance=balance, out=os.path.join(out, "predictions.csv"), **evaluate_kw
+    )
     assigned = postprocess.read_submission(result["out"])
     saved = np.load(os.path.join(out, "predictions_probs.npz"))
     fnames, classes = [str(f) for f in saved["fnames"]], [str(c) for c in saved["classes"]]
-    chosen = select(fnames, classes, saved["probs"], [assigned[f] for f in fnames], threshold,
-                    include_manipulated=include_manipulated)
+    chosen = select(
+        fnames,
+        classes,
+        saved["probs"],
+        [assigned[f] for f in fnames],
+        threshold,
+        include_manipulated=include_manipulated,
+    )
     result["manifest"] = write_source(out, os.path.join(data_root, "test"), chosen)
     result["pseudo_labels"] = len(chosen)
     result["per_class"] = {c: sum(1 for _, k, _ in chosen if k == c) for c in classes}
@@ -91,7 +106,11 @@ def _define_flags() -> None:
     flags.DEFINE_string("out", None, "Output folder: train/<class>/..., manifest.csv, predictions*.")
     flags.DEFINE_float("threshold", 0.95, "Keep files whose assigned class has at least this probability.")
     flags.DEFINE_bool("balance", True, "Assign classes with the count-balanced assignment (else argmax).")
-    flags.DEFINE_bool("include_manipulated", True, "Also keep files named *_manip (they train flagged as manipulated, never manipulated again).")
+    flags.DEFINE_bool(
+        "include_manipulated",
+        True,
+        "Also keep files named *_manip (they train flagged as manipulated, never manipulated again).",
+    )
 
 
 def main(argv):
@@ -102,8 +121,14 @@ def main(argv):
     options = cli.prediction_options()
     try:
         sources.list_test_files(FLAGS.data_root)
-        result = pseudolabel(FLAGS.workdir, out=FLAGS.out, threshold=FLAGS.threshold, balance=FLAGS.balance,
-                             include_manipulated=FLAGS.include_manipulated, **options)
+        result = pseudolabel(
+            FLAGS.workdir,
+            out=FLAGS.out,
+            threshold=FLAGS.threshold,
+            balance=FLAGS.balance,
+            include_manipulated=FLAGS.include_manipulated,
+            **options,
+        )
     except (BadImageError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

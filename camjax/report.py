@@ -27,8 +27,8 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from camjax import metrics as scoring
 from camjax import assembly, plots, saliency, steps
+from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES
 from camjax.data import pipeline, sources
 from camjax.data.decode import BadImageError, read_bytes
@@ -72,6 +72,7 @@ def validation_records(restored: RestoredModel, data_root: str | None):
 
 def _forward_step(model_def: steps.ModelDef):
     """(state, batch) -> class probabilities and pooled features, in one model call."""
+
     def step(state, batch):
         model = nnx.merge(model_def.eval, state.params, state.model_state, copy=True)
         feats = model.features(preprocess(batch["image"], model_def.preprocess))
@@ -81,8 +82,9 @@ def _forward_step(model_def: steps.ModelDef):
     return step
 
 
-def run_validation(restored: RestoredModel, dp: DataParallel, records, read, *, per_class: int, mistakes: int,
-                   batch_size: int) -> ValidationPass:
+def run_validation(
+    restored: RestoredModel, dp: DataParallel, records, read, *, per_class: int, mistakes: int, batch_size: int
+) -> ValidationPass:
     """Predicts every validation crop (each under the 9 manipulations, as in training)."""
     num_classes = len(restored.run.classes)
     batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
@@ -92,7 +94,9 @@ def run_validation(restored: RestoredModel, dp: DataParallel, records, read, *, 
     worst: dict[int, dict] = {}  # file -> its most confident mistake
     picks: dict[int, list[dict]] = {c: [] for c in range(num_classes)}
     for batch in batches:
-        out = predict(restored.state, dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]}))
+        out = predict(
+            restored.state, dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]})
+        )
         out = {k: dp.fetch_per_example(v) for k, v in out.items()}
         keep = np.flatnonzero(batch["mask"] > 0)
         probs = out["probs"][keep]
@@ -102,9 +106,15 @@ def run_validation(restored: RestoredModel, dp: DataParallel, records, read, *, 
         manips.append(batch["manipulation"][keep])
         feats.append(out["features"][keep])
         for j, i in enumerate(keep):
-            patch = dict(image=batch["image"][i], label=int(batch["label"][i]), pred=int(pred[j]),
-                         prob=float(probs[j, pred[j]]), manipulation=int(batch["manipulation"][i]),
-                         is_manipulated=float(batch["is_manipulated"][i]), file=int(batch["record_index"][i]))
+            patch = dict(
+                image=batch["image"][i],
+                label=int(batch["label"][i]),
+                pred=int(pred[j]),
+                prob=float(probs[j, pred[j]]),
+                manipulation=int(batch["manipulation"][i]),
+                is_manipulated=float(batch["is_manipulated"][i]),
+                file=int(batch["record_index"][i]),
+            )
             if patch["pred"] != patch["label"] and patch["prob"] > worst.get(patch["file"], {}).get("prob", -1.0):
                 worst[patch["file"]] = patch
             if patch["manipulation"] == 0 and len(picks[patch["label"]]) < per_class:
@@ -114,7 +124,9 @@ def run_validation(restored: RestoredModel, dp: DataParallel, records, read, *, 
     if not preds:
         raise ValueError("no readable validation file to report on")
     return ValidationPass(
-        pred=np.concatenate(preds), label=np.concatenate(labels), manipulation=np.concatenate(manips),
+        pred=np.concatenate(preds),
+        label=np.concatenate(labels),
+        manipulation=np.concatenate(manips),
         features=np.concatenate(feats).astype(np.float64),
         mistakes=sorted(worst.values(), key=lambda p: -p["prob"])[:mistakes],
         picks=[p for c in range(num_classes) for p in picks[c]],
@@ -124,10 +136,18 @@ def run_validation(restored: RestoredModel, dp: DataParallel, records, read, *, 
 
 def saliency_maps(restored: RestoredModel, picks: list[dict]) -> dict[str, np.ndarray]:
     """Gradient x input and Grad-CAM of each picked patch, explaining its true class."""
-    fn = jax.jit(lambda params, model_state, images, flags, targets: saliency.classifier_saliency(
-        restored.model_def, params, model_state, images, flags, targets))
-    out = fn(restored.state.params, restored.state.model_state, np.stack([p["image"] for p in picks]),
-             np.array([p["is_manipulated"] for p in picks], np.float32), np.array([p["label"] for p in picks], np.int32))
+    fn = jax.jit(
+        lambda params, model_state, images, flags, targets: saliency.classifier_saliency(
+            restored.model_def, params, model_state, images, flags, targets
+        )
+    )
+    out = fn(
+        restored.state.params,
+        restored.state.model_state,
+        np.stack([p["image"] for p in picks]),
+        np.array([p["is_manipulated"] for p in picks], np.float32),
+        np.array([p["label"] for p in picks], np.int32),
+    )
     return {k: np.asarray(v) for k, v in out.items()}
 
 
@@ -179,8 +199,11 @@ def _table(rows: list[tuple[str, str]]) -> str:
 
 def render_html(sections: list[tuple[str, str, list[tuple[str, str]]]], title: str, summary) -> str:
     """sections: (heading, note, [(png path, alt text)])."""
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>", _table(summary)]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        _table(summary),
+    ]
     for heading, note, images in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2><p class='note'>{html.escape(note)}</p>")
         parts += [f"<img src='{_data_uri(png)}' alt='{html.escape(alt, quote=True)}'>" for png, alt in images]
@@ -188,8 +211,9 @@ def render_html(sections: list[tuple[str, str, list[tuple[str, str]]]], title: s
     return "\n".join(parts)
 
 
-def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 100, per_class: int = 2,
-                 mistakes: int = 12) -> Path:
+def write_report(
+    workdir, out=None, data_root=None, *, max_files: int | None = 100, per_class: int = 2, mistakes: int = 12
+) -> Path:
     """Writes the run's HTML page (default DIR/report.html) and returns its path.
 
     The validation pass reads at most `max_files` validation files (evenly spaced over the
@@ -206,8 +230,9 @@ def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 1
     run, classes = restored.run, restored.run.classes
     records, read = validation_records(restored, data_root)
     records = pipeline.evenly_spaced(records, max_files)  # records are grouped by class: all classes stay
-    val = run_validation(restored, dp, records, read, per_class=per_class, mistakes=mistakes,
-                         batch_size=restored.config.eval.batch_size)
+    val = run_validation(
+        restored, dp, records, read, per_class=per_class, mistakes=mistakes, batch_size=restored.config.eval.batch_size
+    )
     val_report = scoring.report(val.pred, val.label, val.manipulation, classes)
     found = find_test_report(workdir, classes)
     if found:
@@ -216,13 +241,23 @@ def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 1
         scope, scores = "validation set", val_report
         source = f"validation set: {len(records)} files x {restored.config.data.val_crops} crops x 9 manipulations"
 
-    summary = [("workdir", os.path.abspath(workdir)), ("model", run.model["name"]), ("checkpoint step", str(restored.step)),
-               ("classes", str(len(classes))), ("patch", f"{run.patch} px"), ("dataset", data_root or run.data_root),
-               ("validation accuracy", scoring.format_score(val_report["accuracy"])),
-               ("validation weighted accuracy", scoring.format_score(val_report["weighted_accuracy"]))]
+    summary = [
+        ("workdir", os.path.abspath(workdir)),
+        ("model", run.model["name"]),
+        ("checkpoint step", str(restored.step)),
+        ("classes", str(len(classes))),
+        ("patch", f"{run.patch} px"),
+        ("dataset", data_root or run.data_root),
+        ("validation accuracy", scoring.format_score(val_report["accuracy"])),
+        ("validation weighted accuracy", scoring.format_score(val_report["weighted_accuracy"])),
+    ]
     if val.skipped:
-        summary.append(("unreadable validation files (skipped)",
-                        "; ".join(f"{os.path.basename(p)}: {why}" for p, why in val.skipped)))
+        summary.append(
+            (
+                "unreadable validation files (skipped)",
+                "; ".join(f"{os.path.basename(p)}: {why}" for p, why in val.skipped),
+            )
+        )
     unscored = [c for c, acc in val_report["per_class"].items() if acc is None]
     if unscored:
         summary.append(("classes without a readable validation file", ", ".join(unscored)))
@@ -231,39 +266,84 @@ def write_report(workdir, out=None, data_root=None, *, max_files: int | None = 1
     summary.append(("written", datetime.datetime.now().isoformat(timespec="seconds")))
 
     with tempfile.TemporaryDirectory() as tmp:
+
         def png(name):
             return os.path.join(tmp, f"{name}.png")
 
         plots.curves_png(metrics_path, png("curves"))
-        plots.confusion_png(np.array(scores["confusion"]), classes, png("confusion"),
-                            title=f"{scope}: weighted accuracy {scores['weighted_accuracy']:.4f}")
-        plots.accuracy_bars_png({m: scores["per_manipulation"].get(m) for m in MANIPULATION_NAMES}, png("manip"),
-                                "accuracy per manipulation")
+        plots.confusion_png(
+            np.array(scores["confusion"]),
+            classes,
+            png("confusion"),
+            title=f"{scope}: weighted accuracy {scores['weighted_accuracy']:.4f}",
+        )
+        plots.accuracy_bars_png(
+            {m: scores["per_manipulation"].get(m) for m in MANIPULATION_NAMES},
+            png("manip"),
+            "accuracy per manipulation",
+        )
         plots.accuracy_bars_png(scores["per_class"], png("class"), "accuracy per class")
-        plots.thumbnails_png([m["image"] for m in val.mistakes], [
-            f"true {classes[m['label']]}\npred {classes[m['pred']]} {m['prob']:.2f}\n{MANIPULATION_NAMES[m['manipulation']]}"
-            for m in val.mistakes], png("mistakes"))
+        plots.thumbnails_png(
+            [m["image"] for m in val.mistakes],
+            [
+                f"true {classes[m['label']]}\npred {classes[m['pred']]} {m['prob']:.2f}\n{MANIPULATION_NAMES[m['manipulation']]}"
+                for m in val.mistakes
+            ],
+            png("mistakes"),
+        )
         sections = [
             ("Training curves", f"from {metrics_path}", [(png("curves"), "loss, accuracy and learning rate")]),
-            ("Scores", source, [(png("confusion"), "confusion matrix"), (png("manip"), "accuracy per manipulation"),
-                                (png("class"), "accuracy per class")]),
-            ("Most confident mistakes", f"validation patches, at most one per file: {len(val.mistakes)} shown",
-             [(png("mistakes"), "most confident mistakes")]),
+            (
+                "Scores",
+                source,
+                [
+                    (png("confusion"), "confusion matrix"),
+                    (png("manip"), "accuracy per manipulation"),
+                    (png("class"), "accuracy per class"),
+                ],
+            ),
+            (
+                "Most confident mistakes",
+                f"validation patches, at most one per file: {len(val.mistakes)} shown",
+                [(png("mistakes"), "most confident mistakes")],
+            ),
         ]
         if val.picks:
             maps = saliency_maps(restored, val.picks)
-            plots.saliency_png([p["image"] for p in val.picks], maps["grad_x_input"], maps["grad_cam"],
-                               [f"{classes[p['label']]}\npred {classes[p['pred']]} {p['prob']:.2f}" for p in val.picks],
-                               png("saliency"), per_row=max(1, per_class))
-            sections.append(("Saliency", "what raises the true class's logit, on unaltered validation patches: "
-                             "gradient x input on the preprocessed patch (summed over colours) and Grad-CAM on the "
-                             "last backbone feature map", [(png("saliency"), "saliency maps")]))
+            plots.saliency_png(
+                [p["image"] for p in val.picks],
+                maps["grad_x_input"],
+                maps["grad_cam"],
+                [f"{classes[p['label']]}\npred {classes[p['pred']]} {p['prob']:.2f}" for p in val.picks],
+                png("saliency"),
+                per_row=max(1, per_class),
+            )
+            sections.append(
+                (
+                    "Saliency",
+                    "what raises the true class's logit, on unaltered validation patches: "
+                    "gradient x input on the preprocessed patch (summed over colours) and Grad-CAM on the "
+                    "last backbone feature map",
+                    [(png("saliency"), "saliency maps")],
+                )
+            )
         points, ratio = pca_2d(val.features)
-        plots.embedding_png(points, val.label, classes, png("pca"), manipulated=val.manipulation != 0,
-                            axis_labels=[f"PC{i + 1} ({r:.0%} of variance)" for i, r in enumerate(ratio)],
-                            title="pooled features, PCA")
-        sections.append(("Feature space", f"{len(points)} validation patches; dots unaltered, crosses manipulated",
-                         [(png("pca"), "PCA of pooled features")]))
+        plots.embedding_png(
+            points,
+            val.label,
+            classes,
+            png("pca"),
+            manipulated=val.manipulation != 0,
+            axis_labels=[f"PC{i + 1} ({r:.0%} of variance)" for i, r in enumerate(ratio)],
+            title="pooled features, PCA",
+        )
+        sections.append(
+            (
+                "Feature space",
+                f"{len(points)} validation patches; dots unaltered, crosses manipulated",
+                [(png("pca"), "PCA of pooled features")],
+            )
+        )
         page = render_html(sections, f"camjax run report: {os.path.basename(os.path.abspath(workdir))}", summary)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(out.name + ".tmp")
@@ -290,8 +370,9 @@ def main(argv):
     assembly.enable_compilation_cache(".cache/jax")
     f = flags.FLAGS
     try:
-        path = write_report(f.workdir, f.out, f.data_root, max_files=f.max_files or None, per_class=f.per_class,
-                            mistakes=f.mistakes)
+        path = write_report(
+            f.workdir, f.out, f.data_root, max_files=f.max_files or None, per_class=f.per_class, mistakes=f.mistakes
+        )
     except (BadImageError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ class WorkdirLock:
         self.path = os.path.join(workdir, LOCK_FILE)
         self._fd: int | None = None
 
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -42,7 +42,9 @@ class WorkdirLock:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise WorkdirBusyError(self.busy_message()) from None
-            raise OSError(e.errno, f"cannot lock {self.path} ({e.strerror}): does this file system support flock?") from e
+            raise OSError(
+                e.errno, f"cannot lock {self.path} ({e.strerror}): does this file system support flock?"
+            ) from e
         holder = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -56,15 +58,17 @@ class WorkdirLock:
 
     def busy_message(self) -> str:
         """The refusal, naming the holder recorded in the lock file (readable without the lock)."""
-        return (f"{os.path.dirname(self.path)} is in use by another run ({_read_holder(self.path)}; lock: "
-                f"{self.path}): wait for it to finish or stop it, or use another --workdir")
+        return (
+            f"{os.path.dirname(self.path)} is in use by another run ({_read_holder(self.path)}; lock: "
+            f"{self.path}): wait for it to finish or stop it, or use another --workdir"
+        )
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> bool:

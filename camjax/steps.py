@@ -56,8 +56,10 @@ def init_state(model: Classifier, tx: optax.GradientTransformation, preprocess_m
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0, weights=None):
     num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing) if label_smoothing else (
-        jax.nn.one_hot(labels, num_classes)
+    targets = (
+        optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+        if label_smoothing
+        else (jax.nn.one_hot(labels, num_classes))
     )
     losses = optax.softmax_cross_entropy(logits, targets)
     if weights is None:
@@ -90,7 +92,9 @@ def train_step(state: TrainState, batch, *, model_def: ModelDef, tx, config, cla
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if "raw" in batch:  # data.manipulate_on='device': the manipulations and D4 views happen here
         batch = {k: v for k, v in batch.items() if k not in ("raw", "d4")} | {
-            "image": device_ops.apply_on_device(batch["raw"], batch["manipulation"], batch["d4"], patch=config.data.patch)
+            "image": device_ops.apply_on_device(
+                batch["raw"], batch["manipulation"], batch["d4"], patch=config.data.patch
+            )
         }
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -145,6 +149,7 @@ def predict_logits(params, model_state, images, is_manipulated, *, model_def: Mo
 
 def eval_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
     """Class probabilities (float32) of a batch, no TTA; evaluation adds views via camjax.tta."""
-    logits = predict_logits(state.params, state.model_state, batch["image"], batch["is_manipulated"], model_def=model_def)
+    logits = predict_logits(
+        state.params, state.model_state, batch["image"], batch["is_manipulated"], model_def=model_def
+    )
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-

@@ -27,13 +27,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-per-camera", type=int, default=24, help="test patches per camera, half manipulated")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
-    parser.add_argument("--train-window", type=int, default=0,
-                        help="store train frames as centred crops of this side (multiple of 16; for quick tests)")
+    parser.add_argument(
+        "--train-window",
+        type=int,
+        default=0,
+        help="store train frames as centred crops of this side (multiple of 16; for quick tests)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    out = generate(args.out, cameras=args.cameras, images_per_camera=args.images_per_camera,
-                   test_per_camera=args.test_per_camera, seed=args.seed, workers=args.workers,
-                   train_window=args.train_window)
+    out = generate(
+        args.out,
+        cameras=args.cameras,
+        images_per_camera=args.images_per_camera,
+        test_per_camera=args.test_per_camera,
+        seed=args.seed,
+        workers=args.workers,
+        train_window=args.train_window,
+    )
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
 
 

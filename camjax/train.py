@@ -24,7 +24,9 @@ from camjax.runlock import WorkdirBusyError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration (file[:preset]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and TensorBoard events.")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0's coordinator, for a multi-process run outside SLURM/Kubernetes."
+    "coordinator_address",
+    None,
+    "host:port of process 0's coordinator, for a multi-process run outside SLURM/Kubernetes.",
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")

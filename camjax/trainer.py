@@ -54,8 +54,9 @@ class _StopFlag:
         return False
 
 
-def validate(predict, dp: DataParallel, state, index, data_config, batch_size: int, classes, read,
-             step: int = 0) -> dict:
+def validate(
+    predict, dp: DataParallel, state, index, data_config, batch_size: int, classes, read, step: int = 0
+) -> dict:
     """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set.
 
     An unreadable validation file is skipped and counted (`val/skipped_files`), named once per
@@ -87,8 +88,10 @@ def validate(predict, dp: DataParallel, state, index, data_config, batch_size: i
     out.update({f"val/class/{name}": acc for name, acc in report["per_class"].items()})
     unscored = [name for name, acc in report["per_class"].items() if acc is None]
     if unscored:
-        _warn_once(f"no readable validation file for class {', '.join(unscored)}: its accuracy is not reported "
-                   "(weighted and overall accuracy cover the other classes)")
+        _warn_once(
+            f"no readable validation file for class {', '.join(unscored)}: its accuracy is not reported "
+            "(weighted and overall accuracy cover the other classes)"
+        )
     return out
 
 
@@ -171,9 +174,17 @@ def _train(config, workdir: str) -> dict[str, float]:
     )
     total_steps = steps_per_epoch * config.num_epochs
 
-    built = assembly.build(config.model, len(run.classes), dp, dtype=config.dtype, optim_config=config.optim,
-                           steps_per_epoch=steps_per_epoch, total_steps=total_steps, seed=config.seed,
-                           init_from=config.model.init_from)
+    built = assembly.build(
+        config.model,
+        len(run.classes),
+        dp,
+        dtype=config.dtype,
+        optim_config=config.optim,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        seed=config.seed,
+        init_from=config.model.init_from,
+    )
     host_state = built.host_state
     plateau = optim.PlateauTracker.from_config(config.optim.plateau, config.optim.learning_rate)
     schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
@@ -226,8 +237,15 @@ def _train(config, workdir: str) -> dict[str, float]:
     skipped_total = nonfinite_total = 0
     start = time.time()
     interactive = sys.stdout.isatty()  # in a log file, a progress line every 30 s is plenty
-    bar = tqdm(total=total_steps, initial=step, disable=not is_main, mininterval=2.0 if interactive else 30.0,
-               dynamic_ncols=True, file=sys.stdout, desc="train")
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        disable=not is_main,
+        mininterval=2.0 if interactive else 30.0,
+        dynamic_ncols=True,
+        file=sys.stdout,
+        desc="train",
+    )
     pending, window_start, window_steps = [], None, 0
     compiles_after_first = None
 
@@ -287,8 +305,10 @@ def _train(config, workdir: str) -> dict[str, float]:
                     last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read, step)
                     if last_val:
                         writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
-                        line = ", ".join(f"{k}={scoring.format_score(last_val[k])}"
-                                         for k in ("val/accuracy", "val/weighted_accuracy"))
+                        line = ", ".join(
+                            f"{k}={scoring.format_score(last_val[k])}"
+                            for k in ("val/accuracy", "val/weighted_accuracy")
+                        )
                         if last_val.get(config.optim.plateau.metric) is not None:
                             scale = plateau.update(last_val[config.optim.plateau.metric])
                             state = state.replace(opt_state=optim.set_plateau_scale(state.opt_state, scale))
@@ -315,8 +335,11 @@ def _train(config, workdir: str) -> dict[str, float]:
     writer.close()
     if compiles_after_first is not None:
         recompiles = compile_count() - compiles_after_first
-        log.info("compilations after the first step: %d (validation included); persistent-cache misses: %d",
-                 recompiles, cache_miss_count())
+        log.info(
+            "compilations after the first step: %d (validation included); persistent-cache misses: %d",
+            recompiles,
+            cache_miss_count(),
+        )
     return last_val
 
 

@@ -11,7 +11,7 @@ model trained with the same views: `views_unseen` says which requested views it 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -110,9 +110,7 @@ def stack_views(x: jax.Array, view_ids: tuple[int, ...]) -> jax.Array:
     return jnp.stack([transform(x, int(k)) for k in view_ids])
 
 
-def make_tta_predict(
-    apply_fn: Callable[..., jax.Array], view_ids: tuple[int, ...]
-) -> Callable[..., jax.Array]:
+def make_tta_predict(apply_fn: Callable[..., jax.Array], view_ids: tuple[int, ...]) -> Callable[..., jax.Array]:
     """Wraps `apply_fn(images, *args) -> logits [N, C]` into `fn(images, *args) -> probs [V, B, C]`.
 
     `args` are per-example arrays (e.g. the is_manipulated flags) with the batch axis first;

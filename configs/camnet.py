@@ -15,7 +15,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.highpass = "box3"  # the noise residual: without it a small CNN stays near chance
     c.model.pooling = "avg"
     c.model.kwargs = ml_collections.ConfigDict(dict(stem=4, widths=(64, 128, 256), blocks=2))
-    c.model.head = ml_collections.ConfigDict(dict(hidden=(256, 128), dropout=(0.3, 0.1), inject_flag=True, aux_head=True))
+    c.model.head = ml_collections.ConfigDict(
+        dict(hidden=(256, 128), dropout=(0.3, 0.1), inject_flag=True, aux_head=True)
+    )
     c.data.patch = 128
     c.batch_size = 64
     c.optim.learning_rate = 1e-3

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -14,9 +17,6 @@ def repo_config(spec: str):
 
     path, sep, preset = spec.partition(":")
     return defaults.load_config(f"{REPO / path}{sep}{preset}")
-
-import numpy as np
-from PIL import Image
 
 
 def texture(height: int, width: int, seed: int) -> np.ndarray:

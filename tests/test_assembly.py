@@ -10,8 +10,15 @@ from camjax.cameras import MANIPULATION_NAMES
 
 
 def _run(**overrides):
-    fields = dict(model={"name": "camnet"}, dtype="float32", classes=["a", "b"], patch=64, trained_views="d4",
-                  d4_exempt_classes=[], data_root="/data")
+    fields = dict(
+        model={"name": "camnet"},
+        dtype="float32",
+        classes=["a", "b"],
+        patch=64,
+        trained_views="d4",
+        d4_exempt_classes=[],
+        data_root="/data",
+    )
     fields.update(overrides)
     return assembly.Run(**fields)
 

@@ -42,7 +42,9 @@ def odd_files(d):
     Image.fromarray(IMG).convert("CMYK").save(out["cmyk_jpeg"], quality=95)
     out["gray_png"] = save(gray, d / "gray.png")
     out["rgba_png"] = d / "rgba.png"
-    Image.fromarray(np.dstack([IMG, np.arange(IMG.size // 3).reshape(96, 128) % 256]).astype(np.uint8)).save(out["rgba_png"])
+    Image.fromarray(np.dstack([IMG, np.arange(IMG.size // 3).reshape(96, 128) % 256]).astype(np.uint8)).save(
+        out["rgba_png"]
+    )
     out["palette_png"] = d / "palette.png"
     Image.fromarray(IMG).quantize(64).save(out["palette_png"])
     out["exif_jpeg"] = d / "exif.jpg"
@@ -64,8 +66,10 @@ def test_truncated_images_are_not_loaded_silently():
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
 
 
-@pytest.mark.parametrize("name, reason", [("truncated", "corrupt JPEG"), ("empty", "empty file"),
-                                          ("text", "not an image"), ("small", "smaller than")])
+@pytest.mark.parametrize(
+    "name, reason",
+    [("truncated", "corrupt JPEG"), ("empty", "empty file"), ("text", "not an image"), ("small", "smaller than")],
+)
 def test_bad_files_raise_naming_the_file(tmp_path, name, reason):
     path = bad_files(tmp_path)[name]
     with pytest.raises(BadImageError, match=reason) as info:
@@ -209,7 +213,9 @@ def test_test_path_raises_skips_or_pads(tmp_path):
         with pytest.raises(BadImageError) as info:
             list(pipeline.make_test_batches([good, str(bad[name])], patch=64, batch_size=2))
         assert str(bad[name]) in str(info.value)
-    lenient = pipeline.make_test_batches([good, str(bad["truncated"]), str(bad["text"])], patch=64, batch_size=2, skip_bad=True)
+    lenient = pipeline.make_test_batches(
+        [good, str(bad["truncated"]), str(bad["text"])], patch=64, batch_size=2, skip_bad=True
+    )
     (batch,) = list(lenient)
     assert batch["file_index"].tolist() == [0, -1] and len(lenient.skipped) == 2
     padded = list(pipeline.make_test_batches([str(bad["small"])], patch=64, batch_size=1, pad=True))
@@ -252,9 +258,17 @@ def test_a_class_whose_validation_files_are_unreadable_trains_to_the_end(tmp_pat
 
     page = open(report.write_report(str(workdir), per_class=1)).read()
     assert "classes without a readable validation file" in page and "zz_empty.jpg" in page
-    result = evaluator.evaluate([str(workdir)], out=str(tmp_path / "sub.csv"), skip_bad=True, batch_size=8,
-                                tta_name="none")
+    result = evaluator.evaluate(
+        [str(workdir)], out=str(tmp_path / "sub.csv"), skip_bad=True, batch_size=8, tta_name="none"
+    )
     assert result["skipped"] == ["img_broken_unalt.tif"]
-    labelled = pseudolabel.pseudolabel([str(workdir)], data_root=str(root), out=str(tmp_path / "pl"), threshold=0.0,
-                                       skip_bad=True, batch_size=8, tta_name="none")
+    labelled = pseudolabel.pseudolabel(
+        [str(workdir)],
+        data_root=str(root),
+        out=str(tmp_path / "pl"),
+        threshold=0.0,
+        skip_bad=True,
+        batch_size=8,
+        tta_name="none",
+    )
     assert labelled["skipped"] == ["img_broken_unalt.tif"] and labelled["pseudo_labels"] == 4

@@ -28,7 +28,13 @@ def env(tmp_path_factory):
 
 def run(script: str, *args: str, env) -> list[dict]:
     proc = subprocess.run(
-        [sys.executable, str(BENCH / script), *args], check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(BENCH / script), *args],
+        check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
@@ -40,10 +46,26 @@ def run(script: str, *args: str, env) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_train_throughput_modes_and_flops(env):
     recs = run(
-        "train_throughput.py", "--model", "camnet", "--config", "configs/camnet.py:quick", "--patch", "32",
-        "--batch", "4", "--steps", "2", "--warmup", "1", "--mode", "train,tta", "--peak_tflops", "1.0",
+        "train_throughput.py",
+        "--model",
+        "camnet",
+        "--config",
+        "configs/camnet.py:quick",
+        "--patch",
+        "32",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--mode",
+        "train,tta",
+        "--peak_tflops",
+        "1.0",
         env=env,
     )
     train, tta = recs
@@ -88,10 +110,27 @@ def test_input_pipeline_workers_split_and_baseline(env):
     assert base["baseline_patches_per_cpu_sec"] > 0 and base["ratio"] > 0
 
 
+@pytest.mark.slow
 def test_end_to_end_ratio(env):
     (r,) = run(
-        "end_to_end.py", "--model", "camnet", "--config", "configs/camnet.py:quick", "--patch", "32",
-        "--batch", "4", "--steps", "2", "--warmup", "1", "--workers", "0", "--pipeline_warmup", "2", env=env,
+        "end_to_end.py",
+        "--model",
+        "camnet",
+        "--config",
+        "configs/camnet.py:quick",
+        "--patch",
+        "32",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--workers",
+        "0",
+        "--pipeline_warmup",
+        "2",
+        env=env,
     )
     assert r["benchmark"] == "end_to_end" and r["compiles_after_warmup"] == 0 and r["pipeline_warmup"] == 2
     assert r["ratio"] == pytest.approx(r["resident_images_per_sec"] / r["images_per_sec"], rel=0.01)
@@ -100,8 +139,22 @@ def test_end_to_end_ratio(env):
 @pytest.mark.slow  # builds and compiles the network twice (Keras and camjax): ~30 s on 2 cores
 def test_compare_same_network_in_camjax_and_keras(env):
     recs = run(
-        "compare.py", "--model", "mobilenet", "--model_kwargs", '{"alpha": 0.25}', "--patch", "32", "--batch", "4",
-        "--steps", "1", "--rounds", "2", "--warmup", "1", env=env,
+        "compare.py",
+        "--model",
+        "mobilenet",
+        "--model_kwargs",
+        '{"alpha": 0.25}',
+        "--patch",
+        "32",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        env=env,
     )
     by_fw = {r["framework"]: r for r in recs}
     assert set(by_fw) == {"torch", "camjax", "keras", "camjax/keras"}
@@ -131,14 +184,19 @@ def test_gpu_script_commands_parse(env, tmp_path):
         f'case "$1" in benchmarks/*) exec {sys.executable} -c "'
         "import json, sys; sys.path.insert(0, 'benchmarks'); "
         "name = sys.argv[1].split('/')[-1][:-3]; mod = __import__(name); mod.parse_args(sys.argv[2:]); "
-        "print(json.dumps({'script': name}))\" \"$@\";; "
+        'print(json.dumps({\'script\': name}))" "$@";; '
         f'*) exec {sys.executable} "$@";; esac\n'
     )
     fake.chmod(0o755)
     out = tmp_path / "gpu.jsonl"
     proc = subprocess.run(
-        ["bash", str(BENCH / "gpu.sh"), str(out)], check=False, cwd=REPO, env={**env, "PYTHON": str(fake)},
-        capture_output=True, text=True, timeout=300,
+        ["bash", str(BENCH / "gpu.sh"), str(out)],
+        check=False,
+        cwd=REPO,
+        env={**env, "PYTHON": str(fake)},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "FAILED" not in proc.stderr, out.with_suffix(".jsonl.log").read_text()
@@ -154,6 +212,7 @@ def test_depthwise_lowerings_agree(env):
         assert r["max_rel_diff"] < 1e-4  # the same convolution, summed in another order
 
 
+@pytest.mark.slow
 def test_eval_memory_streams_growing_test_sets(env, tmp_path):
     from camjax_testdata import make_challenge_tree
     from test_train_evaluate import tiny_config
@@ -172,31 +231,61 @@ def test_eval_memory_streams_growing_test_sets(env, tmp_path):
     assert len(links) == 32 and sum(name.endswith("_manip.tif") for name in links) == 16
 
 
+@pytest.mark.slow
 def test_learning_probe_streams_and_checks_fit_against_inference(env, tmp_path):
     from camjax_testdata import make_challenge_tree
 
     root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=3, test_per_class=1)
-    tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8",
-            "model.kwargs.widths=(8, 16)", "model.head.hidden=(16, 8)", f"data.root={root}"]
+    tiny = [
+        "data.workers=0",
+        "data.patch=32",
+        "data.patches_per_image=4",
+        "batch_size=8",
+        "model.kwargs.widths=(8, 16)",
+        "model.head.hidden=(16, 8)",
+        f"data.root={root}",
+    ]
     sets = [arg for item in tiny for arg in ("--set", item)]
-    stream, = run("learning_probe.py", *sets, env=env)
+    (stream,) = run("learning_probe.py", *sets, env=env)
     assert stream["model"] == "camnet" and len(stream["train_accuracy_per_window"]) == 2
     assert stream["compiles_after_warmup"] == 0
-    fixed, = run("learning_probe.py", *sets, "--fixed_batches", "2", env=env)
+    (fixed,) = run("learning_probe.py", *sets, "--fixed_batches", "2", env=env)
     assert 0.0 <= fixed["inference_accuracy_on_fixed_batches"] <= 1.0
 
 
+@pytest.mark.slow
 def test_learning_curve_records_validation_against_seconds_and_steps(env, tmp_path):
     from camjax_testdata import make_challenge_tree
 
     root = make_challenge_tree(tmp_path / "data", classes=("HTC-1-M7", "iPhone-4s"), per_class=3, test_per_class=1)
-    tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8", "steps_per_epoch=2",
-            "num_epochs=2", "data.val_crops=1", "model.kwargs.widths=(8, 16)", "model.head.hidden=(16, 8)",
-            f"data.root={root}", "compilation_cache=''"]
+    tiny = [
+        "data.workers=0",
+        "data.patch=32",
+        "data.patches_per_image=4",
+        "batch_size=8",
+        "steps_per_epoch=2",
+        "num_epochs=2",
+        "data.val_crops=1",
+        "model.kwargs.widths=(8, 16)",
+        "model.head.hidden=(16, 8)",
+        f"data.root={root}",
+        "compilation_cache=''",
+    ]
     sets = [arg for item in tiny for arg in ("--set", item)]
     out = tmp_path / "curves.jsonl"
-    r, = run("learning_curve.py", *sets, "--seconds", "0", "--workdir", str(tmp_path / "run"), "--append", str(out),
-             "--label", "tiny", env=env)
+    (r,) = run(
+        "learning_curve.py",
+        *sets,
+        "--seconds",
+        "0",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--append",
+        str(out),
+        "--label",
+        "tiny",
+        env=env,
+    )
     assert r["benchmark"] == "learning_curve" and r["model"] == "camnet" and r["label"] == "tiny"
     assert r["steps"] == 4 and r["batch_size"] == 8 and r["patch"] == 32
     assert [p["step"] for p in r["curve"]] == [2, 4] and [p["epoch"] for p in r["curve"]] == [1, 2]
@@ -209,6 +298,7 @@ def test_learning_curve_records_validation_against_seconds_and_steps(env, tmp_pa
     assert (tmp_path / "run" / "metrics.jsonl").exists()  # a named workdir is kept
 
 
+@pytest.mark.slow
 def test_recipe_trains_and_scores_each_seed(env, tmp_path):
     import csv
 
@@ -221,12 +311,33 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         w.writerow(["fname", "camera", "manipulation"])
         for i, name in enumerate(sorted(p.name for p in (root / "test").iterdir())):
             w.writerow([name, classes[i % 2], "jpeg70" if "manip" in name else "none"])
-    tiny = ["data.workers=0", "data.patch=32", "data.patches_per_image=4", "batch_size=8", "steps_per_epoch=2",
-            "num_epochs=1", "data.val_crops=1", "model.kwargs.widths=(8, 16)", "model.head.hidden=(16, 8)",
-            "eval.max_tiles=2", "compilation_cache=''"]
+    tiny = [
+        "data.workers=0",
+        "data.patch=32",
+        "data.patches_per_image=4",
+        "batch_size=8",
+        "steps_per_epoch=2",
+        "num_epochs=1",
+        "data.val_crops=1",
+        "model.kwargs.widths=(8, 16)",
+        "model.head.hidden=(16, 8)",
+        "eval.max_tiles=2",
+        "compilation_cache=''",
+    ]
     sets = [arg for item in tiny for arg in ("--set", item)]
-    records = run("recipe.py", "--root", str(root), "--seeds", "0,1", "--name", "tiny", "--runs", str(tmp_path / "runs"),
-                  *sets, env=env)
+    records = run(
+        "recipe.py",
+        "--root",
+        str(root),
+        "--seeds",
+        "0,1",
+        "--name",
+        "tiny",
+        "--runs",
+        str(tmp_path / "runs"),
+        *sets,
+        env=env,
+    )
     assert [r["seed"] for r in records] == [0, 1] and all(r["name"] == "tiny" and r["steps"] == 2 for r in records)
     for r in records:
         assert r["trained_views"] == "d4" and set(r["test_weighted_accuracy"]) == {"none", "flips", "rot90", "d4"}
@@ -244,10 +355,16 @@ def test_every_figure_in_a_results_table_has_its_raw_line(tmp_path):
 
     # The check itself: a figure no raw line gives is reported; one marked derived (*) is not;
     # a row naming a script is checked against that script's lines only.
-    (tmp_path / "raw.jsonl").write_text(json.dumps({"benchmark": "a", "x": 466.87, "y": 989.1}) + "\n"
-                                        + json.dumps({"benchmark": "b", "z": 12.5}) + "\n")
+    (tmp_path / "raw.jsonl").write_text(
+        json.dumps({"benchmark": "a", "x": 466.87, "y": 989.1})
+        + "\n"
+        + json.dumps({"benchmark": "b", "z": 12.5})
+        + "\n"
+    )
     (tmp_path / "RESULTS.md").write_text(
         "# t\n\n| what | v | w |\n|---|---|---|\n| `a.py` | 466.9 | 990 |\n| `a.py` | 12.5 | 3.18* |\n"
-        "# u (no script named: every raw value counts)\n\n| what | v | w |\n|---|---|---|\n| any | 12.5 | 0.77 |\n")
-    assert [(row.split("|")[1].strip(), figure) for _, row, figure in check_results.missing(tmp_path / "RESULTS.md")] \
-        == [("`a.py`", "12.5"), ("any", "0.77")]
+        "# u (no script named: every raw value counts)\n\n| what | v | w |\n|---|---|---|\n| any | 12.5 | 0.77 |\n"
+    )
+    assert [
+        (row.split("|")[1].strip(), figure) for _, row, figure in check_results.missing(tmp_path / "RESULTS.md")
+    ] == [("`a.py`", "12.5"), ("any", "0.77")]

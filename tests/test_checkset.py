@@ -22,8 +22,15 @@ MANIPULATIONS = {"none", "jpeg70", "jpeg90", "resize0.5", "resize0.8", "resize1.
 
 def script(name: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -41,8 +48,21 @@ def tiny(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "cameras.json").exists():
             shutil.rmtree(out, ignore_errors=True)
-            script("checkset.py", "--out", str(out), "--draw", "0", "--cameras", "2", "--train-per-camera", "3",
-                   "--test-per-camera", "4", "--workers", "2")
+            script(
+                "checkset.py",
+                "--out",
+                str(out),
+                "--draw",
+                "0",
+                "--cameras",
+                "2",
+                "--train-per-camera",
+                "3",
+                "--test-per-camera",
+                "4",
+                "--workers",
+                "2",
+            )
     return out
 
 
@@ -101,7 +121,9 @@ def test_deterministic_for_a_draw_and_independent_between_draws(tiny, checkset, 
     # Another draw: other cameras, other scenes, other names.
     assert checkset.draw_camera(1, 0) != checkset.draw_camera(0, 0)
     other = checkset.plan(1, 2, 3, 4, [checkset.draw_camera(1, c) for c in range(2)])
-    assert {j["path"] for j in other if j["split"] == "test"}.isdisjoint({j["path"] for j in jobs if j["split"] == "test"})
+    assert {j["path"] for j in other if j["split"] == "test"}.isdisjoint(
+        {j["path"] for j in jobs if j["split"] == "test"}
+    )
     moved = dict(other[1], path="train/HTC-1-M7/draw1.jpg")
     checkset.render(moved, str(tmp_path))
     a = np.asarray(Image.open(tmp_path / moved["path"]).convert("RGB"), np.float32)
@@ -109,8 +131,10 @@ def test_deterministic_for_a_draw_and_independent_between_draws(tiny, checkset, 
     assert a.shape != b.shape or np.abs(a - b).mean() > 5
 
 
-@pytest.mark.parametrize("name,args", [("baseline_cnn.py", ("--steps", "3")),
-                                       ("baseline_features.py", ("--max-iter", "3", "--patches-per-frame", "4"))])
+@pytest.mark.parametrize(
+    "name,args",
+    [("baseline_cnn.py", ("--steps", "3")), ("baseline_features.py", ("--max-iter", "3", "--patches-per-frame", "4"))],
+)
 def test_baseline_end_to_end(tiny, name, args):
     lines = [json.loads(line) for line in script(name, "--root", str(tiny), *args).stdout.splitlines() if line.strip()]
     assert len(lines) == 1
@@ -118,5 +142,7 @@ def test_baseline_end_to_end(tiny, name, args):
     assert rec["benchmark"] == name[:-3] and rec["test_files"] == 8 and rec["classes"] == 2
     for key in ("weighted_accuracy", "accuracy_unalt", "accuracy_manip"):
         assert 0.0 <= rec[key] <= 1.0
-    assert rec["weighted_accuracy"] == pytest.approx(0.7 * rec["accuracy_unalt"] + 0.3 * rec["accuracy_manip"], abs=1e-3)
+    assert rec["weighted_accuracy"] == pytest.approx(
+        0.7 * rec["accuracy_unalt"] + 0.3 * rec["accuracy_manip"], abs=1e-3
+    )
     assert rec["steps"] == 3 and rec["device"] and rec["machine"]["cores"] >= 1

@@ -42,9 +42,17 @@ def test_every_problem_is_named_in_one_error():
     with pytest.raises(ConfigError) as e:
         validate(config, num_devices=1)
     message = str(e.value)
-    expected = ("data.d4='d8'", "data.class_balance='oversample'", "data.manipulate_on='gpu'",
-                "optim.schedule='cos'", "nonfinite='ignore'", "parallel='dp'", "model.highpass='srm'",
-                "batch_size=30 must divide into grad_accum (4) x devices (1)", "data.patch=60: expected a multiple of 8")
+    expected = (
+        "data.d4='d8'",
+        "data.class_balance='oversample'",
+        "data.manipulate_on='gpu'",
+        "optim.schedule='cos'",
+        "nonfinite='ignore'",
+        "parallel='dp'",
+        "model.highpass='srm'",
+        "batch_size=30 must divide into grad_accum (4) x devices (1)",
+        "data.patch=60: expected a multiple of 8",
+    )
     for problem in expected:
         assert problem in message
     assert len(message.splitlines()) == 1 + len(expected)  # the header, then one line per problem
@@ -73,8 +81,9 @@ def test_a_patch_too_small_for_the_backbone_is_found_by_tracing():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return make_challenge_tree(tmp_path_factory.mktemp("data"), classes=("Motorola-X", "iPhone-6", "Sony-NEX-7"),
-                               per_class=5)
+    return make_challenge_tree(
+        tmp_path_factory.mktemp("data"), classes=("Motorola-X", "iPhone-6", "Sony-NEX-7"), per_class=5
+    )
 
 
 def tiny(root, **overrides):

@@ -10,8 +10,11 @@ from flax import nnx
 
 from camjax import models
 
-CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
-                 if p.stem not in ("__init__", "common"))
+CONFIGS = sorted(
+    p.stem
+    for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.py")
+    if p.stem not in ("__init__", "common")
+)
 
 
 @pytest.mark.parametrize("preset", ["", "quick"])
@@ -28,8 +31,9 @@ def test_config_builds_and_runs_at_its_patch_size(name, preset):
         m = nnx.merge(graphdef, state)
         return m(models.preprocess(images, models.get(config.model.name).preprocess), flags)
 
-    out = jax.eval_shape(forward, state, jax.ShapeDtypeStruct((2, p, p, 3), jnp.uint8),
-                         jax.ShapeDtypeStruct((2,), jnp.float32))
+    out = jax.eval_shape(
+        forward, state, jax.ShapeDtypeStruct((2, p, p, 3), jnp.uint8), jax.ShapeDtypeStruct((2,), jnp.float32)
+    )
     assert out["logits"].shape == (2, 10) and out["logits"].dtype == jnp.float32
     assert ("manip_logits" in out) == config.model.head.aux_head
 
@@ -40,7 +44,14 @@ def test_unknown_preset_is_an_error():
 
 
 def test_every_mission_backbone_has_a_config():
-    assert {"camnet", "resnet50", "mobilenet", "mobilenet_v2", "densenet121", "densenet201",
-            "inception_resnet_v2"} <= set(CONFIGS)
+    assert {
+        "camnet",
+        "resnet50",
+        "mobilenet",
+        "mobilenet_v2",
+        "densenet121",
+        "densenet201",
+        "inception_resnet_v2",
+    } <= set(CONFIGS)
     for name in CONFIGS:  # the config file's name is its model's name, except densenet201's quick DenseNet121
         assert importlib.import_module(f"configs.{name}").get_config().model.name == name

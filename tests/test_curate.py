@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_reference
 import simplejpeg
 from camjax_testdata import texture
+from conftest import require_reference
 from PIL import Image, ImageFile, JpegPresets
 
 from camjax.cameras import CHALLENGE_CLASSES, NATIVE_RESOLUTIONS
@@ -65,12 +65,32 @@ def garble_scan(data: bytes, seed: int = 0) -> bytes:
     return data[:scan] + noise + b"\xff\xd9"
 
 
-def photo(path: Path | None = None, *, make="SONY", model="NEX-7", software=None, processing=None, orientation=1,
-          xmp=None, quality=95, pixels=(16, 24), seed=0, frame=(6000, 4000), exif=True, **save) -> bytes:
+def photo(
+    path: Path | None = None,
+    *,
+    make="SONY",
+    model="NEX-7",
+    software=None,
+    processing=None,
+    orientation=1,
+    xmp=None,
+    quality=95,
+    pixels=(16, 24),
+    seed=0,
+    frame=(6000, 4000),
+    exif=True,
+    **save,
+) -> bytes:
     """A small JPEG with real EXIF whose SOF claims `frame` (W, H): header-level photos of any size cost
     nothing to encode, and the curation never decodes pixels (test_pixels_are_never_decoded)."""
     info = Image.Exif()
-    for tag, value in ((0x010F, make), (0x0110, model), (0x0131, software), (0x000B, processing), (0x0112, orientation)):
+    for tag, value in (
+        (0x010F, make),
+        (0x0110, model),
+        (0x0131, software),
+        (0x000B, processing),
+        (0x0112, orientation),
+    ):
         if value is not None:
             info[tag] = value
     buf = io.BytesIO()
@@ -148,11 +168,17 @@ def test_quality_equals_imagemagick_identify(tmp_path):
     for i in range(800):  # IJG tables at a random quality, each entry jittered; some with separate Cb/Cr tables
         q = int(rng.integers(20, 101))
         n = 3 if i % 4 == 0 else 2
-        tables = [np.clip(np.array(ijg_table(base, q)) * rng.uniform(0.8, 1.25, 64), 1, 255).round().astype(int).tolist()
-                  for base in (IJG_LUMA, IJG_CHROMA, IJG_CHROMA)[:n]]
+        tables = [
+            np.clip(np.array(ijg_table(base, q)) * rng.uniform(0.8, 1.25, 64), 1, 255).round().astype(int).tolist()
+            for base in (IJG_LUMA, IJG_CHROMA, IJG_CHROMA)[:n]
+        ]
         add("random", f"{i}", qtables=tables)
-    out = subprocess.run([*_imagemagick(), "-format", "%f %Q\n", *(str(p) for _, p in files.values())],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*_imagemagick(), "-format", "%f %Q\n", *(str(p) for _, p in files.values())],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     theirs = dict(line.split() for line in out.splitlines())
     worst: dict[str, int] = {}
     for name, (family, path) in files.items():
@@ -165,23 +191,55 @@ def test_quality_equals_imagemagick_identify(tmp_path):
 # ---------------------------------------------------------------- camera aliases
 
 
-@pytest.mark.parametrize("make,model,cls", [
-    ("HTC", "HTC One", "HTC-1-M7"), ("HTC", "HTC6500LVW", "HTC-1-M7"), ("HTC", "HTC_PN071", "HTC-1-M7"),
-    ("HTC", "HTC One 801e", "HTC-1-M7"), ("Apple", "iPhone 4S", "iPhone-4s"), ("Apple", "iPhone 6", "iPhone-6"),
-    ("LGE", "Nexus 5X", "LG-Nexus-5x"), ("LGE", "LG-H790", "LG-Nexus-5x"), ("motorola", "XT1080", "Motorola-Droid-Maxx"),
-    ("motorola", "Nexus 6", "Motorola-Nexus-6"), ("Motorola", "XT1095", "Motorola-X"),
-    ("SAMSUNG", "SM-N9005", "Samsung-Galaxy-Note3"), ("samsung", "SAMSUNG-SM-N900A", "Samsung-Galaxy-Note3"),
-    ("SAMSUNG", "SM-N900W8", "Samsung-Galaxy-Note3"), ("SAMSUNG", "GT-I9505", "Samsung-Galaxy-S4"),
-    ("SAMSUNG", "SAMSUNG-SGH-I337", "Samsung-Galaxy-S4"), ("SAMSUNG", "SCH-I545", "Samsung-Galaxy-S4"),
-    ("SAMSUNG", "SM-S975L", "Samsung-Galaxy-S4"), ("SONY", "NEX-7", "Sony-NEX-7"), ("SONY", " NEX-7 ", "Sony-NEX-7"),
-])
+@pytest.mark.parametrize(
+    "make,model,cls",
+    [
+        ("HTC", "HTC One", "HTC-1-M7"),
+        ("HTC", "HTC6500LVW", "HTC-1-M7"),
+        ("HTC", "HTC_PN071", "HTC-1-M7"),
+        ("HTC", "HTC One 801e", "HTC-1-M7"),
+        ("Apple", "iPhone 4S", "iPhone-4s"),
+        ("Apple", "iPhone 6", "iPhone-6"),
+        ("LGE", "Nexus 5X", "LG-Nexus-5x"),
+        ("LGE", "LG-H790", "LG-Nexus-5x"),
+        ("motorola", "XT1080", "Motorola-Droid-Maxx"),
+        ("motorola", "Nexus 6", "Motorola-Nexus-6"),
+        ("Motorola", "XT1095", "Motorola-X"),
+        ("SAMSUNG", "SM-N9005", "Samsung-Galaxy-Note3"),
+        ("samsung", "SAMSUNG-SM-N900A", "Samsung-Galaxy-Note3"),
+        ("SAMSUNG", "SM-N900W8", "Samsung-Galaxy-Note3"),
+        ("SAMSUNG", "GT-I9505", "Samsung-Galaxy-S4"),
+        ("SAMSUNG", "SAMSUNG-SGH-I337", "Samsung-Galaxy-S4"),
+        ("SAMSUNG", "SCH-I545", "Samsung-Galaxy-S4"),
+        ("SAMSUNG", "SM-S975L", "Samsung-Galaxy-S4"),
+        ("SONY", "NEX-7", "Sony-NEX-7"),
+        ("SONY", " NEX-7 ", "Sony-NEX-7"),
+    ],
+)
 def test_aliases_map_real_exif_to_class(make, model, cls):
     assert aliases.model_class(model) == cls
     assert aliases.make_matches(cls, make)
 
 
-@pytest.mark.parametrize("model", ["iPhone 6 Plus", "iPhone 4", "Nexus 6P", "Nexus 5", "HTC One_M8", "HTC One X",
-                                   "SM-N750", "SM-N9100", "GT-I9195", "GT-I9295", "NEX-6", "NEX-7N", "XT1060", ""])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "iPhone 6 Plus",
+        "iPhone 4",
+        "Nexus 6P",
+        "Nexus 5",
+        "HTC One_M8",
+        "HTC One X",
+        "SM-N750",
+        "SM-N9100",
+        "GT-I9195",
+        "GT-I9295",
+        "NEX-6",
+        "NEX-7N",
+        "XT1060",
+        "",
+    ],
+)
 def test_aliases_leave_look_alikes_out(model):
     assert aliases.model_class(model) is None
 
@@ -214,11 +272,21 @@ CASES = {  # name -> (photo kwargs or raw bytes, Rules kwargs, rules failed)
     "gimp_processing": ({"processing": "GIMP 2.10"}, {}, ["software"]),
     "snapseed_unchecked": ({"software": "Snapseed 2.0"}, {"check_software": False}, []),
     "custom_editor": ({"software": "MyTool 1.0"}, {"editors": ("mytool",)}, ["software"]),
-    "xmp_lightroom": ({"xmp": '<x:xmpmeta><rdf:Description xmp:CreatorTool="Adobe Photoshop Lightroom 6.0"/>'
-                               "</x:xmpmeta>"}, {}, ["software"]),
-    "xmp_history_vsco": ({"xmp": "<x:xmpmeta><rdf:li><stEvt:softwareAgent>VSCO Cam</stEvt:softwareAgent></rdf:li>"
-                                 "</x:xmpmeta>"}, {}, ["software"]),
-    "xmp_camera_raw": ({"xmp": '<x:xmpmeta xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"/>'}, {}, ["software"]),
+    "xmp_lightroom": (
+        {"xmp": '<x:xmpmeta><rdf:Description xmp:CreatorTool="Adobe Photoshop Lightroom 6.0"/></x:xmpmeta>'},
+        {},
+        ["software"],
+    ),
+    "xmp_history_vsco": (
+        {"xmp": "<x:xmpmeta><rdf:li><stEvt:softwareAgent>VSCO Cam</stEvt:softwareAgent></rdf:li></x:xmpmeta>"},
+        {},
+        ["software"],
+    ),
+    "xmp_camera_raw": (
+        {"xmp": '<x:xmpmeta xmlns:crs="http://ns.adobe.com/camera-raw-settings/1.0/"/>'},
+        {},
+        ["software"],
+    ),
     "unknown_model": ({"make": "Canon", "model": "Canon EOS 5D"}, {}, ["model"]),
     "iphone6_plus": ({"make": "Apple", "model": "iPhone 6 Plus", "frame": (3264, 2448)}, {}, ["model"]),
     "wrong_make": ({"make": "Canon"}, {}, ["model"]),
@@ -229,7 +297,11 @@ CASES = {  # name -> (photo kwargs or raw bytes, Rules kwargs, rules failed)
     "asked_class": ({}, {"camera": "sony-nex-7"}, []),
     "orientation_9": ({"orientation": 9}, {}, ["orientation"]),
     "orientation_0": ({"orientation": 0}, {}, ["orientation"]),
-    "edited_small_lowq": ({"software": "Instagram", "quality": 75, "frame": (1080, 1080)}, {}, ["quality", "size", "software"]),
+    "edited_small_lowq": (
+        {"software": "Instagram", "quality": 75, "frame": (1080, 1080)},
+        {},
+        ["quality", "size", "software"],
+    ),
     "png": (b"png", {}, ["not_jpeg"]),
     "text": (b"text", {}, ["not_jpeg"]),
     "empty": (b"", {}, ["not_jpeg"]),
@@ -283,7 +355,14 @@ def test_rules(case_files, name):
 def test_verdict_reports_header_facts(case_files):
     v = check_file(case_files["photoshop"], Rules())
     assert (v.camera, v.make, v.model, v.width, v.height, v.quality, v.orientation) == (
-        "Sony-NEX-7", "SONY", "NEX-7", W, H, 95, "1")
+        "Sony-NEX-7",
+        "SONY",
+        "NEX-7",
+        W,
+        H,
+        95,
+        "1",
+    )
     assert v.software == "Adobe Photoshop CC 2015 (Windows)" and "photoshop" in v.reasons[0].lower()
     reason = check_file(case_files["resized"], Rules()).reasons[0]
     assert "3000x2000" in reason and "4000x6000" in reason  # the file's size and the native ones, W x H
@@ -322,7 +401,15 @@ def test_header_reads_only_the_markers(tmp_path):
     path = tmp_path / "a.jpg"
     data = photo(path, software="NEX-7 v1.03", xmp='<x:xmpmeta xmp:CreatorTool="NEX-7 v1.03"/>')
     h = read_header(path, digest=True)
-    assert (h.width, h.height, h.make, h.model, h.quality, h.orientation, h.has_eoi) == (W, H, "SONY", "NEX-7", 95, 1, True)
+    assert (h.width, h.height, h.make, h.model, h.quality, h.orientation, h.has_eoi) == (
+        W,
+        H,
+        "SONY",
+        "NEX-7",
+        95,
+        1,
+        True,
+    )
     assert h.software == ("NEX-7 v1.03",)  # EXIF and XMP name the same firmware: listed once
     scan = next(end for marker, _, end in _segments(data) if marker == 0xDA)
     assert h.digest == hashlib.sha256(data[scan:]).hexdigest()
@@ -355,7 +442,9 @@ def test_curate_copies_accepted_and_writes_manifest(tmp_path):
     rows = read_manifest(out)
     assert len(verdicts) == 7 and len(rows) == 6  # two files are called good.jpg: keyed by name here
     by_path = {v.path: v for v in verdicts}
-    assert [by_path[str(src / p)].accepted for p in ("a/good.jpg", "b/good.jpg", "b/htc.jpg", "c/copy1.jpg")] == [True] * 4
+    assert [by_path[str(src / p)].accepted for p in ("a/good.jpg", "b/good.jpg", "b/htc.jpg", "c/copy1.jpg")] == [
+        True
+    ] * 4
     assert by_path[str(src / "c" / "copy2.jpg")].rules_failed == ["duplicate"]
     assert "copy1.jpg" in by_path[str(src / "c" / "copy2.jpg")].reasons[0]
     assert rows["edited.jpg"]["accepted"] == "0" and rows["edited.jpg"]["reason"].startswith("software:")
@@ -385,7 +474,11 @@ def test_curate_links_and_filters_one_camera(tmp_path):
     accepted = [v for v in verdicts if v.accepted]
     assert [Path(v.path).name for v in accepted] == ["htc.jpg"]
     assert os.path.samefile(accepted[0].dest, accepted[0].path)
-    assert {tuple(v.rules_failed) for v in verdicts if not v.accepted} == {("camera",), ("camera", "software"), ("not_jpeg",)}
+    assert {tuple(v.rules_failed) for v in verdicts if not v.accepted} == {
+        ("camera",),
+        ("camera", "software"),
+        ("not_jpeg",),
+    }
 
 
 def test_list_sources(tmp_path):
@@ -394,8 +487,9 @@ def test_list_sources(tmp_path):
     listing.parent.mkdir()
     listing.write_text("# candidates\n../src/a/good.jpg\n\n" + str(tmp_path / "src" / "b" / "htc.jpg") + "\n")
     single = tmp_path / "src" / "c" / "copy1.jpg"
-    assert list_sources([listing, single]) == sorted([str(listing.parent / "../src/a/good.jpg"),
-                                                      str(tmp_path / "src" / "b" / "htc.jpg"), str(single)])
+    assert list_sources([listing, single]) == sorted(
+        [str(listing.parent / "../src/a/good.jpg"), str(tmp_path / "src" / "b" / "htc.jpg"), str(single)]
+    )
     assert len(list_sources(tmp_path / "src", exclude=tmp_path / "src" / "c")) == 4
     with pytest.raises(FileNotFoundError, match="nowhere"):
         list_sources(tmp_path / "nowhere")
@@ -404,16 +498,35 @@ def test_list_sources(tmp_path):
 def test_cli(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     _tree(src)
-    cmd = [sys.executable, "-m", "camjax.curate", str(src), "--out", str(out), "--camera", "Sony-NEX-7",
-           "--min_quality", "90", "--dedupe", "--workers", "1", "--noprogress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "camjax.curate",
+        str(src),
+        "--out",
+        str(out),
+        "--camera",
+        "Sony-NEX-7",
+        "--min_quality",
+        "90",
+        "--dedupe",
+        "--workers",
+        "1",
+        "--noprogress",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[-1].startswith("accepted 3 of 7 files")
     assert lines[-2].split()[:3] == ["total", "7", "3"]
     assert len(read_manifest(out)) == 6
-    bad = subprocess.run([sys.executable, "-m", "camjax.curate", "--src", str(tmp_path / "nowhere"), "--out", str(out)],
-                         capture_output=True, text=True, cwd=REPO, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "camjax.curate", "--src", str(tmp_path / "nowhere"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert bad.returncode == 1 and "nowhere: no such folder" in bad.stderr
 
 

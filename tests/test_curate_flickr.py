@@ -55,13 +55,21 @@ class _Handler(BaseHTTPRequestHandler):
         if q.get("api_key") != KEY:
             reply = {"stat": "fail", "code": 100, "message": "Invalid API Key (Key has invalid format)"}
         elif q.get("method") != "flickr.photos.search" or q.get("format") != "json" or q.get("nojsoncallback") != "1":
-            reply = {"stat": "fail", "code": 112, "message": f"Method \"{q.get('method')}\" not found"}
+            reply = {"stat": "fail", "code": 112, "message": f'Method "{q.get("method")}" not found'}
         else:
             per_page, page = int(q["per_page"]), int(q["page"])
             found = [p for p in server.photos if q["text"].lower() in p["title"].lower()]
             pages = max(1, -(-len(found) // per_page))
-            reply = {"photos": {"page": page, "pages": pages, "perpage": per_page, "total": len(found),
-                                "photo": found[(page - 1) * per_page : page * per_page]}, "stat": "ok"}
+            reply = {
+                "photos": {
+                    "page": page,
+                    "pages": pages,
+                    "perpage": per_page,
+                    "total": len(found),
+                    "photo": found[(page - 1) * per_page : page * per_page],
+                },
+                "stat": "ok",
+            }
         self._send(200, json.dumps(reply).encode(), "application/json")
 
 
@@ -98,8 +106,19 @@ def server():
         return p
 
     srv = FakeFlickr([], files)
-    srv.photos = [entry(1), entry(2, size=(4000, 6000)), entry(3, url=False), entry(4, size=(1024, 683)),
-                  entry(5, fmt="png"), entry(6), entry(7), entry(8), entry(9), entry(9), entry(10, title="Canon 5D")]
+    srv.photos = [
+        entry(1),
+        entry(2, size=(4000, 6000)),
+        entry(3, url=False),
+        entry(4, size=(1024, 683)),
+        entry(5, fmt="png"),
+        entry(6),
+        entry(7),
+        entry(8),
+        entry(9),
+        entry(9),
+        entry(10, title="Canon 5D"),
+    ]
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
@@ -113,7 +132,9 @@ def test_fetch_downloads_native_jpeg_originals(server, tmp_path):
     assert all(p.parent == tmp_path / "Sony-NEX-7" for p in paths)
     assert paths[0].read_bytes() == server.files["/originals/1_o.jpg"]
     assert [q["page"] for q in server.queries] == ["1", "2", "3", "4"]  # 10 found, 3 per page
-    assert {q["text"] for q in server.queries} == {"NEX-7"} and {q["extras"] for q in server.queries} == {"url_o,original_format"}
+    assert {q["text"] for q in server.queries} == {"NEX-7"} and {q["extras"] for q in server.queries} == {
+        "url_o,original_format"
+    }
     assert server.hits["/originals/4_o.jpg"] == 0 and server.hits["/originals/5_o.jpg"] == 0  # prefiltered
     assert server.hits["/originals/7_o.jpg"] == 1 and server.hits["/originals/9_o.jpg"] == 1
     assert not list((tmp_path / "Sony-NEX-7").glob("*.part"))
@@ -126,8 +147,9 @@ def test_fetch_stops_at_max_photos_and_can_keep_any_size(server, tmp_path):
     base = f"{server.url}/services/rest/"
     paths = flickr.fetch("Sony-NEX-7", tmp_path / "a", max_photos=2, per_page=3, base_url=base, progress=False)
     assert [p.name for p in paths] == ["1.jpg", "2.jpg"] and len(server.queries) == 1
-    paths = flickr.fetch("Sony-NEX-7", tmp_path / "b", max_photos=3, per_page=3, native_only=False, base_url=base,
-                         progress=False)
+    paths = flickr.fetch(
+        "Sony-NEX-7", tmp_path / "b", max_photos=3, per_page=3, native_only=False, base_url=base, progress=False
+    )
     assert server.hits["/originals/4_o.jpg"] == 1 and len(paths) == 2  # 4 was tried (and is not served)
 
 
@@ -148,12 +170,30 @@ def test_api_errors_are_clear(server, tmp_path, monkeypatch):
 
 def test_cli_fetches_then_curates(server, tmp_path, capsys):
     out = tmp_path / "curated"
-    rc = flickr.main(["--camera", "Sony-NEX-7", "--download", str(tmp_path / "dl"), "--base_url",
-                      f"{server.url}/services/rest/", "--curate_out", str(out), "--workers", "1", "--link"])
+    rc = flickr.main(
+        [
+            "--camera",
+            "Sony-NEX-7",
+            "--download",
+            str(tmp_path / "dl"),
+            "--base_url",
+            f"{server.url}/services/rest/",
+            "--curate_out",
+            str(out),
+            "--workers",
+            "1",
+            "--link",
+        ]
+    )
     assert rc == 0
     rows = read_manifest(out)
     assert {n: r["reason"].split(":")[0] for n, r in rows.items()} == {
-        "1.jpg": "", "2.jpg": "software", "6.jpg": "duplicate", "8.jpg": "quality", "9.jpg": ""}
+        "1.jpg": "",
+        "2.jpg": "software",
+        "6.jpg": "duplicate",
+        "8.jpg": "quality",
+        "9.jpg": "",
+    }
     assert sorted(p.name for p in (out / "Sony-NEX-7").iterdir()) == ["1.jpg", "9.jpg"]
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("5 photos in") and printed[-1].split()[:3] == ["total", "5", "2"]

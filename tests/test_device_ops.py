@@ -23,8 +23,9 @@ RNG = np.random.default_rng(0)
 def _images(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
     """Textured and pure-noise uint8 images, alternating (noise is rounding's worst case)."""
     rng = np.random.default_rng(seed)
-    return np.stack([texture(h, w, seed + i) if i % 2 == 0 else rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-                     for i in range(n)])
+    return np.stack(
+        [texture(h, w, seed + i) if i % 2 == 0 else rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for i in range(n)]
+    )
 
 
 def _off_by(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from camjax import faults, inspect, steps, trainer
-from camjax.checkpoint import Checkpointer, tree_checksum
 from camjax_testdata import make_challenge_tree
 from test_train_evaluate import _train_cmd as cli_train_cmd
 from test_train_evaluate import tiny_config as train_tiny_config
+
+from camjax import faults, inspect, steps, trainer
+from camjax.checkpoint import Checkpointer, tree_checksum
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
@@ -59,6 +59,7 @@ def checksums(workdir):
     return inspect.inspect_run(str(workdir))["latest"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_three_moments_then_resume_is_bit_identical(root, tmp_path):
     """Killed during the async save of epoch 1, then mid-epoch 2 (right after a step was
     dispatched), then at a random moment of epochs 2-3: the fourth start ends with the same parameters,
@@ -124,14 +125,16 @@ def wait_for(condition, timeout, what):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_one_run_owns_its_workdir_and_a_killed_run_leaves_neither_lock_nor_workers(root, tmp_path):
     """A second trainer on a live run's workdir is refused at once, naming the holder; the
     holder, killed with SIGKILL, takes its Grain workers with it, and its lock does not block
     the restart, which resumes and finishes."""
     workdir = tmp_path / "run"
     cmd = cli_train_cmd(root, workdir, steps_per_epoch=3, num_epochs=200, **{"data.workers": 2})
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         wait_for(lambda: (workdir / "metrics.jsonl").exists(), 240, "the first run's first logged step")
         assert first.poll() is None
@@ -182,16 +185,19 @@ def test_a_corrupt_latest_checkpoint_falls_back_and_the_run_redoes_the_epoch(roo
     assert (got["step"], got["state_sha256"]) == (6, expected["state_sha256"])
 
 
-def test_a_full_or_read_only_disk_stops_the_run_and_the_restart_continues_exactly(root, two_epochs, tmp_path,
-                                                                                   monkeypatch):
+def test_a_full_or_read_only_disk_stops_the_run_and_the_restart_continues_exactly(
+    root, two_epochs, tmp_path, monkeypatch
+):
     """The save of step 3 fails as on a read-only disk (no checkpoint yet), then, on the restart,
     the save of step 6 as on a full one: each stops the run naming the folder, the error and the
     last complete checkpoint, which stays readable; the third start ends bit-identical."""
     from camjax.checkpoint import CheckpointWriteError
 
     workdir, cache = tmp_path / "run", str(tmp_path / "jax-cache")
-    for point, error, last in ((("readonly", 3), "Read-only file system", "none"),
-                               (("nospace", 6), "No space left on device", "step 3")):
+    for point, error, last in (
+        (("readonly", 3), "Read-only file system", "none"),
+        (("nospace", 6), "No space left on device", "step 3"),
+    ):
         monkeypatch.setattr(faults, "_POINTS", {point: 0.0})
         with pytest.raises(CheckpointWriteError) as info:
             trainer.train_and_evaluate(tiny_config(root, num_epochs=2, compilation_cache=cache), str(workdir))
@@ -215,8 +221,13 @@ def test_a_partial_checkpoint_is_never_a_step(two_epochs, tmp_path):
 
 
 def test_inspect_cli_prints_steps_metrics_and_checksums(two_epochs):
-    out = subprocess.run([sys.executable, "-m", "camjax.inspect", "--workdir", str(two_epochs), "--json"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "camjax.inspect", "--workdir", str(two_epochs), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     import json
 
@@ -230,8 +241,13 @@ def test_inspect_cli_prints_steps_metrics_and_checksums(two_epochs):
     leaf.flat[0] = np.nextafter(leaf.flat[0], np.inf)  # one ulp anywhere changes the checksum
     assert tree_checksum(state["params"]) != rows[0]["params_sha256"]
 
-    missing = subprocess.run([sys.executable, "-m", "camjax.inspect", "--workdir", str(two_epochs / "nope")],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "camjax.inspect", "--workdir", str(two_epochs / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 1 and "no checkpoints/ folder" in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -270,8 +286,15 @@ def test_skip_mode_leaves_the_state_untouched_on_a_nonfinite_loss():
     from camjax.parallel import DataParallel
 
     config = tiny_config("unused")
-    built = assembly.build(config.model, len(CLASSES), DataParallel("sharded"), dtype="float32",
-                           optim_config=config.optim, steps_per_epoch=3, total_steps=9)
+    built = assembly.build(
+        config.model,
+        len(CLASSES),
+        DataParallel("sharded"),
+        dtype="float32",
+        optim_config=config.optim,
+        steps_per_epoch=3,
+        total_steps=9,
+    )
     model_def, tx, state = built.model_def, built.tx, built.host_state
     rng = np.random.default_rng(0)
     batch = {
@@ -283,8 +306,9 @@ def test_skip_mode_leaves_the_state_untouched_on_a_nonfinite_loss():
     nan_weights = np.full(3, np.nan, np.float32)
     for mode in ("skip", "stop"):
         config.nonfinite = mode
-        new, metrics = jax.jit(lambda s, b: steps.train_step(
-            s, b, model_def=model_def, tx=tx, config=config, class_weights=nan_weights))(state, batch)
+        new, metrics = jax.jit(
+            lambda s, b: steps.train_step(s, b, model_def=model_def, tx=tx, config=config, class_weights=nan_weights)
+        )(state, batch)
         assert int(new.step) == int(state.step) + 1
         same = tree_checksum(new.params) == tree_checksum(state.params)
         if mode == "skip":
@@ -295,8 +319,17 @@ def test_skip_mode_leaves_the_state_untouched_on_a_nonfinite_loss():
 
 
 def test_a_config_typo_names_the_field_and_the_closest_valid_one(tmp_path):
-    cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(tmp_path),
-           "--config.data.patch=32", "--config.data.patchs_per_image=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "camjax.train",
+        "--config",
+        "configs/camnet.py:quick",
+        "--workdir",
+        str(tmp_path),
+        "--config.data.patch=32",
+        "--config.data.patchs_per_image=4",
+    ]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert "no config field 'patchs_per_image' (did you mean 'patches_per_image'?)" in out.stderr

@@ -60,8 +60,13 @@ def test_shifted_depthwise_bfloat16_close_to_float32():
 
 def _depthwise_conv(impl, channels=4, groups=None):
     return nnx.Conv(
-        channels, channels, (3, 3), feature_group_count=groups or channels, use_bias=False,
-        conv_general_dilated=layers.depthwise_lowering(impl), rngs=nnx.Rngs(0),
+        channels,
+        channels,
+        (3, 3),
+        feature_group_count=groups or channels,
+        use_bias=False,
+        conv_general_dilated=layers.depthwise_lowering(impl),
+        rngs=nnx.Rngs(0),
     )
 
 
@@ -91,8 +96,15 @@ def test_highpass_matches_scipy(kind, kernel):
 
 
 def _model_config(**overrides):
-    c = ml_collections.ConfigDict(dict(name="mobilenet", kwargs=dict(alpha=0.25), highpass="none", pooling="avg",
-                                       head=dict(hidden=(8,), dropout=(0.0,))))
+    c = ml_collections.ConfigDict(
+        dict(
+            name="mobilenet",
+            kwargs=dict(alpha=0.25),
+            highpass="none",
+            pooling="avg",
+            head=dict(hidden=(8,), dropout=(0.0,)),
+        )
+    )
     c.update(overrides)
     return c
 

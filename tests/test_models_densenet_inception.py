@@ -64,6 +64,7 @@ def pair(request):
     return name, keras_model, backbone
 
 
+@pytest.mark.slow
 def test_keras_layers_follow_keras_order(pair):
     """Names (auto names included: fresh session), kinds and shapes, position by position."""
     _, keras_model, backbone = pair
@@ -87,6 +88,7 @@ def _pooled(backbone, x):
     return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).mean(axis=(1, 2)))(state, x)
 
 
+@pytest.mark.slow
 def test_features_match_keras(pair):
     name, keras_model, backbone = pair
     for batch, size in SIZES[name]:

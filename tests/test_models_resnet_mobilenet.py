@@ -237,7 +237,7 @@ def test_stem_options_keep_weight_shapes_and_remove_downsampling(name, kwargs, s
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
     for model, hw in ((stock, stock_hw), (changed, options_hw)):
         graphdef, state = nnx.split(model)
-        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+        out = jax.eval_shape(lambda s, x, graphdef=graphdef: nnx.merge(graphdef, s)(x), state, x)
         assert out.shape[1:3] == (hw, hw)
     with pytest.raises(ValueError, match="stem_stride"):
         abstract(name, **stock_kwargs, stem_stride=3)
@@ -247,7 +247,9 @@ def test_stem_stride_one_imports_keras_weights():
     keras_model = keras_backbone("MobileNet", alpha=0.25)
     randomise(keras_model)
     backbone = converted("mobilenet", keras_model, alpha=0.25, stem_stride=1)
-    np.testing.assert_array_equal(np.asarray(backbone.conv1.kernel[...]), np.asarray(keras_model.get_layer("conv1").kernel))
+    np.testing.assert_array_equal(
+        np.asarray(backbone.conv1.kernel[...]), np.asarray(keras_model.get_layer("conv1").kernel)
+    )
 
 
 @pytest.mark.parametrize("name,kwargs", [("resnet50", {}), ("mobilenet_v2", {"alpha": 0.35})])

@@ -14,11 +14,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from camjax_testdata import make_challenge_tree, repo_config
 
 from camjax import evaluator, parallel, trainer
 from camjax.data import pipeline, sources
 from camjax.parallel import DataParallel
-from camjax_testdata import make_challenge_tree, repo_config
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "launch" / "local.sh"
@@ -26,9 +26,18 @@ CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
 STEPS = 3  # per epoch; the runs below cover 3 epochs
 # data.shards=2 fixes the global batch, whatever the process count (see pipeline.make_process_loader).
 OVERRIDES = {
-    "data.workers": 0, "data.patch": 32, "data.patches_per_image": 4, "data.val_crops": 1, "data.shards": 2,
-    "model.kwargs.widths": (8, 16), "model.head.hidden": (16, 8), "batch_size": 8, "steps_per_epoch": STEPS,
-    "num_epochs": 3, "log_every": 1, "compilation_cache": "",
+    "data.workers": 0,
+    "data.patch": 32,
+    "data.patches_per_image": 4,
+    "data.val_crops": 1,
+    "data.shards": 2,
+    "model.kwargs.widths": (8, 16),
+    "model.head.hidden": (16, 8),
+    "batch_size": 8,
+    "steps_per_epoch": STEPS,
+    "num_epochs": 3,
+    "log_every": 1,
+    "compilation_cache": "",
 }
 # Each process of a run records the training files it opens (sitecustomize runs before camjax).
 RECORD_OPENS = textwrap.dedent(
@@ -56,14 +65,17 @@ def config(root, **overrides):
 
 def train_flags(root, workdir, **overrides):
     flags = {"data.root": str(root), **OVERRIDES, **overrides}
-    return ["--config", "configs/camnet.py:quick", "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in flags.items()]
+    return ["--config", "configs/camnet.py:quick", "--workdir", str(workdir)] + [
+        f"--config.{k}={v}" for k, v in flags.items()
+    ]
 
 
 def run(cmd, env, timeout=240, check=True):
     """Runs cmd in its own process group; a hang kills the group and fails the test."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **env}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -96,17 +108,23 @@ def copy_until(src, dst, step):
 
 def test_distributed_params_come_from_flags_or_the_cluster():
     assert parallel.distributed_params(env={}) is None
-    assert parallel.distributed_params("h:1", 2, 1, env={}) == dict(coordinator_address="h:1", num_processes=2,
-                                                                     process_id=1)
+    assert parallel.distributed_params("h:1", 2, 1, env={}) == dict(
+        coordinator_address="h:1", num_processes=2, process_id=1
+    )
     slurm = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="n[1-2]", SLURM_NTASKS="4", SLURM_PROCID="3", SLURM_LOCALID="1")
     assert parallel.distributed_params(env=slurm) == dict(cluster_detection_method="slurm")
     assert parallel.distributed_params(env={**slurm, "SLURM_NTASKS": "1"}) is None
     # sbatch without srun: one process, not a broken distributed start.
     assert parallel.distributed_params(env={k: v for k, v in slurm.items() if k != "SLURM_STEP_NODELIST"}) is None
-    k8s = dict(KUBERNETES_SERVICE_HOST="10.0.0.1", JOB_COMPLETION_INDEX="2", JAX_COORDINATOR_ADDRESS="w-0.svc:1234",
-               JAX_NUM_PROCESSES="4")
+    k8s = dict(
+        KUBERNETES_SERVICE_HOST="10.0.0.1",
+        JOB_COMPLETION_INDEX="2",
+        JAX_COORDINATOR_ADDRESS="w-0.svc:1234",
+        JAX_NUM_PROCESSES="4",
+    )
     assert parallel.distributed_params(env=k8s) == dict(
-        coordinator_address="w-0.svc:1234", num_processes=4, process_id=2, cluster_detection_method="deactivate")
+        coordinator_address="w-0.svc:1234", num_processes=4, process_id=2, cluster_detection_method="deactivate"
+    )
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
         parallel.distributed_params(env={k: v for k, v in k8s.items() if k != "JAX_NUM_PROCESSES"})
     with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS"):
@@ -122,8 +140,12 @@ def test_process_shards_are_disjoint_and_make_the_single_process_batch(root):
         return lambda path: (opened[p].append(path), pipeline.read_bytes(path))[1]
 
     whole = pipeline.make_process_loader(index, c.data, global_batch=8, seed=0)
-    parts = [pipeline.make_process_loader(index, c.data, global_batch=8, seed=0, process_index=p, process_count=2,
-                                          read=reader(p)) for p in range(2)]
+    parts = [
+        pipeline.make_process_loader(
+            index, c.data, global_batch=8, seed=0, process_index=p, process_count=2, read=reader(p)
+        )
+        for p in range(2)
+    ]
     for _ in range(3):
         expected = next(whole)
         got = [next(it) for it in parts]
@@ -137,13 +159,16 @@ def test_process_shards_are_disjoint_and_make_the_single_process_batch(root):
         pipeline.make_process_loader(index, c.data, global_batch=8, seed=0, process_index=0, process_count=2)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_checkpoints_move_between_them(root, tmp_path):
     """1 process x 4 devices trains 3 epochs (the reference). 2 processes x 2 devices resume its
     epoch-1 checkpoint and train epoch 2; 1 process x 1 device resumes that and trains epoch 3.
     Same global batches throughout, so the same losses and parameters."""
     one = tmp_path / "one"
-    run([sys.executable, "-m", "camjax.train", *train_flags(root, one)],
-        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    run(
+        [sys.executable, "-m", "camjax.train", *train_flags(root, one)],
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
     reference = losses(one)
 
     two = tmp_path / "two"
@@ -151,9 +176,16 @@ def test_two_processes_train_like_one_and_checkpoints_move_between_them(root, tm
     hooks, record = tmp_path / "hooks", tmp_path / "opened"
     hooks.mkdir(), record.mkdir()
     (hooks / "sitecustomize.py").write_text(RECORD_OPENS)
-    _, out, _ = run([str(LOCAL_SH), "2", *train_flags(root, two, max_train_seconds=1e-9)],
-              {"PYTHON": sys.executable, "LOCAL_DEVICES": "2", "PYTHONPATH": str(hooks),
-               "RECORD_TRAIN_DIR": str(root / "train"), "RECORD_OUT": str(record)})
+    _, out, _ = run(
+        [str(LOCAL_SH), "2", *train_flags(root, two, max_train_seconds=1e-9)],
+        {
+            "PYTHON": sys.executable,
+            "LOCAL_DEVICES": "2",
+            "PYTHONPATH": str(hooks),
+            "RECORD_TRAIN_DIR": str(root / "train"),
+            "RECORD_OUT": str(record),
+        },
+    )
     assert out.count("epoch 2: val/accuracy=") == 1, "only process 0 reports"
     got = losses(two)
     assert max(got) == 2 * STEPS
@@ -209,11 +241,13 @@ def test_local_sh_fails_and_stops_the_others_when_one_process_fails(tmp_path):
     with socket.socket() as s:  # local.sh asks PYTHON for a free port; give it one instead
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rc, _, err = run([str(LOCAL_SH), "2", "--workdir", "x"], {"PYTHON": str(fake), "PORT": str(port)}, timeout=60,
-                     check=False)
+    rc, _, err = run(
+        [str(LOCAL_SH), "2", "--workdir", "x"], {"PYTHON": str(fake), "PORT": str(port)}, timeout=60, check=False
+    )
     assert rc == 3 and "killing the others" in err
 
 
+@pytest.mark.slow
 def test_every_process_of_a_multi_process_run_refuses_a_held_workdir(root, tmp_path):
     """Process 0 takes the run's lock before anything is written and tells the others: with the
     workdir held by another run, every process stops with the holder's name, and nothing is written."""
@@ -223,8 +257,11 @@ def test_every_process_of_a_multi_process_run_refuses_a_held_workdir(root, tmp_p
     workdir.mkdir()
     logs = tmp_path / "logs"
     with WorkdirLock(str(workdir)):
-        rc, _, _ = run([str(LOCAL_SH), "2", *train_flags(root, workdir)],
-                       {"PYTHON": sys.executable, "LOG_DIR": str(logs)}, check=False)
+        rc, _, _ = run(
+            [str(LOCAL_SH), "2", *train_flags(root, workdir)],
+            {"PYTHON": sys.executable, "LOG_DIR": str(logs)},
+            check=False,
+        )
     assert rc != 0
     for i in range(2):
         log = (logs / f"process_{i}.log").read_text()

@@ -44,8 +44,12 @@ def test_plateau_matches_keras(kwargs):
     rng = np.random.default_rng(0)
     values = list(np.round(np.cumsum(rng.normal(0.01, 0.05, size=40)), 3))
     tracker = optim.PlateauTracker(
-        patience=kwargs["patience"], factor=kwargs["factor"], cooldown=kwargs["cooldown"],
-        min_scale=kwargs["min_lr"], min_delta=kwargs["min_delta"], mode="max",
+        patience=kwargs["patience"],
+        factor=kwargs["factor"],
+        cooldown=kwargs["cooldown"],
+        min_scale=kwargs["min_lr"],
+        min_delta=kwargs["min_delta"],
+        mode="max",
     )
     ours = [tracker.update(v) for v in values]
     np.testing.assert_allclose(ours, keras_lrs(values, **kwargs), rtol=1e-6)

@@ -38,7 +38,7 @@ def jpeg_root(tmp_path_factory):
 def coord_index(tmp_path_factory):
     """PNG sources whose pixels encode their coordinates."""
     root = tmp_path_factory.mktemp("coord")
-    for c, name in enumerate(("HTC-1-M7", "iPhone-4s")):
+    for name in ("HTC-1-M7", "iPhone-4s"):
         for i, (h, w) in enumerate(((300, 400), (330, 290))):
             save(coordinate_image(h, w), root / "train" / name / f"{i}.png")
     return sources.scan_root(root, val_fraction=0)
@@ -224,7 +224,9 @@ def test_eval_batches(jpeg_root):
     y, x = origins[0]  # the centre crop: every source fits, centred on the patch
     for m in MANIPULATIONS[1:]:
         off = (manipulations.source_size(64, m) - 64) // 2
-        src = frame[y - off : y - off + manipulations.source_size(64, m), x - off : x - off + manipulations.source_size(64, m)]
+        src = frame[
+            y - off : y - off + manipulations.source_size(64, m), x - off : x - off + manipulations.source_size(64, m)
+        ]
         np.testing.assert_array_equal(cat["image"][m.id], manipulations.manipulate_patch(src, 64, m))
     again = list(pipeline.make_eval_batches(records, cfg, batch_size=20))
     assert_same(again, batches)
@@ -267,8 +269,9 @@ def test_device_manipulation_reproduces_the_host_batches(jpeg_root):
 
     index = sources.scan_root(jpeg_root, val_fraction=0)
     host = pipeline.make_train_loader(index, data_config(manip_prob=0.7), batch_size=8, seed=3)
-    device = pipeline.make_train_loader(index, data_config(manip_prob=0.7, manipulate_on="device"), batch_size=8,
-                                        seed=3)
+    device = pipeline.make_train_loader(
+        index, data_config(manip_prob=0.7, manipulate_on="device"), batch_size=8, seed=3
+    )
     manipulated = 0
     for h, d in zip(take(host, 4), take(device, 4)):
         assert "image" not in d and d["raw"].shape == (8, 128, 128, 3) and d["raw"].dtype == np.uint8

@@ -64,7 +64,7 @@ def _check_counts(assign, groups, counts):
 
 def test_balance_meets_counts_and_beats_greedy():
     rng = np.random.default_rng(1)
-    for trial in range(20):
+    for _ in range(20):
         n, c = 40, 4
         lp = np.log(_probs(rng, n, c) ** 3)  # peaked, so the constraints bind
         groups = rng.integers(0, 2, n)

@@ -98,7 +98,9 @@ def test_pce_finds_a_planted_shift():
     xc = np.real(np.fft.ifft2(np.fft.fft2(a) * np.conj(np.fft.fft2(b))))
     peak = np.unravel_index(xc.argmax(), xc.shape)
     yy, xx = np.ogrid[:SIZE, :SIZE]
-    near = (np.abs((yy - peak[0] + SIZE // 2) % SIZE - SIZE // 2) <= 5) & (np.abs((xx - peak[1] + SIZE // 2) % SIZE - SIZE // 2) <= 5)
+    near = (np.abs((yy - peak[0] + SIZE // 2) % SIZE - SIZE // 2) <= 5) & (
+        np.abs((xx - peak[1] + SIZE // 2) % SIZE - SIZE // 2) <= 5
+    )
     sa, sb = (prnu.standardise(v[None], np.float32)[0] for v in (a, b))
     xc = np.real(np.fft.ifft2(np.fft.fft2(sa) * np.conj(np.fft.fft2(sb))))
     ref = xc.max() ** 2 / (xc[~near] ** 2).mean()

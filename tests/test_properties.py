@@ -26,13 +26,19 @@ def frame_and_patch(draw):
 
 
 @FAST
-@given(frame_and_patch(), st.sampled_from([2, 8]), st.integers(1, 6), st.sampled_from(["none", "flips", "d4"]),
-       st.floats(0.0, 1.0))
+@given(
+    frame_and_patch(),
+    st.sampled_from([2, 8]),
+    st.integers(1, 6),
+    st.sampled_from(["none", "flips", "d4"]),
+    st.floats(0.0, 1.0),
+)
 def test_train_patches_are_static_uint8_and_on_the_grid(fp, step, count, view_set, manip_prob):
     frame, patch, seed = fp
     views = tta.views(view_set)
-    out = pipeline.cut_train_patches(frame, np.random.default_rng(seed), patch=patch, count=count, step=step,
-                                     manip_prob=manip_prob, views=views)
+    out = pipeline.cut_train_patches(
+        frame, np.random.default_rng(seed), patch=patch, count=count, step=step, manip_prob=manip_prob, views=views
+    )
     assert out["image"].shape == (count, patch, patch, 3) and out["image"].dtype == np.uint8
     assert (out["origin"] % step == 0).all()
     for i in range(count):
@@ -42,13 +48,17 @@ def test_train_patches_are_static_uint8_and_on_the_grid(fp, step, count, view_se
         assert top + size <= frame.shape[0] and left + size <= frame.shape[1], "crop inside the frame"
         assert int(out["d4"][i]) in views
         if m.kind == "none":  # an unmanipulated patch is exactly the frame's pixels, transformed
-            expected = pipeline.d4_host(frame[top:top + patch, left:left + patch], int(out["d4"][i]))
+            expected = pipeline.d4_host(frame[top : top + patch, left : left + patch], int(out["d4"][i]))
             np.testing.assert_array_equal(out["image"][i], expected)
 
 
 @FAST
-@given(st.sampled_from([8, 16, 24, 40]), st.sampled_from(range(len(MANIPULATIONS))), st.integers(0, 2**32 - 1),
-       st.integers(0, 9))
+@given(
+    st.sampled_from([8, 16, 24, 40]),
+    st.sampled_from(range(len(MANIPULATIONS))),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 9),
+)
 def test_every_manipulation_maps_its_source_to_one_static_uint8_patch(patch, m_id, seed, extra):
     m = MANIPULATIONS[m_id]
     size = manipulations.source_size(patch, m) + extra  # any source at least the required size

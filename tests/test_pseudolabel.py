@@ -8,12 +8,12 @@ import os
 import ml_collections
 import numpy as np
 import pytest
+from camjax_testdata import make_challenge_tree, save, texture
 from PIL import Image
+from test_train_evaluate import tiny_config as train_tiny_config
 
 from camjax import assembly, pseudolabel, trainer
 from camjax.data import sources
-from camjax_testdata import make_challenge_tree, save, texture
-from test_train_evaluate import tiny_config as train_tiny_config
 
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
 
@@ -36,9 +36,11 @@ def test_add_extra_train_joins_the_training_split_only(root, tmp_path):
     merged = sources.add_extra_train(index, extra)
     assert merged.val == index.val and merged.test == index.test and merged.classes == index.classes
     assert merged.train[: len(index.train)] == index.train
-    added = merged.train[len(index.train):]
+    added = merged.train[len(index.train) :]
     assert [(os.path.basename(r.path), r.label, r.manipulated) for r in added] == [
-        ("img_0000001_unalt.tif", 1, False), ("img_0000002_manip.tif", 2, True)]
+        ("img_0000001_unalt.tif", 1, False),
+        ("img_0000002_manip.tif", 2, True),
+    ]
 
     # A file that arrived manipulated trains flagged, is never manipulated again, and has no
     # auxiliary target (-1: an all-zero one-hot).
@@ -55,7 +57,7 @@ def test_add_extra_train_joins_the_training_split_only(root, tmp_path):
     assert (batch["manipulation"][~manip] > 0).all(), "the unaltered extra file is still augmented"
     frame = np.asarray(Image.open(extra / "train" / "sony_nex_7" / "img_0000002_manip.tif"))
     for patch in batch["image"][manip]:  # a plain crop of the file
-        assert any((frame[y:y + 32, x:x + 32] == patch).all() for y in range(0, 33, 2) for x in range(0, 33, 2))
+        assert any((frame[y : y + 32, x : x + 32] == patch).all() for y in range(0, 33, 2) for x in range(0, 33, 2))
 
 
 def test_add_extra_train_names_bad_sources(root, tmp_path):

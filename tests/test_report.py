@@ -12,17 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from camjax_testdata import make_challenge_tree
 from conftest import require_reference
+from test_train_evaluate import tiny_config
 
 from camjax import models, report, saliency, steps, trainer
-from camjax_testdata import make_challenge_tree
-from test_train_evaluate import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
 
 
 # --- saliency -------------------------------------------------------------------------------
+
 
 def test_gradient_x_input_of_a_linear_score_is_w_times_x():
     rng = np.random.default_rng(0)
@@ -81,7 +82,8 @@ def test_classifier_saliency_agrees_with_the_model(small_classifier):
     flags = np.array([0.0, 1.0, 0.0], np.float32)
     targets = np.array([0, 2, 1], np.int32)
     maps = jax.jit(saliency.classifier_saliency, static_argnums=0)(
-        model_def, state.params, state.model_state, images, flags, targets)
+        model_def, state.params, state.model_state, images, flags, targets
+    )
     assert maps["grad_x_input"].shape == maps["grad_cam"].shape == (3, 32, 32)
     assert (np.asarray(maps["grad_cam"]) >= 0).all() and np.isfinite(maps["grad_cam"]).all()
 
@@ -108,6 +110,7 @@ def test_pca_matches_the_covariance_eigenvectors():
 
 # --- the page -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = make_challenge_tree(tmp_path_factory.mktemp("data"), classes=CLASSES, per_class=5, test_per_class=1)
@@ -125,13 +128,26 @@ _CHECK_IMAGES = """<script>window.addEventListener('load', () => {
 
 def images_loaded(html_path: Path, tmp_path: Path) -> tuple[int, int]:
     """(images, images that decoded) on the page in headless Chromium."""
-    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    browser = next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
     require_reference(browser is not None, "Chromium on PATH (Debian: apt-get install chromium)")
     page = tmp_path / f"{html_path.stem}_check.html"
     page.write_text(html_path.read_text().replace("</body>", _CHECK_IMAGES + "</body>"))
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=10000", "--dump-dom", page.as_uri()]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     m = re.search(r'data-images="(\d+)" data-loaded="(\d+)"', r.stdout)
     assert m, f"no result in Chromium's DOM (rc {r.returncode}): {r.stderr[-1500:]}"
@@ -140,15 +156,21 @@ def images_loaded(html_path: Path, tmp_path: Path) -> tuple[int, int]:
 
 def test_the_image_check_sees_a_broken_image(tmp_path):
     page = tmp_path / "broken.html"
-    page.write_text("<html><body><img src='data:image/png;base64,iVBORw0KGgo='><img src='data:image/png;base64,'>"
-                    "</body></html>")
+    page.write_text(
+        "<html><body><img src='data:image/png;base64,iVBORw0KGgo='><img src='data:image/png;base64,'></body></html>"
+    )
     assert images_loaded(page, tmp_path) == (2, 0)
 
 
 def test_report_cli_writes_a_self_contained_page(trained, tmp_path):
     out = tmp_path / "page" / "report.html"
-    r = subprocess.run([sys.executable, "-m", "camjax.report", "--workdir", str(trained), "--out", str(out)],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "camjax.report", "--workdir", str(trained), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == f"wrote {out}"
     page = out.read_text()
@@ -164,8 +186,12 @@ def test_report_cli_writes_a_self_contained_page(trained, tmp_path):
 def test_report_scores_come_from_the_evaluation_report(trained, tmp_path):
     """An evaluate report in the workdir feeds the scores section; validation still feeds the rest."""
     per_class = dict(zip(CLASSES, (1.0, 0.25, None)))
-    fake = {"weighted_accuracy": 0.4321, "per_class": per_class, "per_manipulation": {"none": 0.5},
-            "confusion": [[2, 0, 0], [1, 1, 2], [0, 0, 0]]}
+    fake = {
+        "weighted_accuracy": 0.4321,
+        "per_class": per_class,
+        "per_manipulation": {"none": 0.5},
+        "confusion": [[2, 0, 0], [1, 1, 2], [0, 0, 0]],
+    }
     (trained / "submission_report.json").write_text(json.dumps(fake))
     other = dict(fake, per_class={"a": 1.0, "b": 1.0, "c": 1.0})  # another class list: ignored
     (trained / "other_report.json").write_text(json.dumps(other))

@@ -20,9 +20,17 @@ def files(cls: str, n: int, ext: str = ".jpg") -> list[str]:
 
 
 def test_classes_canonical_and_ordered(tmp_path):
-    touch(tmp_path, "train/sony_nex_7/a.JPG", "train/HTC-1-M7/b.png", "train/zz-cam/c.tif",
-          "train/Another/d.tiff", "train/IPHONE-4S/e.jpeg", "train/IPHONE-4S/notes.txt",
-          "train/IPHONE-4S/.hidden.jpg", "train/.cache/f.jpg")
+    touch(
+        tmp_path,
+        "train/sony_nex_7/a.JPG",
+        "train/HTC-1-M7/b.png",
+        "train/zz-cam/c.tif",
+        "train/Another/d.tiff",
+        "train/IPHONE-4S/e.jpeg",
+        "train/IPHONE-4S/notes.txt",
+        "train/IPHONE-4S/.hidden.jpg",
+        "train/.cache/f.jpg",
+    )
     index = sources.scan_root(tmp_path, val_fraction=0)
     assert index.classes == ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7", "Another", "zz-cam")
     by_name = {Path(r.path).name: r for r in index.train}
@@ -60,12 +68,21 @@ def test_val_folder_is_used(tmp_path):
     index = sources.scan_root(tmp_path, val_fraction=0.5)
     assert len(index.train) == 10
     assert sorted((Path(r.path).name, r.class_name, r.label) for r in index.val) == [
-        ("v0.jpg", "HTC-1-M7", 0), ("v1.jpg", "iPhone-6", 1)]
+        ("v0.jpg", "HTC-1-M7", 0),
+        ("v1.jpg", "iPhone-6", 1),
+    ]
 
 
 def test_test_files_sorted_images_only(tmp_path):
-    touch(tmp_path, *files("HTC-1-M7", 1), *files("iPhone-6", 1),
-          "test/img_b_manip.tif", "test/img_a_unalt.tif", "test/img_c.jpg", "test/readme.txt")
+    touch(
+        tmp_path,
+        *files("HTC-1-M7", 1),
+        *files("iPhone-6", 1),
+        "test/img_b_manip.tif",
+        "test/img_a_unalt.tif",
+        "test/img_c.jpg",
+        "test/readme.txt",
+    )
     index = sources.scan_root(tmp_path)
     assert [Path(p).name for p in index.test] == ["img_a_unalt.tif", "img_b_manip.tif", "img_c.jpg"]
     assert sources.list_test_files(tmp_path) == index.test
@@ -84,8 +101,11 @@ def test_missing_test_folder_is_an_error_only_when_required(tmp_path):
         (None, FileNotFoundError, ["does not exist"]),
         ([], FileNotFoundError, ["no train/ folder"]),
         (files("HTC-1-M7", 3), ValueError, ["at least 2 class folders"]),
-        (files("HTC-1-M7", 3) + ["train/iPhone-6/notes.txt", "train/Sony-NEX-7/x.gif"], ValueError,
-         ["without images", "iPhone-6", "Sony-NEX-7"]),
+        (
+            files("HTC-1-M7", 3) + ["train/iPhone-6/notes.txt", "train/Sony-NEX-7/x.gif"],
+            ValueError,
+            ["without images", "iPhone-6", "Sony-NEX-7"],
+        ),
         (files("HTC-1-M7", 3) + files("htc_1_m7", 2), ValueError, ["both name class", "HTC-1-M7"]),
         (files("HTC-1-M7", 3) + files("iPhone-6", 3) + ["val/Motorola-X/a.jpg"], ValueError, ["Motorola-X"]),
     ],

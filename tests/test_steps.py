@@ -61,7 +61,11 @@ SCRIPT = textwrap.dedent(
 def run(mode, accum=1, devices=8):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode, str(accum)], env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", SCRIPT, mode, str(accum)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -104,8 +108,9 @@ class _NoBatchNorm(nnx.Module):
 
 
 def _sgd_steps(accum, batches):
-    config = ml_collections.ConfigDict(dict(grad_accum=accum, label_smoothing=0.0, aux_loss_weight=0.0,
-                                            nonfinite="stop", data=dict(patch=16)))
+    config = ml_collections.ConfigDict(
+        dict(grad_accum=accum, label_smoothing=0.0, aux_loss_weight=0.0, nonfinite="stop", data=dict(patch=16))
+    )
     tx = optax.sgd(0.5)  # the update is the gradient itself: Adam's first step would only show its sign
     model_def, state = steps.init_state(_NoBatchNorm(4, nnx.Rngs(0)), tx, "tf", 0)
     step = jax.jit(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config))
@@ -117,12 +122,15 @@ def _sgd_steps(accum, batches):
 
 def test_grad_accumulation_makes_the_full_batch_update():
     rng = np.random.default_rng(0)
-    batches = [{
-        "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
-        "label": rng.integers(0, 4, 16).astype(np.int32),
-        "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
-        "manipulation": np.zeros(16, np.int32),
-    } for _ in range(3)]
+    batches = [
+        {
+            "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+            "label": rng.integers(0, 4, 16).astype(np.int32),
+            "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
+            "manipulation": np.zeros(16, np.int32),
+        }
+        for _ in range(3)
+    ]
     full, full_metrics = _sgd_steps(1, batches)
     initial, _ = _sgd_steps(1, [])
     for accum in (2, 4):

@@ -23,8 +23,15 @@ TINY = dict(cameras=2, images_per_camera=1, test_per_camera=2, train_window=256)
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return synthetic.generate(tmp_path_factory.mktemp("synth") / "ds", cameras=CAMERAS, images_per_camera=IMAGES,
-                              test_per_camera=TESTS, seed=0, workers=2, train_window=TRAIN_WINDOW)
+    return synthetic.generate(
+        tmp_path_factory.mktemp("synth") / "ds",
+        cameras=CAMERAS,
+        images_per_camera=IMAGES,
+        test_per_camera=TESTS,
+        seed=0,
+        workers=2,
+        train_window=TRAIN_WINDOW,
+    )
 
 
 def _labels(root):
@@ -84,8 +91,11 @@ def test_models_pair_up_and_spread_quality():
     largest = max(synthetic.patch_window(name) for name in MANIPULATION_NAMES)
     assert largest == 1088
     assert all(min(m.shape) >= largest and m.shape[1] % 2 == 0 for m in synthetic.MODELS)
-    for a, b in (("iPhone-4s", "iPhone-6"), ("Motorola-Nexus-6", "Motorola-X"),
-                 ("Samsung-Galaxy-Note3", "Samsung-Galaxy-S4")):
+    for a, b in (
+        ("iPhone-4s", "iPhone-6"),
+        ("Motorola-Nexus-6", "Motorola-X"),
+        ("Samsung-Galaxy-Note3", "Samsung-Galaxy-S4"),
+    ):
         ma, mb = by_name[a], by_name[b]
         assert (ma.demosaic, ma.jpeg_tables, ma.subsampling) == (mb.demosaic, mb.jpeg_tables, mb.subsampling)
         assert abs(ma.jpeg_quality - mb.jpeg_quality) <= 1
@@ -138,8 +148,24 @@ def test_ensure_dataset_reuses_the_cache(tmp_path, monkeypatch):
 
 
 def test_cli(tmp_path, capsys):
-    synth.main(["--out", str(tmp_path / "cli"), "--cameras", "1", "--images-per-camera", "1",
-                "--test-per-camera", "2", "--train-window", "256", "--workers", "1", "--seed", "5"])
+    synth.main(
+        [
+            "--out",
+            str(tmp_path / "cli"),
+            "--cameras",
+            "1",
+            "--images-per-camera",
+            "1",
+            "--test-per-camera",
+            "2",
+            "--train-window",
+            "256",
+            "--workers",
+            "1",
+            "--seed",
+            "5",
+        ]
+    )
     assert "wrote" in capsys.readouterr().out
     assert len(_labels(tmp_path / "cli")) == 2
     assert len(list((tmp_path / "cli" / "train" / CHALLENGE_CLASSES[0]).glob("*.jpg"))) == 1
@@ -151,8 +177,9 @@ def test_sensor_window_matches_rot90():
         stored = np.rot90(sensor, turns)
         top, left, h, w = 2, 1, 3, 4
         st, sl, sh, sw = synthetic.sensor_window(sensor.shape, turns, top, left, h, w)
-        np.testing.assert_array_equal(np.rot90(sensor[st : st + sh, sl : sl + sw], turns),
-                                      stored[top : top + h, left : left + w])
+        np.testing.assert_array_equal(
+            np.rot90(sensor[st : st + sh, sl : sl + sw], turns), stored[top : top + h, left : left + w]
+        )
 
 
 def _native_offset(name, turns, size):
@@ -175,7 +202,10 @@ def test_patch_windows_hold_their_source_on_the_native_grids():
                 assert [s % 16 for s in source] == [n % 16 for n in native], (model.name, turns, manip.name)
                 top, left, h, w = synthetic.window_around(shape, source, size, synthetic.patch_window(manip.name))
                 assert top % synthetic.MCU == 0 and left % synthetic.MCU == 0  # the frame's JPEG grid
-                for start, stop, src, length in ((top, top + h, source[0], shape[0]), (left, left + w, source[1], shape[1])):
+                for start, stop, src, length in (
+                    (top, top + h, source[0], shape[0]),
+                    (left, left + w, source[1], shape[1]),
+                ):
                     assert 0 <= start and stop <= length
                     assert src - start >= 16 and stop - (src + size) >= 16
                 sensor_top, sensor_left, _, _ = synthetic.sensor_window(model.shape, turns, top, left, h, w)
@@ -187,8 +217,9 @@ def test_test_patches_lie_on_the_native_centre_crops_jpeg_grid(tmp_path):
     keeps the grid) test patch has the 8x8 block grid where a centre crop of its camera's native
     frame has it - on the grid, except the 2322-row Samsung frames, one row off."""
     seed, per_camera = 3, 4
-    root = synthetic.generate(tmp_path / "ds", cameras=10, images_per_camera=0, test_per_camera=per_camera,
-                              seed=seed, workers=2)
+    root = synthetic.generate(
+        tmp_path / "ds", cameras=10, images_per_camera=0, test_per_camera=per_camera, seed=seed, workers=2
+    )
     shots = {Path(s.path).name: s for s in synthetic.plan(seed, 10, 0, per_camera)}
     checked = set()
     for row in _labels(root):
@@ -213,8 +244,12 @@ def test_cfa_phase():
 
 
 # OpenCV names a Bayer pattern by its second row's second and third pixels.
-_OPENCV_BAYER = {"RGGB": cv2.COLOR_BayerBG2RGB, "BGGR": cv2.COLOR_BayerRG2RGB,
-                 "GRBG": cv2.COLOR_BayerGB2RGB, "GBRG": cv2.COLOR_BayerGR2RGB}
+_OPENCV_BAYER = {
+    "RGGB": cv2.COLOR_BayerBG2RGB,
+    "BGGR": cv2.COLOR_BayerRG2RGB,
+    "GRBG": cv2.COLOR_BayerGB2RGB,
+    "GBRG": cv2.COLOR_BayerGR2RGB,
+}
 
 
 def _mosaic(rgb, cfa):
@@ -282,8 +317,11 @@ def trace_features(img):
     noise_level = np.log(np.bincount(level, ry * ry, 3) / np.maximum(np.bincount(level, minlength=3), 1) + 1e-3)
     ycc = (_YCC @ rf).reshape(3, h, w)
     v = np.einsum("chw,chw->c", ycc, ycc)
-    lags = [(np.einsum("chw,chw->c", ycc[:, :, k:], ycc[:, :, :-k])
-             + np.einsum("chw,chw->c", ycc[:, k:], ycc[:, :-k])) / (2 * v) for k in (1, 2, 3)]
+    lags = [
+        (np.einsum("chw,chw->c", ycc[:, :, k:], ycc[:, :, :-k]) + np.einsum("chw,chw->c", ycc[:, k:], ycc[:, :-k]))
+        / (2 * v)
+        for k in (1, 2, 3)
+    ]
     return np.concatenate([np.log(var), corr, np.log(kurtosis), phase, *blocks, noise_level, *lags])
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from camjax_testdata import make_challenge_tree, repo_config
 
 from camjax import assembly, trainer
 from camjax.checkpoint import Checkpointer
-from camjax_testdata import make_challenge_tree, repo_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
@@ -104,17 +104,26 @@ def test_resume_refuses_another_model(root, trained):
 def _train_cmd(root, workdir, **extra):
     """`python -m camjax.train` on the tiny set, with tiny_config's sizes as flag overrides."""
     overrides = {
-        "data.root": str(root), "data.workers": 0, "data.patch": 32, "data.patches_per_image": 4,
-        "data.val_crops": 1, "model.kwargs.widths": "(8, 16)", "model.head.hidden": "(16, 8)", "batch_size": 8,
-        "num_epochs": 1, "log_every": 1, **extra,
+        "data.root": str(root),
+        "data.workers": 0,
+        "data.patch": 32,
+        "data.patches_per_image": 4,
+        "data.val_crops": 1,
+        "model.kwargs.widths": "(8, 16)",
+        "model.head.hidden": "(16, 8)",
+        "batch_size": 8,
+        "num_epochs": 1,
+        "log_every": 1,
+        **extra,
     }
     cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
     return cmd + [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "camjax.evaluate", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "camjax.evaluate", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_evaluate_cli_scores_and_writes_everything(trained, root, tmp_path):
@@ -244,6 +253,7 @@ def test_device_side_manipulation_trains_like_the_host(root, trained, tmp_path):
     same batches as the host path (up to OpenCV's one-grey-level resize rounding), so the same
     losses."""
     trainer.train_and_evaluate(tiny_config(root, **{"data.manipulate_on": "device"}), str(tmp_path))
+
     def losses(workdir):
         return [r["train/loss"] for r in map(json.loads, open(workdir / "metrics.jsonl")) if "train/loss" in r]
 

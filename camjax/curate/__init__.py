@@ -28,7 +28,25 @@ from camjax.curate.rules import (
 )
 
 __all__ = [
-    "DEFAULT_EDITORS", "MANIFEST", "MANIFEST_FIELDS", "Header", "Rules", "Unusable", "Verdict", "check_all",
-    "check_file", "curate", "estimate_quality", "ijg_table", "is_native", "judge", "list_sources",
-    "make_matches", "model_class", "read_header", "search_text", "summary_table", "write_manifest",
+    "DEFAULT_EDITORS",
+    "MANIFEST",
+    "MANIFEST_FIELDS",
+    "Header",
+    "Rules",
+    "Unusable",
+    "Verdict",
+    "check_all",
+    "check_file",
+    "curate",
+    "estimate_quality",
+    "ijg_table",
+    "is_native",
+    "judge",
+    "list_sources",
+    "make_matches",
+    "model_class",
+    "read_header",
+    "search_text",
+    "summary_table",
+    "write_manifest",
 ]

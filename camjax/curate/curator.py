@@ -27,14 +27,28 @@ from camjax.curate.rules import Rules, Verdict, check_file
 from camjax.postprocess import atomic_write
 
 MANIFEST = "manifest.csv"
-MANIFEST_FIELDS = ("path", "accepted", "class", "make", "model", "software", "width", "height", "orientation",
-                   "quality", "reason", "dest", "sha256")
+MANIFEST_FIELDS = (
+    "path",
+    "accepted",
+    "class",
+    "make",
+    "model",
+    "software",
+    "width",
+    "height",
+    "orientation",
+    "quality",
+    "reason",
+    "dest",
+    "sha256",
+)
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 log = logging.getLogger("camjax")
 
 
-def list_sources(sources: str | os.PathLike | Sequence[str | os.PathLike],
-                 exclude: str | os.PathLike | None = None) -> list[str]:
+def list_sources(
+    sources: str | os.PathLike | Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None
+) -> list[str]:
     """Every file under the given folders, every path in the given list files (a .txt/.lst/.list
     file, one path per line, '#' comments; relative paths are relative to the list file), and any
     other file given itself; sorted, without repeats. Files inside `exclude` (the output folder)
@@ -64,15 +78,17 @@ def list_sources(sources: str | os.PathLike | Sequence[str | os.PathLike],
     return sorted(dict.fromkeys(found))
 
 
-def check_all(paths: Sequence[str], rules: Rules, digest: bool = False, workers: int | None = None,
-              progress: bool = True) -> list[Verdict]:
+def check_all(
+    paths: Sequence[str], rules: Rules, digest: bool = False, workers: int | None = None, progress: bool = True
+) -> list[Verdict]:
     """Verdicts in input order. `workers` processes (default: one per CPU, one per 256 files at most:
     a header check takes about a millisecond, a worker's start-up about a second); spawned, not
     forked, so a parent that already runs JAX threads is safe. The progress bar shows on a terminal."""
     check = functools.partial(check_file, rules=rules, digest=digest)
     workers = min(workers or min(os.cpu_count() or 1, 1 + len(paths) // 256), max(len(paths), 1))
-    bar = functools.partial(tqdm, total=len(paths), unit="file", disable=None if progress else True, file=sys.stderr,
-                            mininterval=1.0)
+    bar = functools.partial(
+        tqdm, total=len(paths), unit="file", disable=None if progress else True, file=sys.stderr, mininterval=1.0
+    )
     if workers == 1:
         return list(bar(map(check, paths)))
     chunk = max(1, min(64, len(paths) // (workers * 8)))
@@ -118,9 +134,23 @@ def write_manifest(verdicts: Iterable[Verdict], path: str | os.PathLike) -> None
         w = csv.writer(f)
         w.writerow(MANIFEST_FIELDS)
         for v in verdicts:
-            w.writerow([v.path, int(v.accepted), v.camera, v.make, v.model, v.software, v.width or "",
-                        v.height or "", v.orientation, "" if v.quality is None else v.quality,
-                        "; ".join(v.reasons), v.dest, v.digest])
+            w.writerow(
+                [
+                    v.path,
+                    int(v.accepted),
+                    v.camera,
+                    v.make,
+                    v.model,
+                    v.software,
+                    v.width or "",
+                    v.height or "",
+                    v.orientation,
+                    "" if v.quality is None else v.quality,
+                    "; ".join(v.reasons),
+                    v.dest,
+                    v.digest,
+                ]
+            )
 
 
 def summary_table(verdicts: Sequence[Verdict]) -> str:
@@ -136,7 +166,9 @@ def summary_table(verdicts: Sequence[Verdict]) -> str:
     names = sorted(rows, key=lambda c: (c == "-", c))
     total = sum(rows.values(), collections.Counter())
     header = ["class", "files", "accepted", *rules]
-    table = [[c, *(str(rows[c][k]) for k in header[1:])] for c in names] + [["total", *(str(total[k]) for k in header[1:])]]
+    table = [[c, *(str(rows[c][k]) for k in header[1:])] for c in names] + [
+        ["total", *(str(total[k]) for k in header[1:])]
+    ]
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header))]
 
     def line(row):
@@ -145,8 +177,15 @@ def summary_table(verdicts: Sequence[Verdict]) -> str:
     return "\n".join(map(line, [header, *table]))
 
 
-def curate(sources, out: str | os.PathLike, rules: Rules | None = None, link: bool = False, dedupe: bool = False,
-           workers: int | None = None, progress: bool = True) -> list[Verdict]:
+def curate(
+    sources,
+    out: str | os.PathLike,
+    rules: Rules | None = None,
+    link: bool = False,
+    dedupe: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> list[Verdict]:
     """Checks every source file, places the accepted ones in out/<class>/, writes out/manifest.csv.
     With `dedupe`, a file whose image data (everything from the first scan on) equals an earlier
     accepted file's is rejected as its duplicate, whatever its metadata says."""

@@ -52,8 +52,9 @@ class Flickr:
         self.api_key, self.base_url, self.timeout = api_key, base_url, timeout
 
     def call(self, method: str, **params) -> dict:
-        query = urllib.parse.urlencode({"method": method, "api_key": self.api_key, "format": "json",
-                                        "nojsoncallback": 1, **params})
+        query = urllib.parse.urlencode(
+            {"method": method, "api_key": self.api_key, "format": "json", "nojsoncallback": 1, **params}
+        )
         request = urllib.request.Request(f"{self.base_url}?{query}", headers={"User-Agent": _USER_AGENT})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -68,8 +69,17 @@ class Flickr:
         """Every photo the text search finds (each once), page by page, with original URL and size."""
         seen, page, pages = set(), 1, 1
         while page <= pages:
-            result = self.call("flickr.photos.search", text=text, extras="url_o,original_format", media="photos",
-                               content_type=1, sort="relevance", per_page=per_page, page=page, **params)["photos"]
+            result = self.call(
+                "flickr.photos.search",
+                text=text,
+                extras="url_o,original_format",
+                media="photos",
+                content_type=1,
+                sort="relevance",
+                per_page=per_page,
+                page=page,
+                **params,
+            )["photos"]
             pages = int(result.get("pages", 0))
             for photo in result.get("photo", []):
                 if photo["id"] not in seen:
@@ -104,9 +114,20 @@ def download(url: str, dest: Path, timeout: float = 120.0) -> Path:
     return dest
 
 
-def fetch(camera: str, out: str | os.PathLike, *, api_key: str | None = None, text: str | None = None,
-          max_photos: int = 500, per_page: int = 500, native_only: bool = True, threads: int = 4,
-          base_url: str = REST_URL, timeout: float = 120.0, progress: bool = True) -> list[Path]:
+def fetch(
+    camera: str,
+    out: str | os.PathLike,
+    *,
+    api_key: str | None = None,
+    text: str | None = None,
+    max_photos: int = 500,
+    per_page: int = 500,
+    native_only: bool = True,
+    threads: int = 4,
+    base_url: str = REST_URL,
+    timeout: float = 120.0,
+    progress: bool = True,
+) -> list[Path]:
     """Downloads up to max_photos originals of `camera` into out/<class>/ and returns their paths
     (files already there from an earlier run are kept, not fetched again). A photo whose download
     fails is logged and skipped."""
@@ -116,7 +137,9 @@ def fetch(camera: str, out: str | os.PathLike, *, api_key: str | None = None, te
     client = Flickr(api_key or os.environ.get(API_KEY_ENV, ""), base_url, timeout)
     folder = Path(out) / cls
     folder.mkdir(parents=True, exist_ok=True)
-    chosen = candidates(client.search(text or aliases.search_text(cls), per_page=per_page), cls, max_photos, native_only)
+    chosen = candidates(
+        client.search(text or aliases.search_text(cls), per_page=per_page), cls, max_photos, native_only
+    )
     jobs = [(p["url_o"], folder / f"{p['id']}.jpg") for p in chosen]
     todo = [(url, dest) for url, dest in jobs if not dest.exists()]
 
@@ -129,7 +152,11 @@ def fetch(camera: str, out: str | os.PathLike, *, api_key: str | None = None, te
             return None
 
     with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-        list(tqdm(pool.map(get, todo), total=len(todo), unit="photo", disable=None if progress else True, file=sys.stderr))
+        list(
+            tqdm(
+                pool.map(get, todo), total=len(todo), unit="photo", disable=None if progress else True, file=sys.stderr
+            )
+        )
     return [dest for _, dest in jobs if dest.exists()]
 
 
@@ -148,8 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="curation: processes")
     args = parser.parse_args(argv)
     try:
-        paths = fetch(args.camera, args.download, text=args.text, max_photos=args.max_photos,
-                      native_only=not args.any_size, threads=args.threads, base_url=args.base_url)
+        paths = fetch(
+            args.camera,
+            args.download,
+            text=args.text,
+            max_photos=args.max_photos,
+            native_only=not args.any_size,
+            threads=args.threads,
+            base_url=args.base_url,
+        )
         print(f"{len(paths)} photos in {Path(args.download) / canonical_class_name(args.camera)}")
         if args.curate_out:
             rules = Rules(min_quality=args.min_quality, camera=args.camera)

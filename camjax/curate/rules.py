@@ -83,7 +83,13 @@ def is_native(camera: str, width: int, height: int) -> bool:
 def judge(header: Header, rules: Rules, verdict: Verdict) -> None:
     """Fills `verdict` from `header` and appends a reason for every rule it breaks."""
     v = verdict
-    v.make, v.model, v.width, v.height, v.quality = header.make, header.model, header.width, header.height, header.quality
+    v.make, v.model, v.width, v.height, v.quality = (
+        header.make,
+        header.model,
+        header.width,
+        header.height,
+        header.quality,
+    )
     v.software = "; ".join(header.software)
     v.orientation = "" if header.orientation is None else str(header.orientation)
     v.digest = header.digest

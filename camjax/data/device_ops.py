@@ -156,8 +156,10 @@ def resize(sources: jax.Array, scale: float, *, patch: int) -> jax.Array:
     _check_batch(sources, "resize")
     m, raw = Manipulation(f"resize{scale}", "resize", scale), sources.shape[1]
     if raw < manipulations.source_size(patch, m):
-        raise ValueError(f"device_ops.resize: a x{scale} patch of {patch} needs sources of "
-                         f"{manipulations.source_size(patch, m)} px, got {raw}")
+        raise ValueError(
+            f"device_ops.resize: a x{scale} patch of {patch} needs sources of "
+            f"{manipulations.source_size(patch, m)} px, got {raw}"
+        )
     taps, weights = _resize_taps(patch, m, raw)
     b = sources.shape[0]
     return _resample(sources, jnp.broadcast_to(taps, (b, patch, 4)), jnp.broadcast_to(weights, (b, patch, 4)))
@@ -359,8 +361,12 @@ def jpeg(images: jax.Array, quality: int) -> jax.Array:
 def _manipulation_tables() -> tuple[np.ndarray, np.ndarray]:
     """Gamma tables [M, 256] (identity for other ids) and JPEG tables [M, 2, 8, 8] (quality
     100's all-ones for other ids; their JPEG result is discarded)."""
-    luts = np.stack([manipulations.gamma_table(m.value) if m.kind == "gamma" else np.arange(256, dtype=np.uint8)
-                     for m in MANIPULATIONS])
+    luts = np.stack(
+        [
+            manipulations.gamma_table(m.value) if m.kind == "gamma" else np.arange(256, dtype=np.uint8)
+            for m in MANIPULATIONS
+        ]
+    )
     quant = np.stack([quant_tables(m.value if m.kind == "jpeg" else 100) for m in MANIPULATIONS])
     return luts, quant
 
@@ -404,8 +410,9 @@ def manipulate(raw: jax.Array, manip_ids: jax.Array, *, patch: int, strategy: st
     if raw.dtype != jnp.uint8:
         raise ValueError(f"device_ops.manipulate: raw crops must be uint8, got {raw.dtype}")
     if raw.shape[1] != raw_size(patch):
-        raise ValueError(f"device_ops.manipulate: patch {patch} needs raw crops of {raw_size(patch)} px, "
-                         f"got {raw.shape[1]}")
+        raise ValueError(
+            f"device_ops.manipulate: patch {patch} needs raw crops of {raw_size(patch)} px, got {raw.shape[1]}"
+        )
     ids = jnp.clip(jnp.asarray(manip_ids, jnp.int32), 0, NUM_MANIPULATIONS - 1)
     if ids.shape != raw.shape[:1]:
         raise ValueError(f"device_ops.manipulate: manip_ids must be [{raw.shape[0]}], got shape {ids.shape}")
@@ -425,8 +432,9 @@ def manipulate(raw: jax.Array, manip_ids: jax.Array, *, patch: int, strategy: st
     return lax.map(lambda args: lax.switch(args[1], branches, args[0]), (raw, ids))
 
 
-def apply_on_device(raw_crops: jax.Array, manip_ids: jax.Array, d4_ids: jax.Array, *, patch: int,
-                    strategy: str = "auto") -> jax.Array:
+def apply_on_device(
+    raw_crops: jax.Array, manip_ids: jax.Array, d4_ids: jax.Array, *, patch: int, strategy: str = "auto"
+) -> jax.Array:
     """The train step's augmentation: `manipulate`, then the D4 view d4_ids[b] (0..7, camjax.tta's
     k = rotation + 4 * flip) of each example -> uint8 [B, patch, patch, 3]."""
     return transform_batch(manipulate(raw_crops, manip_ids, patch=patch, strategy=strategy), d4_ids)

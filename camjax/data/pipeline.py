@@ -129,8 +129,17 @@ class _TrainPlan:
     slots are decoded together and their patches shuffled, so a batch mixes images.
     """
 
-    def __init__(self, records: list[Record], data_config, *, seed: int, shard_index: int, views, group: int,
-                 read: Reader = read_bytes):
+    def __init__(
+        self,
+        records: list[Record],
+        data_config,
+        *,
+        seed: int,
+        shard_index: int,
+        views,
+        group: int,
+        read: Reader = read_bytes,
+    ):
         self.read = read
         if not records:
             raise ValueError(f"shard {shard_index} has no training files")
@@ -260,7 +269,13 @@ def shard_records(records: Sequence[Record], shard_index: int, shard_count: int)
 
 
 def make_train_dataset(
-    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+    index,
+    data_config,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
     read: Reader = read_bytes,
 ) -> grain.IterDataset:
     """The endless, in-process training dataset of one process's shard (see the module doc)."""
@@ -280,13 +295,24 @@ def make_train_dataset(
 
 
 def make_train_loader(
-    index, data_config, *, batch_size: int, seed: int, shard_index: int = 0, shard_count: int = 1,
+    index,
+    data_config,
+    *,
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
     read: Reader = read_bytes,
 ) -> grain.DatasetIterator:
     """An iterator over training batches, read by `data_config.workers` processes; its
     `get_state()`/`set_state()` (or grain.checkpoint with orbax) make resumption exact."""
     ds = make_train_dataset(
-        index, data_config, batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count,
+        index,
+        data_config,
+        batch_size=batch_size,
+        seed=seed,
+        shard_index=shard_index,
+        shard_count=shard_count,
         read=read,
     )
     if data_config.workers > 0:
@@ -348,7 +374,13 @@ class _ShardGroup:
 
 
 def make_process_loader(
-    index, data_config, *, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
+    index,
+    data_config,
+    *,
+    global_batch: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
     read: Reader = read_bytes,
 ):
     """This process's rows of every global training batch.
@@ -367,8 +399,15 @@ def make_process_loader(
         )
     k = shards // process_count
     loaders = [
-        make_train_loader(index, data_config, batch_size=global_batch // shards, seed=seed,
-                          shard_index=process_index * k + j, shard_count=shards, read=read)
+        make_train_loader(
+            index,
+            data_config,
+            batch_size=global_batch // shards,
+            seed=seed,
+            shard_index=process_index * k + j,
+            shard_count=shards,
+            read=read,
+        )
         for j in range(k)
     ]
     return loaders[0] if k == 1 else _ShardGroup(loaders)
@@ -377,8 +416,9 @@ def make_process_loader(
 class _Batches:
     """A re-iterable stream of fixed-size batches; `skipped` lists (path, reason) of bad files."""
 
-    def __init__(self, rows: Callable[[], Iterator[dict[str, Any]]], spec: dict, batch_size: int,
-                 read: Reader = read_bytes):
+    def __init__(
+        self, rows: Callable[[], Iterator[dict[str, Any]]], spec: dict, batch_size: int, read: Reader = read_bytes
+    ):
         self._rows, self._spec, self._batch_size, self._read = rows, spec, batch_size, read
         self.skipped: list[tuple[str, str]] = []
 

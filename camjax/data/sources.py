@@ -140,8 +140,11 @@ def add_extra_train(index: DatasetIndex, extra_root: str | os.PathLike) -> Datas
     if leaked:
         raise ValueError(f"{train_dir}: {len(leaked)} files are validation files, e.g. {leaked[0]}")
     label = {c: i for i, c in enumerate(index.classes)}
-    extra = [Record(str(p), label[c], c, manipulated=is_manipulated_from_fname(p.name))
-             for c in index.classes for p in files.get(c, [])]
+    extra = [
+        Record(str(p), label[c], c, manipulated=is_manipulated_from_fname(p.name))
+        for c in index.classes
+        for p in files.get(c, [])
+    ]
     return dataclasses.replace(index, train=index.train + extra)
 
 

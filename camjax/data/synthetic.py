@@ -103,58 +103,246 @@ def _model(name, make, exif_model, **kw) -> CameraModel:
 
 # Pairs share most of their pipeline on purpose; quality differences are small.
 MODELS: tuple[CameraModel, ...] = (
-    _model("HTC-1-M7", "HTC", "HTC One", portrait=0.3, cfa="GRBG", demosaic="hamilton_adams",
-           lens_sigma=0.55, crosstalk=0.12, sensitivity=(0.55, 1.0, 0.70), saturation=1.05,
-           tone_gamma=0.0, tone_contrast=0.10, chroma_denoise=1.0, sharpen_sigma=1.0,
-           sharpen_amount=0.7, adc_bits=10, jpeg_tables="ijg", jpeg_quality=90,
-           subsampling="4:2:0", shot_noise=3.0e-4, read_noise=2.0e-3, prnu=0.010),
-    _model("iPhone-4s", "Apple", "iPhone 4S", portrait=0.25, cfa="RGGB", demosaic="mhc",
-           lens_sigma=0.60, crosstalk=0.15, sensitivity=(0.50, 1.0, 0.65), saturation=1.00,
-           tone_gamma=2.2, tone_contrast=0.15, chroma_denoise=1.5, sharpen_sigma=0.8,
-           sharpen_amount=0.5, adc_bits=12, jpeg_tables="apple", jpeg_quality=92,
-           subsampling="4:2:0", shot_noise=2.5e-4, read_noise=1.5e-3, prnu=0.008),
-    _model("iPhone-6", "Apple", "iPhone 6", portrait=0.25, cfa="RGGB", demosaic="mhc",
-           lens_sigma=0.55, crosstalk=0.11, sensitivity=(0.52, 1.0, 0.68), saturation=1.06,
-           tone_gamma=2.2, tone_contrast=0.18, chroma_denoise=1.5, sharpen_sigma=0.8,
-           sharpen_amount=0.6, adc_bits=12, jpeg_tables="apple", jpeg_quality=93,
-           subsampling="4:2:0", shot_noise=2.0e-4, read_noise=1.2e-3, prnu=0.007),
-    _model("LG-Nexus-5x", "LGE", "Nexus 5X", portrait=0.2, cfa="BGGR", demosaic="hamilton_adams",
-           lens_sigma=0.50, crosstalk=0.10, sensitivity=(0.58, 1.0, 0.72), saturation=1.02,
-           tone_gamma=2.2, tone_contrast=0.05, chroma_denoise=0.0, sharpen_sigma=1.2,
-           sharpen_amount=0.3, adc_bits=10, jpeg_tables="ijg", jpeg_quality=95,
-           subsampling="4:4:4", shot_noise=2.2e-4, read_noise=1.6e-3, prnu=0.009),
-    _model("Motorola-Droid-Maxx", "motorola", "XT1080", portrait=0.35, cfa="GBRG",
-           demosaic="bilinear", lens_sigma=0.65, crosstalk=0.14, sensitivity=(0.53, 1.0, 0.66),
-           saturation=1.08, tone_gamma=0.0, tone_contrast=0.12, chroma_denoise=1.0,
-           sharpen_sigma=1.0, sharpen_amount=0.8, adc_bits=10, jpeg_tables="ijg",
-           jpeg_quality=86, subsampling="4:2:0", shot_noise=3.5e-4, read_noise=2.2e-3, prnu=0.011),
-    _model("Motorola-Nexus-6", "motorola", "Nexus 6", portrait=0.25, cfa="RGGB",
-           demosaic="hamilton_adams", lens_sigma=0.55, crosstalk=0.12,
-           sensitivity=(0.56, 1.0, 0.70), saturation=1.00, tone_gamma=0.0, tone_contrast=0.08,
-           chroma_denoise=0.0, sharpen_sigma=1.2, sharpen_amount=0.5, adc_bits=10,
-           jpeg_tables="ijg", jpeg_quality=95, subsampling="4:2:0", shot_noise=2.6e-4,
-           read_noise=1.8e-3, prnu=0.009),
-    _model("Motorola-X", "motorola", "XT1096", portrait=0.25, cfa="RGGB",
-           demosaic="hamilton_adams", lens_sigma=0.60, crosstalk=0.14,
-           sensitivity=(0.54, 1.0, 0.67), saturation=1.06, tone_gamma=0.0, tone_contrast=0.10,
-           chroma_denoise=0.0, sharpen_sigma=1.2, sharpen_amount=0.4, adc_bits=10,
-           jpeg_tables="ijg", jpeg_quality=94, subsampling="4:2:0", shot_noise=3.0e-4,
-           read_noise=2.0e-3, prnu=0.010),
-    _model("Samsung-Galaxy-Note3", "SAMSUNG", "SM-N9005", portrait=0.3, cfa="GRBG", demosaic="mhc",
-           lens_sigma=0.55, crosstalk=0.13, sensitivity=(0.55, 1.0, 0.69), saturation=1.10,
-           tone_gamma=0.0, tone_contrast=0.14, chroma_denoise=1.0, sharpen_sigma=0.9,
-           sharpen_amount=0.6, adc_bits=10, jpeg_tables="samsung", jpeg_quality=96,
-           subsampling="4:2:0", shot_noise=2.4e-4, read_noise=1.7e-3, prnu=0.009),
-    _model("Samsung-Galaxy-S4", "SAMSUNG", "GT-I9505", portrait=0.3, cfa="GRBG", demosaic="mhc",
-           lens_sigma=0.60, crosstalk=0.10, sensitivity=(0.58, 1.0, 0.73), saturation=1.04,
-           tone_gamma=0.0, tone_contrast=0.14, chroma_denoise=1.0, sharpen_sigma=0.9,
-           sharpen_amount=0.7, adc_bits=10, jpeg_tables="samsung", jpeg_quality=96,
-           subsampling="4:2:0", shot_noise=2.8e-4, read_noise=1.9e-3, prnu=0.010),
-    _model("Sony-NEX-7", "SONY", "NEX-7", portrait=0.15, cfa="RGGB", demosaic="mhc",
-           lens_sigma=0.70, crosstalk=0.08, sensitivity=(0.60, 1.0, 0.75), saturation=1.00,
-           tone_gamma=2.4, tone_contrast=0.20, chroma_denoise=0.0, sharpen_sigma=0.7,
-           sharpen_amount=0.25, adc_bits=12, jpeg_tables="sony", jpeg_quality=97,
-           subsampling="4:2:2", shot_noise=0.9e-4, read_noise=0.8e-3, prnu=0.006),
+    _model(
+        "HTC-1-M7",
+        "HTC",
+        "HTC One",
+        portrait=0.3,
+        cfa="GRBG",
+        demosaic="hamilton_adams",
+        lens_sigma=0.55,
+        crosstalk=0.12,
+        sensitivity=(0.55, 1.0, 0.70),
+        saturation=1.05,
+        tone_gamma=0.0,
+        tone_contrast=0.10,
+        chroma_denoise=1.0,
+        sharpen_sigma=1.0,
+        sharpen_amount=0.7,
+        adc_bits=10,
+        jpeg_tables="ijg",
+        jpeg_quality=90,
+        subsampling="4:2:0",
+        shot_noise=3.0e-4,
+        read_noise=2.0e-3,
+        prnu=0.010,
+    ),
+    _model(
+        "iPhone-4s",
+        "Apple",
+        "iPhone 4S",
+        portrait=0.25,
+        cfa="RGGB",
+        demosaic="mhc",
+        lens_sigma=0.60,
+        crosstalk=0.15,
+        sensitivity=(0.50, 1.0, 0.65),
+        saturation=1.00,
+        tone_gamma=2.2,
+        tone_contrast=0.15,
+        chroma_denoise=1.5,
+        sharpen_sigma=0.8,
+        sharpen_amount=0.5,
+        adc_bits=12,
+        jpeg_tables="apple",
+        jpeg_quality=92,
+        subsampling="4:2:0",
+        shot_noise=2.5e-4,
+        read_noise=1.5e-3,
+        prnu=0.008,
+    ),
+    _model(
+        "iPhone-6",
+        "Apple",
+        "iPhone 6",
+        portrait=0.25,
+        cfa="RGGB",
+        demosaic="mhc",
+        lens_sigma=0.55,
+        crosstalk=0.11,
+        sensitivity=(0.52, 1.0, 0.68),
+        saturation=1.06,
+        tone_gamma=2.2,
+        tone_contrast=0.18,
+        chroma_denoise=1.5,
+        sharpen_sigma=0.8,
+        sharpen_amount=0.6,
+        adc_bits=12,
+        jpeg_tables="apple",
+        jpeg_quality=93,
+        subsampling="4:2:0",
+        shot_noise=2.0e-4,
+        read_noise=1.2e-3,
+        prnu=0.007,
+    ),
+    _model(
+        "LG-Nexus-5x",
+        "LGE",
+        "Nexus 5X",
+        portrait=0.2,
+        cfa="BGGR",
+        demosaic="hamilton_adams",
+        lens_sigma=0.50,
+        crosstalk=0.10,
+        sensitivity=(0.58, 1.0, 0.72),
+        saturation=1.02,
+        tone_gamma=2.2,
+        tone_contrast=0.05,
+        chroma_denoise=0.0,
+        sharpen_sigma=1.2,
+        sharpen_amount=0.3,
+        adc_bits=10,
+        jpeg_tables="ijg",
+        jpeg_quality=95,
+        subsampling="4:4:4",
+        shot_noise=2.2e-4,
+        read_noise=1.6e-3,
+        prnu=0.009,
+    ),
+    _model(
+        "Motorola-Droid-Maxx",
+        "motorola",
+        "XT1080",
+        portrait=0.35,
+        cfa="GBRG",
+        demosaic="bilinear",
+        lens_sigma=0.65,
+        crosstalk=0.14,
+        sensitivity=(0.53, 1.0, 0.66),
+        saturation=1.08,
+        tone_gamma=0.0,
+        tone_contrast=0.12,
+        chroma_denoise=1.0,
+        sharpen_sigma=1.0,
+        sharpen_amount=0.8,
+        adc_bits=10,
+        jpeg_tables="ijg",
+        jpeg_quality=86,
+        subsampling="4:2:0",
+        shot_noise=3.5e-4,
+        read_noise=2.2e-3,
+        prnu=0.011,
+    ),
+    _model(
+        "Motorola-Nexus-6",
+        "motorola",
+        "Nexus 6",
+        portrait=0.25,
+        cfa="RGGB",
+        demosaic="hamilton_adams",
+        lens_sigma=0.55,
+        crosstalk=0.12,
+        sensitivity=(0.56, 1.0, 0.70),
+        saturation=1.00,
+        tone_gamma=0.0,
+        tone_contrast=0.08,
+        chroma_denoise=0.0,
+        sharpen_sigma=1.2,
+        sharpen_amount=0.5,
+        adc_bits=10,
+        jpeg_tables="ijg",
+        jpeg_quality=95,
+        subsampling="4:2:0",
+        shot_noise=2.6e-4,
+        read_noise=1.8e-3,
+        prnu=0.009,
+    ),
+    _model(
+        "Motorola-X",
+        "motorola",
+        "XT1096",
+        portrait=0.25,
+        cfa="RGGB",
+        demosaic="hamilton_adams",
+        lens_sigma=0.60,
+        crosstalk=0.14,
+        sensitivity=(0.54, 1.0, 0.67),
+        saturation=1.06,
+        tone_gamma=0.0,
+        tone_contrast=0.10,
+        chroma_denoise=0.0,
+        sharpen_sigma=1.2,
+        sharpen_amount=0.4,
+        adc_bits=10,
+        jpeg_tables="ijg",
+        jpeg_quality=94,
+        subsampling="4:2:0",
+        shot_noise=3.0e-4,
+        read_noise=2.0e-3,
+        prnu=0.010,
+    ),
+    _model(
+        "Samsung-Galaxy-Note3",
+        "SAMSUNG",
+        "SM-N9005",
+        portrait=0.3,
+        cfa="GRBG",
+        demosaic="mhc",
+        lens_sigma=0.55,
+        crosstalk=0.13,
+        sensitivity=(0.55, 1.0, 0.69),
+        saturation=1.10,
+        tone_gamma=0.0,
+        tone_contrast=0.14,
+        chroma_denoise=1.0,
+        sharpen_sigma=0.9,
+        sharpen_amount=0.6,
+        adc_bits=10,
+        jpeg_tables="samsung",
+        jpeg_quality=96,
+        subsampling="4:2:0",
+        shot_noise=2.4e-4,
+        read_noise=1.7e-3,
+        prnu=0.009,
+    ),
+    _model(
+        "Samsung-Galaxy-S4",
+        "SAMSUNG",
+        "GT-I9505",
+        portrait=0.3,
+        cfa="GRBG",
+        demosaic="mhc",
+        lens_sigma=0.60,
+        crosstalk=0.10,
+        sensitivity=(0.58, 1.0, 0.73),
+        saturation=1.04,
+        tone_gamma=0.0,
+        tone_contrast=0.14,
+        chroma_denoise=1.0,
+        sharpen_sigma=0.9,
+        sharpen_amount=0.7,
+        adc_bits=10,
+        jpeg_tables="samsung",
+        jpeg_quality=96,
+        subsampling="4:2:0",
+        shot_noise=2.8e-4,
+        read_noise=1.9e-3,
+        prnu=0.010,
+    ),
+    _model(
+        "Sony-NEX-7",
+        "SONY",
+        "NEX-7",
+        portrait=0.15,
+        cfa="RGGB",
+        demosaic="mhc",
+        lens_sigma=0.70,
+        crosstalk=0.08,
+        sensitivity=(0.60, 1.0, 0.75),
+        saturation=1.00,
+        tone_gamma=2.4,
+        tone_contrast=0.20,
+        chroma_denoise=0.0,
+        sharpen_sigma=0.7,
+        sharpen_amount=0.25,
+        adc_bits=12,
+        jpeg_tables="sony",
+        jpeg_quality=97,
+        subsampling="4:2:2",
+        shot_noise=0.9e-4,
+        read_noise=0.8e-3,
+        prnu=0.006,
+    ),
 )
 assert tuple(m.name for m in MODELS) == CHALLENGE_CLASSES
 
@@ -175,20 +363,87 @@ def device(seed: int, model: int, unit: int) -> Device:
     """Unit 1 or 2 of a model, drawn from the dataset seed."""
     rng = np.random.default_rng([seed, 0xDE71CE, model, unit])
     m = MODELS[model]
-    return Device(model=model, unit=unit, seed=int(rng.integers(2**31)),
-                  prnu=round(m.prnu * float(rng.uniform(0.8, 1.25)), 5),
-                  noise_scale=round(float(np.exp(rng.uniform(-0.3, 0.3))), 4),
-                  hot_pixels=int(rng.integers(0, 40)))
+    return Device(
+        model=model,
+        unit=unit,
+        seed=int(rng.integers(2**31)),
+        prnu=round(m.prnu * float(rng.uniform(0.8, 1.25)), 5),
+        noise_scale=round(float(np.exp(rng.uniform(-0.3, 0.3))), 4),
+        hot_pixels=int(rng.integers(0, 40)),
+    )
 
 
 # --------------------------------------------------------------------------------------
 # JPEG tables.
 
-_IJG_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99])
+_IJG_LUMA = np.array(
+    [
+        16,
+        11,
+        10,
+        16,
+        24,
+        40,
+        51,
+        61,
+        12,
+        12,
+        14,
+        19,
+        26,
+        58,
+        60,
+        55,
+        14,
+        13,
+        16,
+        24,
+        40,
+        57,
+        69,
+        56,
+        14,
+        17,
+        22,
+        29,
+        51,
+        87,
+        80,
+        62,
+        18,
+        22,
+        37,
+        56,
+        68,
+        109,
+        103,
+        77,
+        24,
+        35,
+        55,
+        64,
+        81,
+        104,
+        113,
+        92,
+        49,
+        64,
+        78,
+        87,
+        103,
+        121,
+        120,
+        101,
+        72,
+        92,
+        95,
+        98,
+        112,
+        100,
+        103,
+        99,
+    ]
+)
 _IJG_CHROMA = np.full(64, 99)
 _IJG_CHROMA[[0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 24, 25]] = [17, 18, 24, 47, 18, 21, 26, 66, 24, 26, 56, 47, 66]
 
@@ -220,6 +475,7 @@ def jpeg_qtables(family: str, quality: int) -> list[list[int]]:
 # --------------------------------------------------------------------------------------
 # Scenes: one distribution for every camera, linear scene-referred RGB.
 
+
 def _srgb_decode(v: np.ndarray) -> np.ndarray:
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
 
@@ -232,8 +488,17 @@ _DECODE_LUT = _srgb_decode(np.arange(256) / 255.0).astype(np.float32).reshape(1,
 
 # Illuminant colour (linear RGB, G = 1) against colour temperature, interpolated in mired.
 _CCT = np.array([2500, 3200, 4000, 5000, 6500, 8000, 10000], float)
-_CCT_RGB = np.array([[1.00, 0.55, 0.22], [1.00, 0.68, 0.39], [1.00, 0.80, 0.60], [1.00, 0.90, 0.80],
-                     [1.00, 1.00, 1.00], [0.92, 0.98, 1.12], [0.85, 0.95, 1.25]])
+_CCT_RGB = np.array(
+    [
+        [1.00, 0.55, 0.22],
+        [1.00, 0.68, 0.39],
+        [1.00, 0.80, 0.60],
+        [1.00, 0.90, 0.80],
+        [1.00, 1.00, 1.00],
+        [0.92, 0.98, 1.12],
+        [0.85, 0.95, 1.25],
+    ]
+)
 
 
 def illuminant(cct: float) -> np.ndarray:
@@ -292,8 +557,9 @@ def _draw_shape(rng, canvas, cx, cy, r, colour, shift=4):
     kind = rng.integers(4)
     if kind == 0:
         axes = (max(1, int(r * s)), max(1, int(r * s * rng.uniform(0.2, 1.0))))
-        cv2.ellipse(canvas, (int(cx * s), int(cy * s)), axes, float(rng.uniform(0, 180)), 0, 360,
-                    colour, -1, cv2.LINE_AA, shift)
+        cv2.ellipse(
+            canvas, (int(cx * s), int(cy * s)), axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA, shift
+        )
     elif kind == 3 and r > 3:
         a = rng.uniform(0, 2 * np.pi)
         p1 = (int((cx - r * np.cos(a)) * s), int((cy - r * np.sin(a)) * s))
@@ -301,8 +567,11 @@ def _draw_shape(rng, canvas, cx, cy, r, colour, shift=4):
         cv2.line(canvas, p1, p2, colour, int(rng.integers(1, max(2, int(r / 4)))), cv2.LINE_AA, shift)
     else:
         n = int(rng.integers(3, 9)) if kind == 2 else 4
-        angles = np.sort(rng.uniform(0, 2 * np.pi, n)) if kind == 2 else (
-            rng.uniform(0, np.pi) + np.arange(4) * np.pi / 2 + rng.uniform(-0.4, 0.4, 4))
+        angles = (
+            np.sort(rng.uniform(0, 2 * np.pi, n))
+            if kind == 2
+            else (rng.uniform(0, np.pi) + np.arange(4) * np.pi / 2 + rng.uniform(-0.4, 0.4, 4))
+        )
         radii = r * rng.uniform(0.5, 1.0, n)
         pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], -1)
         cv2.fillPoly(canvas, [np.round(pts * s).astype(np.int32)], colour, cv2.LINE_AA, shift)
@@ -371,8 +640,7 @@ def render_scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     n = int(rng.uniform(80, 200) * h * w / 1.8e6) + 1
     radii = np.sort(2.0 * (400 / 2.0) ** rng.random(n))[::-1]  # log-uniform: 1/r^2 density
     for r in radii:
-        _draw_shape(rng, canvas, rng.uniform(-r / 2, w + r / 2), rng.uniform(-r / 2, h + r / 2), r,
-                    _random_colour(rng))
+        _draw_shape(rng, canvas, rng.uniform(-r / 2, w + r / 2), rng.uniform(-r / 2, h + r / 2), r, _random_colour(rng))
     lin = cv2.LUT(canvas, np.repeat(_DECODE_LUT[..., None], 3, -1))
 
     # Texture of varying strength (some surfaces smooth, some rough) and smooth illumination
@@ -404,6 +672,7 @@ def render_scene(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------
 # Sensor.
+
 
 def crosstalk_matrix(model: CameraModel) -> np.ndarray:
     """Scene RGB -> raw RGB: colour filter overlap, then the channels' sensitivities."""
@@ -452,13 +721,22 @@ _K_BILINEAR_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32) / 4
 _K_BILINEAR_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 4
 
 # Malvar, He and Cutler (2004): gradient-corrected bilinear, 5x5 kernels (x 1/8).
-_K_MHC_G = np.array([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0],
-                     [0, 0, -1, 0, 0]], np.float32) / 8
-_K_MHC_ROW = np.array([[0, 0, 0.5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0],
-                       [0, 0, 0.5, 0, 0]], np.float32) / 8  # colour of the same row, at green
+_K_MHC_G = (
+    np.array([[0, 0, -1, 0, 0], [0, 0, 2, 0, 0], [-1, 2, 4, 2, -1], [0, 0, 2, 0, 0], [0, 0, -1, 0, 0]], np.float32) / 8
+)
+_K_MHC_ROW = (
+    np.array(
+        [[0, 0, 0.5, 0, 0], [0, -1, 0, -1, 0], [-1, 4, 5, 4, -1], [0, -1, 0, -1, 0], [0, 0, 0.5, 0, 0]], np.float32
+    )
+    / 8
+)  # colour of the same row, at green
 _K_MHC_COL = np.ascontiguousarray(_K_MHC_ROW.T)  # colour of the same column, at green
-_K_MHC_DIAG = np.array([[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0],
-                        [0, 0, -1.5, 0, 0]], np.float32) / 8  # red at blue and blue at red
+_K_MHC_DIAG = (
+    np.array(
+        [[0, 0, -1.5, 0, 0], [0, 2, 0, 2, 0], [-1.5, 0, 6, 0, -1.5], [0, 2, 0, 2, 0], [0, 0, -1.5, 0, 0]], np.float32
+    )
+    / 8
+)  # red at blue and blue at red
 
 
 def _filter(x, k):
@@ -474,8 +752,7 @@ def _scatter(mosaic, cfa, channel):
 
 
 def demosaic_bilinear(mosaic: np.ndarray, cfa: str) -> np.ndarray:
-    return cv2.merge([_filter(_scatter(mosaic, cfa, c), _K_BILINEAR_G if c == 1 else _K_BILINEAR_RB)
-                      for c in range(3)])
+    return cv2.merge([_filter(_scatter(mosaic, cfa, c), _K_BILINEAR_G if c == 1 else _K_BILINEAR_RB) for c in range(3)])
 
 
 def demosaic_mhc(mosaic: np.ndarray, cfa: str) -> np.ndarray:
@@ -523,6 +800,7 @@ DEMOSAIC = {"bilinear": demosaic_bilinear, "mhc": demosaic_mhc, "hamilton_adams"
 # --------------------------------------------------------------------------------------
 # Rendering in the camera.
 
+
 @functools.cache
 def tone_lut(gamma: float, contrast: float, bits: int = 16) -> np.ndarray:
     """Linear [0, 1] (quantised to `bits`) -> uint8: a gamma curve, then an S-curve."""
@@ -569,8 +847,9 @@ def sensor_window(shape: tuple[int, int], turns: int, top: int, left: int, heigh
 _CV_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 3: cv2.ROTATE_90_CLOCKWISE}  # = np.rot90(., turns)
 
 
-def expose(model: CameraModel, dev: Device, scene: np.ndarray, origin: tuple[int, int], cfa: str,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def expose(
+    model: CameraModel, dev: Device, scene: np.ndarray, origin: tuple[int, int], cfa: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Optics and sensor: the raw mosaic (ADC codes, float32) and the raw grey-world mean.
 
     Lens blur, colour filters with crosstalk, PRNU, signal-dependent shot noise and read
@@ -601,8 +880,9 @@ def expose(model: CameraModel, dev: Device, scene: np.ndarray, origin: tuple[int
     return mosaic, raw[_centre(h, w)][::8, ::8].reshape(-1, 3).mean(0)
 
 
-def white_balance(model: CameraModel, mosaic: np.ndarray, cfa: str, light: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+def white_balance(
+    model: CameraModel, mosaic: np.ndarray, cfa: str, light: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """ADC codes -> white-balanced [0, 1] mosaic, from a slightly wrong estimate of the light."""
     gains = light[1] / light * np.exp(rng.normal(0, [0.03, 0, 0.03]))
     gains /= 2**model.adc_bits - 1
@@ -631,8 +911,9 @@ def develop(model: CameraModel, rgb: np.ndarray) -> np.ndarray:
     return img
 
 
-def capture(model: CameraModel, dev: Device, rng_scene, rng_shot, turns: int,
-            window: tuple[int, int, int, int]) -> np.ndarray:
+def capture(
+    model: CameraModel, dev: Device, rng_scene, rng_shot, turns: int, window: tuple[int, int, int, int]
+) -> np.ndarray:
     """Photograph a random scene; return the stored window (after rotation) as uint8 RGB.
 
     `window` is (top, left, height, width) in the stored (rotated) frame's coordinates;
@@ -653,13 +934,19 @@ def encode_jpeg(img: np.ndarray, model: CameraModel) -> bytes:
     exif[0x010F] = model.make
     exif[0x0110] = model.exif_model
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", qtables=jpeg_qtables(model.jpeg_tables, model.jpeg_quality),
-                              subsampling=_SUBSAMPLING[model.subsampling], exif=exif.tobytes())
+    Image.fromarray(img).save(
+        buf,
+        format="JPEG",
+        qtables=jpeg_qtables(model.jpeg_tables, model.jpeg_quality),
+        subsampling=_SUBSAMPLING[model.subsampling],
+        exif=exif.tobytes(),
+    )
     return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------
 # Frames and the dataset.
+
 
 @dataclasses.dataclass(frozen=True)
 class Shot:
@@ -718,8 +1005,9 @@ def window_around(shape: tuple[int, int], source: tuple[int, int], size: int, si
     grid, stays inside the frame and holds the source in its middle (up to an MCU)."""
     if side > min(shape):
         raise ValueError(f"a {side}-px window does not fit a {shape[0]}x{shape[1]} frame")
-    corner = [min(max((s - (side - size) // 2) // MCU * MCU, 0), (n - side) // MCU * MCU)
-              for s, n in zip(source, shape)]
+    corner = [
+        min(max((s - (side - size) // 2) // MCU * MCU, 0), (n - side) // MCU * MCU) for s, n in zip(source, shape)
+    ]
     return corner[0], corner[1], side, side
 
 
@@ -763,8 +1051,7 @@ def render(shot: Shot, out_dir: str) -> dict | None:
     return {"fname": os.path.basename(shot.path), "camera": model.name, "manipulation": manip.name}
 
 
-def plan(seed: int, cameras: int, images_per_camera: int, test_per_camera: int,
-         train_window: int = 0) -> list[Shot]:
+def plan(seed: int, cameras: int, images_per_camera: int, test_per_camera: int, train_window: int = 0) -> list[Shot]:
     """Every frame of the dataset. Test ids are random hex from the seed; within each
     camera every other test frame is manipulated, cycling through the eight manipulations."""
     if not 1 <= cameras <= len(MODELS):
@@ -777,8 +1064,10 @@ def plan(seed: int, cameras: int, images_per_camera: int, test_per_camera: int,
     shots = []
     for m in range(cameras):
         name = MODELS[m].name
-        shots += [Shot(seed, "train", m, i, f"train/{name}/{name}_{i:04d}.jpg", train_window)
-                  for i in range(images_per_camera)]
+        shots += [
+            Shot(seed, "train", m, i, f"train/{name}/{name}_{i:04d}.jpg", train_window)
+            for i in range(images_per_camera)
+        ]
     rng = np.random.default_rng([seed, 0x7E57])
     ids: list[str] = []
     while len(ids) < cameras * test_per_camera:
@@ -813,24 +1102,36 @@ def _describe(seed: int, cameras: int, params: dict) -> dict:
     models = []
     for m in range(cameras):
         model = MODELS[m]
-        models.append(dict(
-            dataclasses.asdict(model),
-            qtables=jpeg_qtables(model.jpeg_tables, model.jpeg_quality),
-            colour_matrix=np.round(colour_matrix(model), 4).tolist(),
-            devices=[dataclasses.asdict(device(seed, m, u)) for u in (1, 2)],
-        ))
+        models.append(
+            dict(
+                dataclasses.asdict(model),
+                qtables=jpeg_qtables(model.jpeg_tables, model.jpeg_quality),
+                colour_matrix=np.round(colour_matrix(model), 4).tolist(),
+                devices=[dataclasses.asdict(device(seed, m, u)) for u in (1, 2)],
+            )
+        )
     return {
         "generator_version": GENERATOR_VERSION,
         "params": params,
-        "note": ("Virtual cameras standing in for the challenge classes: names, aspect ratios "
-                 "and EXIF strings are borrowed, every other parameter is invented. Train "
-                 "frames: device 1 of each model; test patches: device 2."),
+        "note": (
+            "Virtual cameras standing in for the challenge classes: names, aspect ratios "
+            "and EXIF strings are borrowed, every other parameter is invented. Train "
+            "frames: device 1 of each model; test patches: device 2."
+        ),
         "models": models,
     }
 
 
-def generate(out_dir, *, cameras: int = 10, images_per_camera: int = 40, test_per_camera: int = 24,
-             seed: int = 0, workers: int | None = None, train_window: int = 0) -> pathlib.Path:
+def generate(
+    out_dir,
+    *,
+    cameras: int = 10,
+    images_per_camera: int = 40,
+    test_per_camera: int = 24,
+    seed: int = 0,
+    workers: int | None = None,
+    train_window: int = 0,
+) -> pathlib.Path:
     """Write the dataset to `out_dir` (which must not exist or be empty), atomically.
 
     Frames are rendered into a temporary sibling folder, renamed into place at the end, so
@@ -840,8 +1141,13 @@ def generate(out_dir, *, cameras: int = 10, images_per_camera: int = 40, test_pe
     out = pathlib.Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty folder")
-    params = dict(cameras=cameras, images_per_camera=images_per_camera, test_per_camera=test_per_camera,
-                  seed=seed, train_window=train_window)
+    params = dict(
+        cameras=cameras,
+        images_per_camera=images_per_camera,
+        test_per_camera=test_per_camera,
+        seed=seed,
+        train_window=train_window,
+    )
     shots = plan(seed, cameras, images_per_camera, test_per_camera, train_window)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -881,11 +1187,24 @@ def dataset_key(**params) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def ensure_dataset(cache_dir, *, cameras: int = 10, images_per_camera: int = 40, test_per_camera: int = 24,
-                   seed: int = 0, workers: int | None = None, train_window: int = 0) -> pathlib.Path:
+def ensure_dataset(
+    cache_dir,
+    *,
+    cameras: int = 10,
+    images_per_camera: int = 40,
+    test_per_camera: int = 24,
+    seed: int = 0,
+    workers: int | None = None,
+    train_window: int = 0,
+) -> pathlib.Path:
     """The cached dataset for these parameters, generated on first use."""
-    params = dict(cameras=cameras, images_per_camera=images_per_camera, test_per_camera=test_per_camera,
-                  seed=seed, train_window=train_window)
+    params = dict(
+        cameras=cameras,
+        images_per_camera=images_per_camera,
+        test_per_camera=test_per_camera,
+        seed=seed,
+        train_window=train_window,
+    )
     out = pathlib.Path(cache_dir) / f"synth-{dataset_key(**params)}"
     if (out / "cameras.json").is_file():
         return out

@@ -5,11 +5,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models import camnet  # noqa: F401  (registers)
-from camjax.models import densenet  # noqa: F401  (registers)
-from camjax.models import inception_resnet  # noqa: F401  (registers)
-from camjax.models import mobilenet  # noqa: F401  (registers)
-from camjax.models import resnet  # noqa: F401  (registers)
+from camjax.models import (
+    camnet,  # noqa: F401  (registers)
+    densenet,  # noqa: F401  (registers)
+    inception_resnet,  # noqa: F401  (registers)
+    mobilenet,  # noqa: F401  (registers)
+    resnet,  # noqa: F401  (registers)
+)
 from camjax.models.head import Classifier, FlagHead
 from camjax.models.layers import preprocess
 from camjax.models.pretrained import load
@@ -83,4 +85,17 @@ def create(
     )
 
 
-__all__ = ["BACKBONES", "BackboneSpec", "Classifier", "FlagHead", "create", "default_config", "dtype_from_name", "get", "load", "preprocess", "register", "set_batchnorm_momentum"]
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "Classifier",
+    "FlagHead",
+    "create",
+    "default_config",
+    "dtype_from_name",
+    "get",
+    "load",
+    "preprocess",
+    "register",
+    "set_batchnorm_momentum",
+]

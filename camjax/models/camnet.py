@@ -8,7 +8,7 @@ shrinking the spatial size, which is what makes XLA:CPU convolution gradients fa
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

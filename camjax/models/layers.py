@@ -27,16 +27,19 @@ def preprocess(images: jax.Array, mode: str) -> jax.Array:
 
 
 # The 5x5 "KV" high-pass kernel of the challenge's starter code (Fridrich/Kodovsky SRM).
-KV_KERNEL = np.array(
-    [
-        [-1, 2, -2, 2, -1],
-        [2, -6, 8, -6, 2],
-        [-2, 8, -12, 8, -2],
-        [2, -6, 8, -6, 2],
-        [-1, 2, -2, 2, -1],
-    ],
-    np.float32,
-) / 12.0
+KV_KERNEL = (
+    np.array(
+        [
+            [-1, 2, -2, 2, -1],
+            [2, -6, 8, -6, 2],
+            [-2, 8, -12, 8, -2],
+            [2, -6, 8, -6, 2],
+            [-1, 2, -2, 2, -1],
+        ],
+        np.float32,
+    )
+    / 12.0
+)
 
 
 def shifted_depthwise(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME") -> jax.Array:
@@ -95,8 +98,14 @@ def _taps_conv_bwd(strides, residuals, g):
     for i in range(kh):
         for j in range(kw):
             placed = jax.lax.pad(
-                g, zero,
-                ((0, 0, 0), (i, hp - i - (oh - 1) * sh - 1, sh - 1), (j, wp - j - (ow - 1) * sw - 1, sw - 1), (0, 0, 0)),
+                g,
+                zero,
+                (
+                    (0, 0, 0),
+                    (i, hp - i - (oh - 1) * sh - 1, sh - 1),
+                    (j, wp - j - (ow - 1) * sw - 1, sw - 1),
+                    (0, 0, 0),
+                ),
             )
             dk.append((xp * placed).reshape(-1, c).sum(0))
             dxp = placed * kernel[i, j] if dxp is None else dxp + placed * kernel[i, j]
@@ -118,16 +127,32 @@ def depthwise_lowering(impl: str = "auto"):
     if impl not in ("auto", "shifts", "conv"):
         raise ValueError(f"unknown depthwise lowering {impl!r}; expected auto, shifts or conv")
 
-    def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                             dimension_numbers=None, feature_group_count=1, **kwargs):
+    def conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=None,
+        rhs_dilation=None,
+        dimension_numbers=None,
+        feature_group_count=1,
+        **kwargs,
+    ):
         use_shifts = impl == "shifts" or (impl == "auto" and jax.default_backend() == "cpu")
         nhwc = dimension_numbers is None or tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
         undilated = all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
         if use_shifts and nhwc and undilated and lhs.ndim == 4 and feature_group_count == lhs.shape[-1] > 1:
             return shifted_depthwise(lhs, rhs, tuple(window_strides), padding)
         return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, **kwargs,
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            **kwargs,
         )
 
     return conv_general_dilated

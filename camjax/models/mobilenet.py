@@ -40,8 +40,12 @@ def make_divisible(v: float, divisor: int = 8) -> int:
 
 def _layers(*, dtype, param_dtype, bn_axis_name, momentum, depthwise_impl, rngs):
     conv = functools.partial(  # the lowering only changes depthwise convolutions
-        nnx.Conv, use_bias=False, conv_general_dilated=depthwise_lowering(depthwise_impl), dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs,
+        nnx.Conv,
+        use_bias=False,
+        conv_general_dilated=depthwise_lowering(depthwise_impl),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rngs=rngs,
     )
     bn = functools.partial(
         nnx.BatchNorm,
@@ -115,8 +119,12 @@ class MobileNet(nnx.Module):
         if alpha <= 0 or depth_multiplier < 1:
             raise ValueError(f"MobileNet needs alpha > 0 and depth_multiplier >= 1, got {alpha}, {depth_multiplier}")
         conv, bn = _layers(
-            dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, momentum=0.99,
-            depthwise_impl=depthwise_impl, rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            bn_axis_name=bn_axis_name,
+            momentum=0.99,
+            depthwise_impl=depthwise_impl,
+            rngs=rngs,
         )
         cin = int(32 * alpha)
         if stem_stride not in (1, 2):
@@ -208,8 +216,12 @@ class MobileNetV2(nnx.Module):
         if alpha <= 0:
             raise ValueError(f"MobileNetV2 needs alpha > 0, got {alpha}")
         conv, bn = _layers(
-            dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, momentum=0.999,
-            depthwise_impl=depthwise_impl, rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            bn_axis_name=bn_axis_name,
+            momentum=0.999,
+            depthwise_impl=depthwise_impl,
+            rngs=rngs,
         )
         cin = make_divisible(32 * alpha)
         if stem_stride not in (1, 2):
