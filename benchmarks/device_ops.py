@@ -8,8 +8,7 @@ Every patch starts from a raw uint8 crop of side `device_ops.raw_size(patch)`, t
 device path takes. Each measurement prints wall-clock patches/sec and patches per CPU-second
 (this process's CPU time over the timed calls: OpenCV and XLA may use several threads).
 - `device_ops`, mix = <manipulation name>: every patch of the batch under that manipulation;
-  host vs device strategies 'tables' and 'map' ('select' computes every branch whatever the ids,
-  so only the mix measures it);
+  host vs device strategies 'tables' and 'map';
 - `device_ops`, mix = 'train': ids drawn as training draws them (`--manip_prob`, the eight
   manipulations uniform) and a random D4 view each: host `manipulate_patch` + `d4_host` vs
   `device_ops.apply_on_device` with each strategy.
@@ -31,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--patch", default="32" if smoke else "64,256", help="patch sizes, comma-separated")
     p.add_argument("--batch", type=int, default=4 if smoke else 32)
     p.add_argument("--repeats", type=int, default=2 if smoke else 5, help="timed calls per measurement (median)")
-    p.add_argument("--strategies", default="tables,select,map", help="device_ops.manipulate strategies for the mix")
+    p.add_argument("--strategies", default="tables,map", help="device_ops.manipulate strategies for the mix")
     p.add_argument("--manip_prob", type=float, default=0.5, help="share of manipulated patches in the 'train' mix")
     p.add_argument("--skip", default="", help="parts to skip: each (per-manipulation), mix")
     return p.parse_args(argv)

@@ -153,10 +153,6 @@ class DataParallel:
             state = jax.tree.map(lambda x: x[0], state)
         return jax.device_get(state)
 
-    def abstract_state(self, state):
-        """Shape/dtype/sharding structs of the placed state, for orbax restore targets."""
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
     @property
     def restore_sharding(self):
         """Where a checkpoint's arrays are restored before `put_state`: replicated over the mesh

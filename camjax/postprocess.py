@@ -179,25 +179,6 @@ def assign_with_counts(log_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return assign
 
 
-def balance_greedy(
-    log_probs: np.ndarray, groups: np.ndarray, counts: Mapping[int, Sequence[int]] | None = None
-) -> np.ndarray:
-    """Same constraints as `balance`, filled greedily: most confident (row, class) pairs
-    first, skipping full classes and assigned rows. Not optimal; kept for comparison."""
-    assign = np.empty(len(np.asarray(groups)), dtype=np.int64)
-    for rows, lp, cnt in _group_problems(log_probs, groups, counts):
-        left = cnt.copy()
-        done = np.zeros(len(rows), dtype=bool)
-        num_classes = lp.shape[1]
-        for flat in np.argsort(-lp, axis=None, kind="stable"):
-            i, k = divmod(int(flat), num_classes)
-            if not done[i] and left[k] > 0:
-                assign[rows[i]] = k
-                done[i] = True
-                left[k] -= 1
-    return assign
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
     """Opens a temp file next to `path` and moves it over `path` only if the block succeeds,

@@ -103,13 +103,6 @@ def transform_batch(x: jax.Array, ks: jax.Array) -> jax.Array:
     return jax.vmap(lambda img, k: lax.switch(k, branches, img))(x, jnp.asarray(ks, jnp.int32))
 
 
-def stack_views(x: jax.Array, view_ids: tuple[int, ...]) -> jax.Array:
-    """[B, H, W, C] -> [V, B, H, W, C], view v = transform(x, view_ids[v])."""
-    if not view_ids:
-        raise ValueError("stack_views needs at least one view")
-    return jnp.stack([transform(x, int(k)) for k in view_ids])
-
-
 def make_tta_predict(apply_fn: Callable[..., jax.Array], view_ids: tuple[int, ...]) -> Callable[..., jax.Array]:
     """Wraps `apply_fn(images, *args) -> logits [N, C]` into `fn(images, *args) -> probs [V, B, C]`.
 

@@ -39,25 +39,6 @@ def test_raw_size_is_the_largest_source():
     assert device_ops.raw_size(512) == 1024
 
 
-def test_crop_at_grid_offsets_matches_slicing():
-    frame = RNG.integers(0, 256, (90, 70, 3), dtype=np.uint8)
-    offsets = jax.jit(device_ops.grid_offsets, static_argnums=(1, 2, 3, 4, 5))(jax.random.key(0), 64, 90, 70, 24, 8)
-    offsets = np.asarray(offsets)
-    assert offsets.shape == (64, 2) and offsets.dtype == np.int32
-    assert np.all(offsets % 8 == 0) and np.all(offsets >= 0)
-    assert offsets[:, 0].max() <= 90 - 24 and offsets[:, 1].max() <= 70 - 24
-    assert len({tuple(o) for o in offsets}) > 10  # random, not one corner
-    want = np.stack([frame[y : y + 24, x : x + 24] for y, x in offsets])
-    crop = jax.jit(device_ops.crop, static_argnums=2)
-    got = crop(jnp.asarray(frame), offsets, 24)  # one frame, many crops
-    assert got.shape == (64, 24, 24, 3) and got.dtype == jnp.uint8
-    np.testing.assert_array_equal(np.asarray(got), want)
-    frames = np.stack([np.roll(frame, i, axis=0) for i in range(4)])  # one crop per frame
-    got = crop(jnp.asarray(frames), offsets[:4], 24)
-    want = np.stack([f[y : y + 24, x : x + 24] for f, (y, x) in zip(frames, offsets)])
-    np.testing.assert_array_equal(np.asarray(got), want)
-
-
 def test_gamma_is_bit_exact_under_jit_and_vmap():
     every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
     images = np.concatenate([every_value, _images(1, 16, 16)])
@@ -150,10 +131,10 @@ def test_apply_on_device_matches_host_with_static_shapes(batch):
     assert fn._cache_size() == 1
 
 
-@pytest.mark.parametrize("strategy", ["tables", "select"])
-def test_strategies_agree(batch, strategy):
+def test_the_tables_strategy_agrees(batch):
+    """The accelerators' strategy, run here on the CPU ('map', the CPU's, is the test above)."""
     raw, ids, _, manipulated, _ = batch
-    got = jax.jit(lambda r, i: device_ops.manipulate(r, i, patch=PATCH, strategy=strategy))(raw, ids)
+    got = jax.jit(lambda r, i: device_ops.manipulate(r, i, patch=PATCH, strategy="tables"))(raw, ids)
     _check_against_host(np.asarray(got), manipulated, ids)
 
 
@@ -172,5 +153,3 @@ def test_bad_input_is_named():
         device_ops.quant_tables(0)
     with pytest.raises(ValueError, match="needs sources of 64 px"):
         device_ops.resize(raw[:, :40, :40], 0.5, patch=PATCH)
-    with pytest.raises(ValueError, match="cannot cut 80x80 crops"):
-        device_ops.crop(raw, jnp.zeros((2, 2), jnp.int32), 80)

@@ -122,15 +122,6 @@ def test_errors_name_the_problem(tmp_path, layout, error, words):
         assert w in str(info.value)
 
 
-def test_class_list_roundtrip_and_errors(tmp_path):
-    path = tmp_path / "classes.json"
-    sources.save_classes(path, ("HTC-1-M7", "iPhone-4s"))
-    assert sources.load_classes(path) == ("HTC-1-M7", "iPhone-4s")
-    path.write_text('{"labels": []}')
-    with pytest.raises(ValueError, match="classes.json"):
-        sources.load_classes(path)
-
-
 def test_class_weights_balance_the_loss(tmp_path):
     touch(tmp_path, *files("HTC-1-M7", 30), *files("iPhone-6", 10))
     index = sources.scan_root(tmp_path, val_fraction=0)

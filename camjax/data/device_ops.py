@@ -28,7 +28,7 @@ from camjax.cameras import MANIPULATIONS, NUM_MANIPULATIONS, Manipulation
 from camjax.data import manipulations
 from camjax.tta import transform_batch
 
-STRATEGIES = ("auto", "tables", "select", "map")
+STRATEGIES = ("auto", "tables", "map")
 
 
 def _check_batch(images: jax.Array, what: str, square: bool = True) -> None:
@@ -40,40 +40,6 @@ def _check_batch(images: jax.Array, what: str, square: bool = True) -> None:
 def raw_size(patch: int) -> int:
     """Side of the raw crop `manipulate` takes: the largest source any manipulation needs."""
     return manipulations.max_source_size(patch)
-
-
-# --- crops -------------------------------------------------------------------------------
-
-
-def grid_offsets(key: jax.Array, batch: int, height: int, width: int, size: int, step: int) -> jax.Array:
-    """[batch, 2] random (top, left) corners of `size` crops on the `step` grid, as the host
-    pipeline draws them (2 px keeps the CFA phase, 8 px the JPEG grid)."""
-    if size > min(height, width):
-        raise ValueError(f"device_ops.grid_offsets: a {size} crop does not fit a {height}x{width} frame")
-    ky, kx = jax.random.split(key)
-    top = jax.random.randint(ky, (batch,), 0, (height - size) // step + 1)
-    left = jax.random.randint(kx, (batch,), 0, (width - size) // step + 1)
-    return (step * jnp.stack([top, left], axis=1)).astype(jnp.int32)
-
-
-def crop(images: jax.Array, offsets: jax.Array, size: int) -> jax.Array:
-    """[B, size, size, C] crops at per-example (top, left) `offsets` [B, 2].
-
-    `images` is a batch [B, H, W, C] (one crop from each) or one frame [H, W, C] (all crops from
-    it). Like `lax.dynamic_slice`, corners that would leave the image are moved inside it.
-    """
-    offsets = jnp.asarray(offsets, jnp.int32)
-    if offsets.ndim != 2 or offsets.shape[1] != 2:
-        raise ValueError(f"device_ops.crop: offsets must be [B, 2], got shape {offsets.shape}")
-    one_frame = images.ndim == 3
-    if images.ndim not in (3, 4) or min(images.shape[-3:-1]) < size:
-        raise ValueError(f"device_ops.crop: cannot cut {size}x{size} crops from shape {images.shape}")
-    channels = images.shape[-1]
-
-    def cut(image, corner):
-        return lax.dynamic_slice(image, (corner[0], corner[1], 0), (size, size, channels))
-
-    return jax.vmap(cut, in_axes=(None if one_frame else 0, 0))(images, offsets)
 
 
 # --- bicubic resize (cv2.resize INTER_CUBIC on uint8) --------------------------------------
@@ -397,8 +363,7 @@ def manipulate(raw: jax.Array, manip_ids: jax.Array, *, patch: int, strategy: st
     manipulation's source is the centre of the raw crop, the unaltered patch its centre crop.
     Strategies (same results): 'tables' runs one resampling (identity taps for non-resize ids),
     one gamma lookup and one JPEG pass over the batch with per-example tables, whatever the mix
-    of ids; 'select' is a `lax.switch` under vmap, i.e. every branch on every example and a
-    select; 'map' is a `lax.switch` per example in a `lax.map` loop (one branch each, serially).
+    of ids; 'map' is a `lax.switch` per example in a `lax.map` loop (one branch each, serially).
     'auto' is 'map' on CPU, where it measured 5-10x faster than 'tables' (benchmarks/device_ops.py),
     and 'tables' on accelerators, which want few wide kernels. Ids out of 0..8 are clamped.
     """
@@ -427,8 +392,6 @@ def manipulate(raw: jax.Array, manip_ids: jax.Array, *, patch: int, strategy: st
         is_jpeg = jnp.asarray([m.kind == "jpeg" for m in MANIPULATIONS])[ids]
         return jnp.where(is_jpeg[:, None, None, None], _jpeg(x, jnp.asarray(quant)[ids]), x)
     branches = [_branch(m, patch) for m in MANIPULATIONS]
-    if strategy == "select":
-        return jax.vmap(lambda img, i: lax.switch(i, branches, img))(raw, ids)
     return lax.map(lambda args: lax.switch(args[1], branches, args[0]), (raw, ids))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -166,19 +165,3 @@ def class_weights(index: DatasetIndex) -> np.ndarray:
     counts = class_counts(index.train, index.num_classes).astype(np.float64)
     weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
     return weights.astype(np.float32)
-
-
-def save_classes(path: str | os.PathLike, classes) -> None:
-    """Writes a run's class list (its label order) as JSON."""
-    Path(path).write_text(json.dumps({"classes": list(classes)}, indent=1) + "\n")
-
-
-def load_classes(path: str | os.PathLike) -> tuple[str, ...]:
-    try:
-        data = json.loads(Path(path).read_text())
-        classes = data["classes"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a camjax class list ({e})") from e
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise ValueError(f"{path}: 'classes' must be a list of names")
-    return tuple(classes)
