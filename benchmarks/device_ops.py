@@ -60,13 +60,13 @@ def raw_crops(batch: int, patch: int, seed: int = 0) -> np.ndarray:
 
 def host_fn(raw: np.ndarray, ids: np.ndarray, d4: np.ndarray | None, patch: int):
     from camjax.cameras import MANIPULATIONS
-    from camjax.data import manipulations, pipeline
+    from camjax.data import grid, manipulations
 
     def run():
         out = np.empty((len(raw), patch, patch, 3), np.uint8)
         for i, (image, m) in enumerate(zip(raw, ids)):
             x = manipulations.manipulate_patch(image, patch, MANIPULATIONS[int(m)])
-            out[i] = pipeline.d4_host(x, int(d4[i])) if d4 is not None else x
+            out[i] = grid.d4_host(x, int(d4[i])) if d4 is not None else x
         return out
 
     return run

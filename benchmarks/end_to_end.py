@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from camjax import defaults as config_common
     from camjax.assembly import enable_compilation_cache
-    from camjax.data import pipeline, sources
+    from camjax.data import sources, train_loader
     from camjax.parallel import prefetch
 
     enable_compilation_cache(args.compilation_cache)
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     data = config_common.get_config().data
     data.patch, data.patches_per_image, data.manip_prob = args.patch, args.patches_per_image, args.manip_prob
     data.workers, data.prefetch, data.manipulate_on = args.workers, args.prefetch, args.manipulate_on
-    loader = pipeline.make_train_loader(index, data, batch_size=setup.local_batch, seed=0)
+    loader = train_loader.make_train_loader(index, data, batch_size=setup.local_batch, seed=0)
     keys = ("label", "is_manipulated", "manipulation") + (
         ("raw", "d4") if args.manipulate_on == "device" else ("image",)
     )

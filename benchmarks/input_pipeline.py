@@ -4,7 +4,7 @@ peers' baseline (one PIL decode per patch).
     python benchmarks/input_pipeline.py --patch 512 --workers 0,1,2 --manip_prob 0,0.5
 
 The benchmark makes its own files once (12-megapixel 4000x3000 JPEGs at quality 95, ~3 MB
-each, in .cache/bench) and reads them with `camjax.data.pipeline.make_train_loader`, the loader
+each, in .cache/bench) and reads them with `camjax.data.train_loader.make_train_loader`, the loader
 training uses. Per measurement it prints wall-clock patches/sec and patches per CPU-second
 (CPU time of this process and its Grain workers over the timed window): the second is the
 per-core figure, and it holds up on a machine shared with other work. Then:
@@ -79,9 +79,9 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 def measure_pipeline(args, index, *, workers: int, manip_prob: float) -> dict:
-    from camjax.data import pipeline
+    from camjax.data import train_loader
 
-    loader = pipeline.make_train_loader(
+    loader = train_loader.make_train_loader(
         index, data_config(args, workers=workers, manip_prob=manip_prob), batch_size=args.batch, seed=0
     )
     t0 = time.perf_counter()
@@ -146,7 +146,7 @@ def _ms(fn, repeat: int) -> float:
 def measure_split(args, index, manip_probs) -> dict:
     """Per-patch costs of each stage, on one core of this process."""
     from camjax.cameras import MANIPULATIONS
-    from camjax.data import manipulations, pipeline
+    from camjax.data import manipulations, train_loader
     from camjax.data.decode import decode_image
     from camjax.tta import views
 
@@ -157,7 +157,7 @@ def measure_split(args, index, manip_probs) -> dict:
     n = args.patches_per_image
 
     def cut():
-        return pipeline.cut_train_patches(
+        return train_loader.cut_train_patches(
             frame, rng, patch=args.patch, count=n, step=8, manip_prob=0.0, views=views("d4")
         )
 

@@ -37,14 +37,14 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     from camjax import assembly, trainer
-    from camjax.data import pipeline
+    from camjax.data import train_loader
     from camjax.parallel import DataParallel, compile_count
 
     config = common.load_config(args.config)
     common.apply_overrides(config, args.set)
     config.optim.schedule = "constant"
     index, read, _ = assembly.open_dataset(config.data, config.seed)
-    loader = pipeline.make_process_loader(
+    loader = train_loader.make_process_loader(
         index,
         config.data,
         global_batch=config.batch_size,

@@ -21,7 +21,7 @@ from camjax import assembly, plots, postprocess, prnu, steps, tta
 from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
-from camjax.data import pipeline, sources
+from camjax.data import eval_batches, sources
 from camjax.data.decode import read_bytes
 from camjax.parallel import DataParallel
 
@@ -72,7 +72,7 @@ def predict_files(
     """Per-file probabilities [N, V, C], tiles blended, streaming: only the tiles of files still
     arriving are held in memory. Returns (probs, skipped paths)."""
     batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
-    batches = pipeline.make_test_batches(
+    batches = eval_batches.make_test_batches(
         test_paths,
         patch=restored.run.patch,
         batch_size=batch_size,

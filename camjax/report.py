@@ -30,7 +30,7 @@ from flax import nnx
 from camjax import assembly, plots, saliency, steps
 from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES
-from camjax.data import pipeline, sources
+from camjax.data import eval_batches, grid, sources
 from camjax.data.decode import BadImageError, read_bytes
 from camjax.evaluator import RestoredModel, restore
 from camjax.models import preprocess
@@ -89,7 +89,7 @@ def run_validation(
     num_classes = len(restored.run.classes)
     batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
     predict = dp.predict(_forward_step(restored.model_def))
-    batches = pipeline.make_eval_batches(records, restored.config.data, batch_size=batch_size, read=read)
+    batches = eval_batches.make_eval_batches(records, restored.config.data, batch_size=batch_size, read=read)
     preds, labels, manips, feats = [], [], [], []
     worst: dict[int, dict] = {}  # file -> its most confident mistake
     picks: dict[int, list[dict]] = {c: [] for c in range(num_classes)}
@@ -229,7 +229,7 @@ def write_report(
     restored = restore(workdir, dp)
     run, classes = restored.run, restored.run.classes
     records, read = validation_records(restored, data_root)
-    records = pipeline.evenly_spaced(records, max_files)  # records are grouped by class: all classes stay
+    records = grid.evenly_spaced(records, max_files)  # records are grouped by class: all classes stay
     val = run_validation(
         restored, dp, records, read, per_class=per_class, mistakes=mistakes, batch_size=restored.config.eval.batch_size
     )

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from camjax import assembly, config_checks, faults, optim
 from camjax import metrics as scoring
 from camjax.checkpoint import Checkpointer
-from camjax.data import pipeline
+from camjax.data import eval_batches, sources, train_loader
 from camjax.parallel import DataParallel, cache_miss_count, compile_count, prefetch
 from camjax.runlock import WorkdirBusyError, WorkdirLock
 from camjax.writers import MetricWriter
@@ -64,7 +64,7 @@ def validate(
     than a zero that would pull the plateau tracker and the best checkpoint down.
     """
     preds, labels, manips = [], [], []
-    batches = pipeline.make_eval_batches(index.val, data_config, batch_size=batch_size, read=read)
+    batches = eval_batches.make_eval_batches(index.val, data_config, batch_size=batch_size, read=read)
     for batch in batches:
         # Every process reads every batch and runs its rows; predictions are gathered, so all
         # processes compute the same metrics (and plateau decisions).
@@ -205,11 +205,11 @@ def _train(config, workdir: str) -> dict[str, float]:
 
     class_weights = None
     if config.data.class_balance == "weights":
-        class_weights = pipeline.class_weights(index)
+        class_weights = sources.class_weights(index)
     train_step = built.train_step(config, class_weights)
     predict = built.predict()
 
-    loader = pipeline.make_process_loader(
+    loader = train_loader.make_process_loader(
         index,
         config.data,
         global_batch=config.batch_size,

@@ -8,7 +8,7 @@ import pytest
 from camjax_testdata import save, texture
 from PIL import Image, ImageFile, ImageOps
 
-from camjax.data import pipeline, sources
+from camjax.data import eval_batches, sources, train_loader
 from camjax.data.decode import BadImageError, decode_image, is_jpeg, orient
 from camjax.defaults import get_config
 
@@ -153,7 +153,7 @@ def mixed_root(root):
 def test_train_pipeline_skips_and_counts_bad_files(tmp_path, caplog):
     index = mixed_root(tmp_path)
     n = len(index.train)
-    it = pipeline.make_train_loader(index, data_config(), batch_size=1, seed=0)
+    it = train_loader.make_train_loader(index, data_config(), batch_size=1, seed=0)
     with caplog.at_level("WARNING"):
         batches = [next(it) for _ in range(2 * n)]  # two whole epochs, one patch per slot
     assert sum(int(b["skipped"].sum()) for b in batches) == 2 * 4
@@ -169,7 +169,7 @@ def test_all_bad_files_raise_instead_of_hanging(tmp_path):
         bad_files(tmp_path / "train" / c)
         (tmp_path / "train" / c / "good.jpg").unlink()
     index = sources.scan_root(tmp_path, val_fraction=0)
-    it = pipeline.make_train_loader(index, data_config(), batch_size=2, seed=0)
+    it = train_loader.make_train_loader(index, data_config(), batch_size=2, seed=0)
     with pytest.raises(Exception, match="can be decoded"):
         next(it)
 
@@ -181,7 +181,7 @@ def test_worker_with_only_bad_files_does_not_hang(tmp_path):
 
     def consume():
         cfg = data_config(workers=2, prefetch=1, mix_files=1)  # 12 one-patch batches = two whole epochs
-        it = pipeline.make_train_loader(index, cfg, batch_size=1, seed=0)
+        it = train_loader.make_train_loader(index, cfg, batch_size=1, seed=0)
         result["batches"] = [next(it) for _ in range(12)]
         it.close()
 
@@ -198,9 +198,9 @@ def test_eval_raises_or_skips(tmp_path):
     for name, path in bad.items():
         records = [sources.Record(str(good), 0, "a"), sources.Record(str(path), 1, "b")]
         with pytest.raises(BadImageError) as info:
-            list(pipeline.make_eval_batches(records, data_config(val_crops=1), batch_size=9, skip_bad=False))
+            list(eval_batches.make_eval_batches(records, data_config(val_crops=1), batch_size=9, skip_bad=False))
         assert str(path) in str(info.value), name
-        lenient = pipeline.make_eval_batches(records, data_config(val_crops=1), batch_size=9)
+        lenient = eval_batches.make_eval_batches(records, data_config(val_crops=1), batch_size=9)
         out = list(lenient)
         assert len(out) == 1 and out[0]["mask"].sum() == 9
         assert [p for p, _ in lenient.skipped] == [str(path)]
@@ -211,14 +211,14 @@ def test_test_path_raises_skips_or_pads(tmp_path):
     good = str(save(texture(64, 64, 3), tmp_path / "img_1_unalt.tif"))
     for name in ("truncated", "empty", "text", "small"):
         with pytest.raises(BadImageError) as info:
-            list(pipeline.make_test_batches([good, str(bad[name])], patch=64, batch_size=2))
+            list(eval_batches.make_test_batches([good, str(bad[name])], patch=64, batch_size=2))
         assert str(bad[name]) in str(info.value)
-    lenient = pipeline.make_test_batches(
+    lenient = eval_batches.make_test_batches(
         [good, str(bad["truncated"]), str(bad["text"])], patch=64, batch_size=2, skip_bad=True
     )
     (batch,) = list(lenient)
     assert batch["file_index"].tolist() == [0, -1] and len(lenient.skipped) == 2
-    padded = list(pipeline.make_test_batches([str(bad["small"])], patch=64, batch_size=1, pad=True))
+    padded = list(eval_batches.make_test_batches([str(bad["small"])], patch=64, batch_size=1, pad=True))
     small = decode_image(bad["small"])
     np.testing.assert_array_equal(padded[0]["image"][0, :40, :50], small)
     np.testing.assert_array_equal(padded[0]["image"][0, 40:, :50], small[::-1][: 64 - 40])

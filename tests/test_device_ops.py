@@ -1,6 +1,6 @@
 """The on-device manipulations, crops and D4 views against their host references
 (camjax.data.manipulations: OpenCV, Pillow/libjpeg, the gamma table; numpy slicing;
-pipeline.d4_host), under jit and vmap, with static output shapes."""
+grid.d4_host), under jit and vmap, with static output shapes."""
 
 import io
 
@@ -13,7 +13,7 @@ from camjax_testdata import texture
 from PIL import Image
 
 from camjax.cameras import MANIPULATIONS, NUM_MANIPULATIONS, manipulation_by_name
-from camjax.data import device_ops, manipulations, pipeline
+from camjax.data import device_ops, grid, manipulations
 
 PATCH = 32
 RAW = device_ops.raw_size(PATCH)  # 64
@@ -105,7 +105,7 @@ def batch():
     ids = np.arange(2 * NUM_MANIPULATIONS, dtype=np.int32) % NUM_MANIPULATIONS
     d4 = np.arange(2 * NUM_MANIPULATIONS, dtype=np.int32) % 8
     manipulated = np.stack([manipulations.manipulate_patch(x, PATCH, MANIPULATIONS[i]) for x, i in zip(raw, ids)])
-    viewed = np.stack([pipeline.d4_host(x, int(k)) for x, k in zip(manipulated, d4)])
+    viewed = np.stack([grid.d4_host(x, int(k)) for x, k in zip(manipulated, d4)])
     return raw, ids, d4, manipulated, viewed
 
 

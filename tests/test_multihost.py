@@ -17,14 +17,14 @@ import pytest
 from camjax_testdata import make_challenge_tree, repo_config
 
 from camjax import evaluator, parallel, trainer
-from camjax.data import pipeline, sources
+from camjax.data import decode, sources, train_loader
 from camjax.parallel import DataParallel
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SH = REPO / "launch" / "local.sh"
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
 STEPS = 3  # per epoch; the runs below cover 3 epochs
-# data.shards=2 fixes the global batch, whatever the process count (see pipeline.make_process_loader).
+# data.shards=2 fixes the global batch, whatever the process count (see train_loader.make_process_loader).
 OVERRIDES = {
     "data.workers": 0,
     "data.patch": 32,
@@ -137,11 +137,11 @@ def test_process_shards_are_disjoint_and_make_the_single_process_batch(root):
     opened = {p: [] for p in range(2)}
 
     def reader(p):
-        return lambda path: (opened[p].append(path), pipeline.read_bytes(path))[1]
+        return lambda path: (opened[p].append(path), decode.read_bytes(path))[1]
 
-    whole = pipeline.make_process_loader(index, c.data, global_batch=8, seed=0)
+    whole = train_loader.make_process_loader(index, c.data, global_batch=8, seed=0)
     parts = [
-        pipeline.make_process_loader(
+        train_loader.make_process_loader(
             index, c.data, global_batch=8, seed=0, process_index=p, process_count=2, read=reader(p)
         )
         for p in range(2)
@@ -156,7 +156,7 @@ def test_process_shards_are_disjoint_and_make_the_single_process_batch(root):
     assert set(opened[0]) | set(opened[1]) == {r.path for r in index.train}
     c.data.shards = 3
     with pytest.raises(ValueError, match="data.shards=3"):
-        pipeline.make_process_loader(index, c.data, global_batch=8, seed=0, process_index=0, process_count=2)
+        train_loader.make_process_loader(index, c.data, global_batch=8, seed=0, process_index=0, process_count=2)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from camjax_testdata import coordinate_image, locate, make_challenge_tree, save,
 
 from camjax import tta
 from camjax.cameras import MANIPULATIONS
-from camjax.data import manipulations, pipeline, sources
+from camjax.data import eval_batches, grid, manipulations, sources, train_loader
 from camjax.data.decode import decode_image
 from camjax.defaults import get_config
 
@@ -47,12 +47,12 @@ def coord_index(tmp_path_factory):
 def test_host_d4_matches_tta_transform():
     x = texture(6, 6, 0)
     for k in range(8):
-        np.testing.assert_array_equal(pipeline.d4_host(x, k), np.asarray(tta.transform(x[None], k))[0])
+        np.testing.assert_array_equal(grid.d4_host(x, k), np.asarray(tta.transform(x[None], k))[0])
 
 
 def test_train_batches_static_and_consistent(jpeg_root):
     index = sources.scan_root(jpeg_root, val_fraction=0)
-    it = pipeline.make_train_loader(index, data_config(), batch_size=6, seed=0)
+    it = train_loader.make_train_loader(index, data_config(), batch_size=6, seed=0)
     for batch in take(it, 5):
         assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
             "image": ((6, 64, 64, 3), np.uint8),
@@ -70,15 +70,15 @@ def test_train_batches_static_and_consistent(jpeg_root):
 @pytest.mark.parametrize("step, d4", [(0, "d4"), (16, "flips")])
 def test_png_crops_on_the_cfa_grid_and_d4_as_recorded(coord_index, step, d4):
     cfg = data_config(manip_prob=0.0, crop_step=step, d4=d4)
-    it = pipeline.make_train_loader(coord_index, cfg, batch_size=16, seed=1)
-    grid = step or pipeline.CFA_GRID
+    it = train_loader.make_train_loader(coord_index, cfg, batch_size=16, seed=1)
+    spacing = step or grid.CFA_GRID
     seen_d4 = set()
     for batch in take(it, 4):
         for img, k in zip(batch["image"], batch["d4"]):
             seen_d4.add(int(k))
-            upright = pipeline.d4_host(img, tta.inverse(int(k)))
+            upright = grid.d4_host(img, tta.inverse(int(k)))
             y, x = locate(upright)
-            assert y % grid == 0 and x % grid == 0
+            assert y % spacing == 0 and x % spacing == 0
             np.testing.assert_array_equal(upright, coordinate_image(y + 64, x + 64)[y:, x:])
     assert seen_d4 == set(tta.views(d4))
 
@@ -86,7 +86,7 @@ def test_png_crops_on_the_cfa_grid_and_d4_as_recorded(coord_index, step, d4):
 def test_jpeg_crops_on_the_dct_grid(jpeg_root):
     index = sources.scan_root(jpeg_root, val_fraction=0)
     frames = [decode_image(r.path) for r in index.train]
-    it = pipeline.make_train_loader(index, data_config(manip_prob=0.0, d4="none"), batch_size=8, seed=2)
+    it = train_loader.make_train_loader(index, data_config(manip_prob=0.0, d4="none"), batch_size=8, seed=2)
     for img in np.concatenate([b["image"] for b in take(it, 3)]):
         hits = []
         for frame in frames:
@@ -99,7 +99,7 @@ def test_jpeg_crops_on_the_dct_grid(jpeg_root):
 def test_manipulated_patches_match_the_reference():
     frame = texture(200, 170, 3)
     rng = np.random.default_rng(0)
-    out = pipeline.cut_train_patches(frame, rng, patch=64, count=60, step=2, manip_prob=1.0, views=tta.views("d4"))
+    out = train_loader.cut_train_patches(frame, rng, patch=64, count=60, step=2, manip_prob=1.0, views=tta.views("d4"))
     assert out["image"].shape == (60, 64, 64, 3)
     # resize0.5 needs a 128 px source: fits; every manipulation is drawn, none is 'none'
     assert set(out["manipulation"]) == set(range(1, 9))
@@ -107,11 +107,11 @@ def test_manipulated_patches_match_the_reference():
         size = manipulations.source_size(64, MANIPULATIONS[m])
         assert y % 2 == 0 and x % 2 == 0 and y + size <= 200 and x + size <= 170
         expected = manipulations.manipulate_patch(frame[y : y + size, x : x + size], 64, MANIPULATIONS[m])
-        np.testing.assert_array_equal(img, pipeline.d4_host(expected, int(k)))
+        np.testing.assert_array_equal(img, grid.d4_host(expected, int(k)))
 
 
 def test_manipulations_that_do_not_fit_are_not_drawn():
-    out = pipeline.cut_train_patches(
+    out = train_loader.cut_train_patches(
         texture(100, 120, 4), np.random.default_rng(0), patch=64, count=80, step=2, manip_prob=1.0, views=(0,)
     )
     assert set(out["manipulation"]) == {1, 2, 4, 5, 6, 7, 8}  # resize0.5 needs 128 px
@@ -120,7 +120,7 @@ def test_manipulations_that_do_not_fit_are_not_drawn():
 def test_d4_exempt_classes_are_never_rotated(jpeg_root):
     index = sources.scan_root(jpeg_root, val_fraction=0)
     cfg = data_config(d4="d4", d4_exempt_classes=("iphone_4s",))
-    batches = take(pipeline.make_train_loader(index, cfg, batch_size=16, seed=0), 3)
+    batches = take(train_loader.make_train_loader(index, cfg, batch_size=16, seed=0), 3)
     labels = np.concatenate([b["label"] for b in batches])
     d4 = np.concatenate([b["d4"] for b in batches])
     assert not d4[labels == 1].any() and d4[labels == 0].any()
@@ -135,7 +135,7 @@ def test_class_balanced_sampling(tmp_path):
 
     def labels(balance):
         cfg = data_config(patches_per_image=1, class_balance=balance, manip_prob=0.0)
-        it = pipeline.make_train_loader(index, cfg, batch_size=10, seed=0)
+        it = train_loader.make_train_loader(index, cfg, batch_size=10, seed=0)
         return np.bincount(np.concatenate([b["label"] for b in take(it, 10)]), minlength=2)
 
     assert labels("sampling").tolist() == [50, 50]  # 10 epochs of 10 slots, 5 per class each
@@ -145,12 +145,12 @@ def test_class_balanced_sampling(tmp_path):
 def test_deterministic_given_seed_and_epochs_reshuffled(jpeg_root):
     index = sources.scan_root(jpeg_root, val_fraction=0)
     cfg = data_config()
-    a = take(pipeline.make_train_loader(index, cfg, batch_size=8, seed=5), 3)
-    b = take(pipeline.make_train_loader(index, cfg, batch_size=8, seed=5), 3)
-    c = take(pipeline.make_train_loader(index, cfg, batch_size=8, seed=6), 3)
+    a = take(train_loader.make_train_loader(index, cfg, batch_size=8, seed=5), 3)
+    b = take(train_loader.make_train_loader(index, cfg, batch_size=8, seed=5), 3)
+    c = take(train_loader.make_train_loader(index, cfg, batch_size=8, seed=6), 3)
     assert_same(a, b)
     assert not np.array_equal(a[0]["image"], c[0]["image"])
-    plan = pipeline._TrainPlan(index.train, cfg, seed=5, shard_index=0, views=(0,), group=1)
+    plan = train_loader._TrainPlan(index.train, cfg, seed=5, shard_index=0, views=(0,), group=1)
     orders = [plan.order(e).tolist() for e in range(4)]
     assert all(sorted(o) == list(range(6)) for o in orders) and len({tuple(o) for o in orders}) > 1
 
@@ -158,11 +158,11 @@ def test_deterministic_given_seed_and_epochs_reshuffled(jpeg_root):
 def test_state_restore_continues_exactly(jpeg_root):
     index = sources.scan_root(jpeg_root, val_fraction=0)
     cfg = data_config()
-    it = pipeline.make_train_loader(index, cfg, batch_size=8, seed=0)
+    it = train_loader.make_train_loader(index, cfg, batch_size=8, seed=0)
     take(it, 3)
     state = it.get_state()
     expected = take(it, 4)
-    restored = pipeline.make_train_loader(index, cfg, batch_size=8, seed=0)
+    restored = train_loader.make_train_loader(index, cfg, batch_size=8, seed=0)
     restored.set_state(state)
     assert_same(take(restored, 4), expected)
 
@@ -170,12 +170,12 @@ def test_state_restore_continues_exactly(jpeg_root):
 def test_two_workers_and_restore(jpeg_root):
     index = sources.scan_root(jpeg_root, val_fraction=0)
     cfg = data_config(workers=2)
-    it = pipeline.make_train_loader(index, cfg, batch_size=8, seed=0)
+    it = train_loader.make_train_loader(index, cfg, batch_size=8, seed=0)
     first = take(it, 2)
     state = it.get_state()
     expected = take(it, 3)
     it.close()
-    restored = pipeline.make_train_loader(index, cfg, batch_size=8, seed=0)
+    restored = train_loader.make_train_loader(index, cfg, batch_size=8, seed=0)
     restored.set_state(state)
     assert_same(take(restored, 3), expected)
     restored.close()
@@ -190,8 +190,8 @@ def test_shards_disjoint_and_covering(tmp_path):
     cfg = data_config(patches_per_image=1, manip_prob=0.0, mix_files=1)  # one file per group: whole epochs
     seen = []
     for shard in range(3):
-        n = len(pipeline.shard_records(index.train, shard, 3))
-        it = pipeline.make_train_loader(index, cfg, batch_size=1, seed=0, shard_index=shard, shard_count=3)
+        n = len(train_loader.shard_records(index.train, shard, 3))
+        it = train_loader.make_train_loader(index, cfg, batch_size=1, seed=0, shard_index=shard, shard_count=3)
         ids = [int(b["image"][0, 0, 0, 0]) // 20 for b in take(it, 2 * n)]  # two whole epochs
         assert len(set(ids)) == n
         assert all(ids.count(i) == 2 for i in set(ids))
@@ -203,7 +203,7 @@ def test_eval_batches(jpeg_root):
     index = sources.scan_root(jpeg_root, val_fraction=0)
     records = index.train[:3]
     cfg = data_config(val_crops=3)
-    batches = list(pipeline.make_eval_batches(records, cfg, batch_size=20))
+    batches = list(eval_batches.make_eval_batches(records, cfg, batch_size=20))
     rows = 3 * 3 * 9
     assert len(batches) == -(-rows // 20)
     for b in batches:
@@ -216,7 +216,7 @@ def test_eval_batches(jpeg_root):
     np.testing.assert_array_equal(cat["label"][:rows], [records[i].label for i in cat["record_index"][:rows]])
     frame = decode_image(records[0].path)
     h, w = frame.shape[:2]
-    origins = pipeline.eval_origins(h, w, 64, 8, 3)
+    origins = grid.eval_origins(h, w, 64, 8, 3)
     assert origins[0] == ((h - 64) // 2 // 8 * 8, (w - 64) // 2 // 8 * 8) and len(set(origins)) == 3
     for c, (y, x) in enumerate(origins):
         assert y % 8 == 0 and x % 8 == 0
@@ -228,14 +228,14 @@ def test_eval_batches(jpeg_root):
             y - off : y - off + manipulations.source_size(64, m), x - off : x - off + manipulations.source_size(64, m)
         ]
         np.testing.assert_array_equal(cat["image"][m.id], manipulations.manipulate_patch(src, 64, m))
-    again = list(pipeline.make_eval_batches(records, cfg, batch_size=20))
+    again = list(eval_batches.make_eval_batches(records, cfg, batch_size=20))
     assert_same(again, batches)
 
 
 def test_eval_mirrors_frames_smaller_than_a_source(tmp_path):
     save(texture(70, 90, 0), tmp_path / "a.png")
     rec = [sources.Record(str(tmp_path / "a.png"), 0, "HTC-1-M7")]
-    batches = list(pipeline.make_eval_batches(rec, data_config(val_crops=1), batch_size=9))
+    batches = list(eval_batches.make_eval_batches(rec, data_config(val_crops=1), batch_size=9))
     assert len(batches) == 1 and batches[0]["mask"].all()
 
 
@@ -245,18 +245,18 @@ def test_test_batches_tiles_flags_and_streaming(tmp_path):
     save(texture(512, 512, 2), tmp_path / "img_0000002_unalt.tif")
     save(texture(512, 512, 3), tmp_path / "other.tif")
     paths = [str(tmp_path / n) for n in ("img_0000001_manip.png", "img_0000002_unalt.tif", "other.tif")]
-    assert pipeline.tile_origins(1030, 700, 512) == [(0, 0), (0, 184), (256, 0), (256, 184), (512, 0), (512, 184)]
-    batches = list(pipeline.make_test_batches(paths, patch=512, batch_size=4))
+    assert grid.tile_origins(1030, 700, 512) == [(0, 0), (0, 184), (256, 0), (256, 184), (512, 0), (512, 184)]
+    batches = list(eval_batches.make_test_batches(paths, patch=512, batch_size=4))
     cat = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     assert len(batches) == 2 and cat["mask"].tolist() == [1] * 8
     assert cat["file_index"].tolist() == [0] * 6 + [1, 2]
     assert cat["is_manipulated"].tolist() == [1] * 6 + [0, 0]
     np.testing.assert_array_equal(cat["image"][3], big[256:768, 184:696])
-    sub = pipeline.make_test_batches(paths[:1], patch=512, batch_size=4, max_tiles=3)
+    sub = eval_batches.make_test_batches(paths[:1], patch=512, batch_size=4, max_tiles=3)
     (b,) = list(sub)
     assert b["mask"].tolist() == [1, 1, 1, 0] and b["file_index"].tolist() == [0, 0, 0, -1]
     np.testing.assert_array_equal(b["image"][2], big[512:1024, 184:696])  # first, middle, last tile
-    lazy = iter(pipeline.make_test_batches([str(tmp_path / "missing.tif")], patch=64, batch_size=2))
+    lazy = iter(eval_batches.make_test_batches([str(tmp_path / "missing.tif")], patch=64, batch_size=2))
     with pytest.raises(ValueError, match="missing.tif"):
         next(lazy)
 
@@ -268,8 +268,8 @@ def test_device_manipulation_reproduces_the_host_batches(jpeg_root):
     from camjax.data import device_ops
 
     index = sources.scan_root(jpeg_root, val_fraction=0)
-    host = pipeline.make_train_loader(index, data_config(manip_prob=0.7), batch_size=8, seed=3)
-    device = pipeline.make_train_loader(
+    host = train_loader.make_train_loader(index, data_config(manip_prob=0.7), batch_size=8, seed=3)
+    device = train_loader.make_train_loader(
         index, data_config(manip_prob=0.7, manipulate_on="device"), batch_size=8, seed=3
     )
     manipulated = 0
@@ -283,4 +283,4 @@ def test_device_manipulation_reproduces_the_host_batches(jpeg_root):
         manipulated += int((h["manipulation"] > 0).sum())
     assert manipulated >= 8
     with pytest.raises(ValueError, match="manipulate_on"):
-        pipeline.make_train_loader(index, data_config(manipulate_on="gpu"), batch_size=8, seed=3)
+        train_loader.make_train_loader(index, data_config(manipulate_on="gpu"), batch_size=8, seed=3)

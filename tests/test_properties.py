@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from camjax import tta
 from camjax.cameras import MANIPULATIONS
-from camjax.data import manipulations, pipeline
+from camjax.data import grid, manipulations, train_loader
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 d4_element = st.integers(0, 7)
@@ -36,7 +36,7 @@ def frame_and_patch(draw):
 def test_train_patches_are_static_uint8_and_on_the_grid(fp, step, count, view_set, manip_prob):
     frame, patch, seed = fp
     views = tta.views(view_set)
-    out = pipeline.cut_train_patches(
+    out = train_loader.cut_train_patches(
         frame, np.random.default_rng(seed), patch=patch, count=count, step=step, manip_prob=manip_prob, views=views
     )
     assert out["image"].shape == (count, patch, patch, 3) and out["image"].dtype == np.uint8
@@ -48,7 +48,7 @@ def test_train_patches_are_static_uint8_and_on_the_grid(fp, step, count, view_se
         assert top + size <= frame.shape[0] and left + size <= frame.shape[1], "crop inside the frame"
         assert int(out["d4"][i]) in views
         if m.kind == "none":  # an unmanipulated patch is exactly the frame's pixels, transformed
-            expected = pipeline.d4_host(frame[top : top + patch, left : left + patch], int(out["d4"][i]))
+            expected = grid.d4_host(frame[top : top + patch, left : left + patch], int(out["d4"][i]))
             np.testing.assert_array_equal(out["image"][i], expected)
 
 
@@ -90,7 +90,7 @@ def test_d4_group_laws(x, a, b, c):
     np.testing.assert_array_equal(t(t(x, a), tta.inverse(a)), x)
     # dtype and shape kept; the host and device versions agree
     assert t(x, a).dtype == x.dtype and t(x, a).shape == x.shape
-    np.testing.assert_array_equal(t(x, a)[0], pipeline.d4_host(x[0], a))
+    np.testing.assert_array_equal(t(x, a)[0], grid.d4_host(x[0], a))
     # the per-example traced version agrees with the static one
     ks = np.array([a, b], np.int32)
     got = np.asarray(tta.transform_batch(jnp.asarray(x), jnp.asarray(ks)))

@@ -44,12 +44,12 @@ def test_add_extra_train_joins_the_training_split_only(root, tmp_path):
 
     # A file that arrived manipulated trains flagged, is never manipulated again, and has no
     # auxiliary target (-1: an all-zero one-hot).
-    from camjax.data import pipeline
+    from camjax.data import train_loader
 
     only_extra = dataclasses.replace(merged, train=added)
     data = tiny_config(root).data
     data.update(dict(manip_prob=1.0, d4="none", patches_per_image=4, mix_files=1, class_balance="none"))
-    loader = pipeline.make_train_loader(only_extra, data, batch_size=8, seed=0)
+    loader = train_loader.make_train_loader(only_extra, data, batch_size=8, seed=0)
     batch = next(loader)
     manip = batch["label"] == 2
     assert manip.sum() == 4

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 import simplejpeg
@@ -164,3 +165,16 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
         8: lambda x: np.rot90(x, 1),
     }
     return np.ascontiguousarray(ops[orientation](image))
+
+
+# path -> (bytes, name): files on disk by default; `tfds_builder.BytesReader` for a TFDS build.
+Reader = Callable[[str], tuple[bytes, str]]
+
+# Paths found bad in this process -> reason: a bad file is decoded, and named, once.
+BAD_FILES: dict[str, str] = {}
+
+
+def load_frame(path: str, min_size: int, read: Reader = read_bytes) -> tuple[np.ndarray, bool]:
+    """The decoded frame and whether its source is a JPEG (which picks the crop grid)."""
+    data, name = read(path)
+    return decode_image(data, name=name, min_size=min_size), is_jpeg(data)

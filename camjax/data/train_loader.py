@@ -1,63 +1,36 @@
-"""Grain input pipelines: endless training patches, fixed validation crops, tiled test images.
+"""The training loader: endless Grain batches of patches, sharded by process, resumable.
 
-Every batch is a dict of numpy arrays with static shapes. Training decodes each file once and
-cuts `patches_per_image` patches from it (decoding dominates), on the 8 px JPEG grid for JPEG
-sources and the 2 px CFA grid otherwise, so crops keep the traces' phase. Every random draw
-comes from a generator seeded by (seed, shard, epoch, position), so a run restored from a
-Grain iterator state sees exactly the batches it would have seen.
+Training decodes each file once and cuts `patches_per_image` patches from it (decoding
+dominates), on the crop grid of `camjax.data.grid`. Every random draw comes from a generator
+seeded by (seed, shard, epoch, position), so a run restored from a Grain iterator state sees
+exactly the batches it would have seen. An unreadable file is skipped, counted in the batch's
+`skipped` field and named once per process.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import grain
 import numpy as np
 from absl import flags
 from grain.experimental import RebatchIterDataset
 
-from camjax.cameras import MANIPULATIONS, canonical_class_name, is_manipulated_from_fname
+from camjax.cameras import MANIPULATIONS, canonical_class_name
 from camjax.data import manipulations
-from camjax.data.decode import BadImageError, decode_image, is_jpeg, read_bytes
-from camjax.data.sources import Record, class_weights  # noqa: F401  (class_weights: re-exported)
-
-# path -> (bytes, name): files on disk by default; `tfds_builder.BytesReader` for a TFDS build.
-Reader = Callable[[str], tuple[bytes, str]]
+from camjax.data.decode import BAD_FILES, BadImageError, Reader, load_frame, read_bytes
+from camjax.data.grid import crop_step, d4_host
+from camjax.data.sources import Record
 
 UNKNOWN_MANIPULATION = -1  # its one-hot is all zeros: no auxiliary-loss target; the device ops treat it as none
-JPEG_GRID = 8  # the DCT block: crops of JPEG sources move in steps of 8 px
-CFA_GRID = 2  # the Bayer period: crops of other sources move in steps of 2 px
 
-# Paths found bad in this process -> reason; a bad file is decoded (and warned about) once.
-_BAD_FILES: dict[str, str] = {}
 log = logging.getLogger(__name__)
-
-
-def crop_step(override: int, jpeg: bool) -> int:
-    """The crop grid: `override` (data.crop_step) when set, else by the source's format."""
-    return int(override) or (JPEG_GRID if jpeg else CFA_GRID)
-
-
-def d4_host(image: np.ndarray, k: int) -> np.ndarray:
-    """D4 element k on one HxWxC image, in camjax.tta's encoding: k // 4 horizontal flips,
-    then k % 4 counter-clockwise quarter turns."""
-    if k >= 4:
-        image = image[:, ::-1]
-    return np.ascontiguousarray(np.rot90(image, k % 4, axes=(0, 1)))
-
-
-def _load_frame(path: str, min_size: int, read: Reader = read_bytes) -> tuple[np.ndarray, bool]:
-    """The decoded frame and whether its source is a JPEG (which picks the crop grid)."""
-    data, name = read(path)
-    return decode_image(data, name=name, min_size=min_size), is_jpeg(data)
 
 
 def _feasible_manipulations(height: int, width: int, patch: int) -> list[int]:
@@ -184,12 +157,12 @@ class _TrainPlan:
 
     def _frame(self, i: int) -> tuple[np.ndarray, bool]:
         path = self.paths[i]
-        if path in _BAD_FILES:
-            raise BadImageError(path, _BAD_FILES[path])
+        if path in BAD_FILES:
+            raise BadImageError(path, BAD_FILES[path])
         try:
-            return _load_frame(path, self.patch, self.read)
+            return load_frame(path, self.patch, self.read)
         except BadImageError as e:
-            _BAD_FILES[path] = e.reason
+            BAD_FILES[path] = e.reason
             log.warning("skipping training file %s: %s", path, e.reason)
             raise
 
@@ -217,7 +190,7 @@ class _TrainPlan:
             else:
                 raise RuntimeError(
                     f"none of the {n} training files of shard {self.shard_index} can be decoded "
-                    f"(e.g. {self.paths[0]}: {_BAD_FILES.get(self.paths[0], '?')})"
+                    f"(e.g. {self.paths[0]}: {BAD_FILES.get(self.paths[0], '?')})"
                 ) from None
         rng = np.random.default_rng((self.seed, 0, self.shard_index, epoch, pos))
         out = cut_train_patches(
@@ -411,174 +384,3 @@ def make_process_loader(
         for j in range(k)
     ]
     return loaders[0] if k == 1 else _ShardGroup(loaders)
-
-
-class _Batches:
-    """A re-iterable stream of fixed-size batches; `skipped` lists (path, reason) of bad files."""
-
-    def __init__(
-        self, rows: Callable[[], Iterator[dict[str, Any]]], spec: dict, batch_size: int, read: Reader = read_bytes
-    ):
-        self._rows, self._spec, self._batch_size, self._read = rows, spec, batch_size, read
-        self.skipped: list[tuple[str, str]] = []
-
-    def _empty(self) -> dict[str, np.ndarray]:
-        return {k: np.full((self._batch_size, *shape), fill, dtype) for k, (shape, dtype, fill) in self._spec.items()}
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        self.skipped.clear()
-        batch, n = self._empty(), 0
-        for row in self._rows():
-            for k, v in row.items():
-                batch[k][n] = v
-            batch["mask"][n] = 1.0
-            n += 1
-            if n == self._batch_size:
-                yield batch
-                batch, n = self._empty(), 0
-        if n:
-            yield batch
-
-    def _decode(self, path: str, min_size: int, skip_bad: bool) -> tuple[np.ndarray, bool] | None:
-        try:
-            return _load_frame(path, min_size, self._read)
-        except BadImageError as e:
-            if not skip_bad:
-                raise
-            if path not in _BAD_FILES:  # named once per process, counted on every pass
-                _BAD_FILES[path] = e.reason
-                log.warning("skipping %s: %s", path, e.reason)
-            self.skipped.append((path, e.reason))
-            return None
-
-
-def eval_origins(height: int, width: int, patch: int, step: int, count: int) -> list[tuple[int, int]]:
-    """`count` patch corners on the grid: the centre first, then an even tiling of the frame."""
-
-    def snap(v):
-        return int(v) // step * step
-
-    origins = [(snap((height - patch) / 2), snap((width - patch) / 2))]
-    if count > 1:
-        g = math.ceil(math.sqrt(count - 1))
-        ys = [snap(v) for v in np.linspace(0, height - patch, g)]
-        xs = [snap(v) for v in np.linspace(0, width - patch, g)]
-        origins += [(y, x) for y in ys for x in xs][: count - 1]
-    return origins
-
-
-def manipulated_at(frame: np.ndarray, top: int, left: int, patch: int, manipulation) -> np.ndarray:
-    """The `patch` at (top, left) under `manipulation`: its source crop is centred on the patch,
-    moved inside the frame where it would leave it, and the frame mirrored where too small."""
-    size = manipulations.source_size(patch, manipulation)
-    h, w = frame.shape[:2]
-    if h < size or w < size:
-        frame = np.pad(frame, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="symmetric")
-        h, w = frame.shape[:2]
-    off = (size - patch) // 2
-    y = min(max(top - off, 0), h - size)
-    x = min(max(left - off, 0), w - size)
-    crop = frame[y : y + size, x : x + size]
-    return manipulations.manipulate_patch(crop, patch, manipulation) if manipulation.kind != "none" else crop
-
-
-def make_eval_batches(
-    records: Sequence[Record], data_config, *, batch_size: int, skip_bad: bool = True, read: Reader = read_bytes
-) -> _Batches:
-    """Deterministic validation batches: `data_config.val_crops` grid-aligned crops per file,
-    each under all 9 manipulations (ids 0..8), so one pass scores unaltered and manipulated.
-
-    Fields: image, label, is_manipulated, manipulation, record_index, mask (0 = padding).
-    A bad file raises BadImageError, or with `skip_bad` is logged and listed in `.skipped`.
-    """
-    p = int(data_config.patch)
-    spec = dict(
-        image=((p, p, 3), np.uint8, 0),
-        label=((), np.int32, 0),
-        is_manipulated=((), np.float32, 0),
-        manipulation=((), np.int32, 0),
-        record_index=((), np.int32, -1),
-        mask=((), np.float32, 0),
-    )
-
-    def rows():
-        for r, rec in enumerate(records):
-            loaded = batches._decode(rec.path, p, skip_bad)
-            if loaded is None:
-                continue
-            frame, jpeg = loaded
-            h, w = frame.shape[:2]
-            for top, left in eval_origins(h, w, p, crop_step(data_config.crop_step, jpeg), int(data_config.val_crops)):
-                for m in MANIPULATIONS:
-                    yield dict(
-                        image=manipulated_at(frame, top, left, p, m),
-                        label=rec.label,
-                        is_manipulated=float(m.id != 0),
-                        manipulation=m.id,
-                        record_index=r,
-                    )
-
-    batches = _Batches(rows, spec, batch_size, read)
-    return batches
-
-
-def tile_origins(height: int, width: int, patch: int, step: int = JPEG_GRID, max_tiles: int | None = None):
-    """Corners of the tiles that cover a frame: ceil(side / patch) per axis, evenly spread and
-    snapped down to the grid; `max_tiles` keeps an evenly spaced subset."""
-
-    def axis(side):
-        n = math.ceil(side / patch)
-        return sorted({int(v) // step * step for v in np.linspace(0, side - patch, n)})
-
-    return evenly_spaced([(y, x) for y in axis(height) for x in axis(width)], max_tiles)
-
-
-def evenly_spaced(items: Sequence, limit: int | None) -> list:
-    """At most `limit` items spread evenly over `items`, first and last included (all when
-    `limit` is 0 or None)."""
-    if not limit or len(items) <= limit:
-        return list(items)
-    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, limit)).astype(int))]
-
-
-def make_test_batches(
-    test_paths: Sequence[str],
-    *,
-    patch: int,
-    batch_size: int,
-    max_tiles: int | None = None,
-    pad: bool = False,
-    skip_bad: bool = False,
-    read: Reader = read_bytes,
-) -> _Batches:
-    """Streams the test images as batches of tiles (fields image, is_manipulated, file_index,
-    mask). Tiles sit on the 8 px grid. An image smaller than the patch is an error unless
-    `pad` (mirrored at the bottom/right edges, keeping the grid phase); a bad file is an error
-    unless `skip_bad` (then listed in `.skipped`)."""
-    spec = dict(
-        image=((patch, patch, 3), np.uint8, 0),
-        is_manipulated=((), np.float32, 0),
-        file_index=((), np.int32, -1),
-        mask=((), np.float32, 0),
-    )
-
-    def rows():
-        for f, path in enumerate(test_paths):
-            loaded = batches._decode(path, 0, skip_bad)
-            if loaded is None:
-                continue
-            frame = loaded[0]
-            h, w = frame.shape[:2]
-            if h < patch or w < patch:
-                if not pad:
-                    raise BadImageError(
-                        path, f"image is {h}x{w}, smaller than the {patch}x{patch} patch (pass pad=True)"
-                    )
-                frame = np.pad(frame, ((0, max(0, patch - h)), (0, max(0, patch - w)), (0, 0)), mode="symmetric")
-                h, w = frame.shape[:2]
-            flag = float(bool(is_manipulated_from_fname(path.replace("\\", "/").rsplit("/", 1)[-1])))
-            for top, left in tile_origins(h, w, patch, JPEG_GRID, max_tiles):
-                yield dict(image=frame[top : top + patch, left : left + patch], is_manipulated=flag, file_index=f)
-
-    batches = _Batches(rows, spec, batch_size, read)
-    return batches
