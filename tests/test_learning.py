@@ -12,7 +12,7 @@ import pytest
 from test_train_evaluate import tiny_config
 
 from camjax import trainer
-from camjax.data import synthetic
+from camjax.synth import dataset
 
 CHANCE = 0.25  # four classes
 # Held-out accuracy of the run below over training seeds 0, 1, 2: 0.69, 0.75, 0.60 (README,
@@ -23,7 +23,7 @@ MARGIN = 0.5
 def four_cameras(path):
     """The first five synthetic cameras less iPhone-6, whose pipeline iPhone-4s shares on purpose:
     telling those two apart takes longer than a test should run."""
-    root = synthetic.generate(
+    root = dataset.generate(
         path, cameras=5, images_per_camera=10, test_per_camera=0, seed=0, workers=2, train_window=256
     )
     shutil.rmtree(root / "train" / "iPhone-6")

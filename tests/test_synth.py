@@ -14,7 +14,10 @@ from PIL import Image, JpegImagePlugin
 
 from camjax import synth
 from camjax.cameras import CHALLENGE_CLASSES, MANIPULATION_NAMES, MANIPULATIONS, NATIVE_RESOLUTIONS
-from camjax.data import jpeg_grid, manipulations, synthetic
+from camjax.data import jpeg_grid, manipulations
+from camjax.synth import camera_models, imaging
+from camjax.synth import dataset as synth_dataset
+from camjax.synth.__main__ import main as synth_main
 
 CAMERAS, IMAGES, TESTS = 4, 8, 16
 TRAIN_WINDOW = 1024  # enough for every manipulation of a 512 crop
@@ -23,7 +26,7 @@ TINY = dict(cameras=2, images_per_camera=1, test_per_camera=2, train_window=256)
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return synthetic.generate(
+    return synth_dataset.generate(
         tmp_path_factory.mktemp("synth") / "ds",
         cameras=CAMERAS,
         images_per_camera=IMAGES,
@@ -65,11 +68,11 @@ def test_layout_and_labels(dataset):
 
 
 def test_train_jpegs_carry_the_camera_settings(dataset):
-    for model in synthetic.MODELS[:CAMERAS]:
+    for model in camera_models.MODELS[:CAMERAS]:
         for path in sorted((dataset / "train" / model.name).glob("*.jpg"))[:2]:
             with Image.open(path) as im:
                 assert im.format == "JPEG" and im.size == (TRAIN_WINDOW, TRAIN_WINDOW)
-                tables = synthetic.jpeg_qtables(model.jpeg_tables, model.jpeg_quality)
+                tables = camera_models.jpeg_qtables(model.jpeg_tables, model.jpeg_quality)
                 assert [list(im.quantization[i]) for i in (0, 1)] == tables
                 assert JpegImagePlugin.get_sampling(im) == {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}[model.subsampling]
                 exif = im.getexif()
@@ -83,14 +86,14 @@ def test_ijg_tables_match_libjpeg():
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality)
         ref = Image.open(io.BytesIO(buf.getvalue())).quantization
-        assert synthetic.jpeg_qtables("ijg", quality) == [list(ref[0]), list(ref[1])]
+        assert camera_models.jpeg_qtables("ijg", quality) == [list(ref[0]), list(ref[1])]
 
 
 def test_models_pair_up_and_spread_quality():
-    by_name = {m.name: m for m in synthetic.MODELS}
-    largest = max(synthetic.patch_window(name) for name in MANIPULATION_NAMES)
+    by_name = {m.name: m for m in camera_models.MODELS}
+    largest = max(synth_dataset.patch_window(name) for name in MANIPULATION_NAMES)
     assert largest == 1088
-    assert all(min(m.shape) >= largest and m.shape[1] % 2 == 0 for m in synthetic.MODELS)
+    assert all(min(m.shape) >= largest and m.shape[1] % 2 == 0 for m in camera_models.MODELS)
     for a, b in (
         ("iPhone-4s", "iPhone-6"),
         ("Motorola-Nexus-6", "Motorola-X"),
@@ -99,9 +102,9 @@ def test_models_pair_up_and_spread_quality():
         ma, mb = by_name[a], by_name[b]
         assert (ma.demosaic, ma.jpeg_tables, ma.subsampling) == (mb.demosaic, mb.jpeg_tables, mb.subsampling)
         assert abs(ma.jpeg_quality - mb.jpeg_quality) <= 1
-    assert {m.demosaic for m in synthetic.MODELS} == set(synthetic.DEMOSAIC)
-    assert {m.subsampling for m in synthetic.MODELS} == {"4:4:4", "4:2:2", "4:2:0"}
-    assert {m.cfa for m in synthetic.MODELS} == {"RGGB", "BGGR", "GRBG", "GBRG"}
+    assert {m.demosaic for m in camera_models.MODELS} == set(imaging.DEMOSAIC)
+    assert {m.subsampling for m in camera_models.MODELS} == {"4:4:4", "4:2:2", "4:2:0"}
+    assert {m.cfa for m in camera_models.MODELS} == {"RGGB", "BGGR", "GRBG", "GBRG"}
 
 
 def _files(root):
@@ -109,10 +112,10 @@ def _files(root):
 
 
 def test_generation_is_deterministic(tmp_path):
-    a = _files(synthetic.generate(tmp_path / "a", seed=3, workers=1, **TINY))
-    b = _files(synthetic.generate(tmp_path / "b", seed=3, workers=2, **TINY))
+    a = _files(synth_dataset.generate(tmp_path / "a", seed=3, workers=1, **TINY))
+    b = _files(synth_dataset.generate(tmp_path / "b", seed=3, workers=2, **TINY))
     assert a == b
-    c = _files(synthetic.generate(tmp_path / "c", seed=4, workers=1, **TINY))
+    c = _files(synth_dataset.generate(tmp_path / "c", seed=4, workers=1, **TINY))
     assert len(c) == len(a)
     for name in a:
         if name.startswith("train/"):
@@ -124,14 +127,14 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     def broken(shot, out_dir):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synthetic, "render", broken)
+    monkeypatch.setattr(synth_dataset, "render", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        synthetic.generate(tmp_path / "ds", seed=0, workers=1, **TINY)
+        synth_dataset.generate(tmp_path / "ds", seed=0, workers=1, **TINY)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(FileExistsError, match="full"):
-        synthetic.generate(tmp_path / "full", seed=0, workers=1, **TINY)
+        synth_dataset.generate(tmp_path / "full", seed=0, workers=1, **TINY)
 
 
 def test_ensure_dataset_reuses_the_cache(tmp_path, monkeypatch):
@@ -142,13 +145,13 @@ def test_ensure_dataset_reuses_the_cache(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a cached dataset")
 
-    monkeypatch.setattr(synthetic, "generate", fail)
+    monkeypatch.setattr(synth_dataset, "generate", fail)
     assert synth.ensure_dataset(tmp_path, seed=0, workers=1, **TINY) == first
-    assert synthetic.dataset_key(seed=1, **TINY) != synthetic.dataset_key(seed=0, **TINY)
+    assert synth_dataset.dataset_key(seed=1, **TINY) != synth_dataset.dataset_key(seed=0, **TINY)
 
 
 def test_cli(tmp_path, capsys):
-    synth.main(
+    synth_main(
         [
             "--out",
             str(tmp_path / "cli"),
@@ -176,7 +179,7 @@ def test_sensor_window_matches_rot90():
     for turns in (0, 1, 3):
         stored = np.rot90(sensor, turns)
         top, left, h, w = 2, 1, 3, 4
-        st, sl, sh, sw = synthetic.sensor_window(sensor.shape, turns, top, left, h, w)
+        st, sl, sh, sw = imaging.sensor_window(sensor.shape, turns, top, left, h, w)
         np.testing.assert_array_equal(
             np.rot90(sensor[st : st + sh, sl : sl + sw], turns), stored[top : top + h, left : left + w]
         )
@@ -191,24 +194,26 @@ def _native_offset(name, turns, size):
 
 
 def test_patch_windows_hold_their_source_on_the_native_grids():
-    for model in synthetic.MODELS:
+    for model in camera_models.MODELS:
         for turns in (0, 1, 3):
-            shape = synthetic.stored_shape(model, turns)
+            shape = synth_dataset.stored_shape(model, turns)
             for manip in MANIPULATIONS:
                 size = manipulations.source_size(512, manip)
-                source = synthetic.patch_source(model, turns, size)
+                source = synth_dataset.patch_source(model, turns, size)
                 native = _native_offset(model.name, turns, size)
                 # Same offset on the 16-px MCU grid (hence the 8-px DCT grid and the Bayer phase).
                 assert [s % 16 for s in source] == [n % 16 for n in native], (model.name, turns, manip.name)
-                top, left, h, w = synthetic.window_around(shape, source, size, synthetic.patch_window(manip.name))
-                assert top % synthetic.MCU == 0 and left % synthetic.MCU == 0  # the frame's JPEG grid
+                top, left, h, w = synth_dataset.window_around(
+                    shape, source, size, synth_dataset.patch_window(manip.name)
+                )
+                assert top % camera_models.MCU == 0 and left % camera_models.MCU == 0  # the frame's JPEG grid
                 for start, stop, src, length in (
                     (top, top + h, source[0], shape[0]),
                     (left, left + w, source[1], shape[1]),
                 ):
                     assert 0 <= start and stop <= length
                     assert src - start >= 16 and stop - (src + size) >= 16
-                sensor_top, sensor_left, _, _ = synthetic.sensor_window(model.shape, turns, top, left, h, w)
+                sensor_top, sensor_left, _, _ = imaging.sensor_window(model.shape, turns, top, left, h, w)
                 assert sensor_top % 2 == 0 and sensor_left % 2 == 0  # the frame's Bayer phase
 
 
@@ -217,16 +222,16 @@ def test_test_patches_lie_on_the_native_centre_crops_jpeg_grid(tmp_path):
     keeps the grid) test patch has the 8x8 block grid where a centre crop of its camera's native
     frame has it - on the grid, except the 2322-row Samsung frames, one row off."""
     seed, per_camera = 3, 4
-    root = synthetic.generate(
+    root = synth_dataset.generate(
         tmp_path / "ds", cameras=10, images_per_camera=0, test_per_camera=per_camera, seed=seed, workers=2
     )
-    shots = {Path(s.path).name: s for s in synthetic.plan(seed, 10, 0, per_camera)}
+    shots = {Path(s.path).name: s for s in synth_dataset.plan(seed, 10, 0, per_camera)}
     checked = set()
     for row in _labels(root):
         if row["manipulation"] not in ("none", "gamma0.8", "gamma1.2"):
             continue
         shot = shots[row["fname"]]
-        turns = synthetic.streams(shot)[2]
+        turns = synth_dataset.streams(shot)[2]
         expected = tuple(-o % 8 for o in _native_offset(row["camera"], turns, 512))
         patch = np.asarray(Image.open(root / "test" / row["fname"]))
         assert jpeg_grid.grid_offset(patch) == expected, (row, turns)
@@ -237,10 +242,10 @@ def test_test_patches_lie_on_the_native_centre_crops_jpeg_grid(tmp_path):
 
 
 def test_cfa_phase():
-    assert synthetic.cfa_phase("RGGB", 0, 0) == "RGGB"
-    assert synthetic.cfa_phase("RGGB", 1, 0) == "GBRG"
-    assert synthetic.cfa_phase("RGGB", 0, 1) == "GRBG"
-    assert synthetic.cfa_phase("RGGB", 3, 5) == "BGGR"
+    assert imaging.cfa_phase("RGGB", 0, 0) == "RGGB"
+    assert imaging.cfa_phase("RGGB", 1, 0) == "GBRG"
+    assert imaging.cfa_phase("RGGB", 0, 1) == "GRBG"
+    assert imaging.cfa_phase("RGGB", 3, 5) == "BGGR"
 
 
 # OpenCV names a Bayer pattern by its second row's second and third pixels.
@@ -263,17 +268,17 @@ def _mosaic(rgb, cfa):
 @pytest.mark.parametrize("cfa", sorted(_OPENCV_BAYER))
 def test_bilinear_demosaic_matches_opencv(cfa):
     mosaic = np.random.default_rng(0).integers(0, 60000, (40, 48)).astype(np.uint16)
-    ours = synthetic.demosaic_bilinear(mosaic.astype(np.float32), cfa)
+    ours = imaging.demosaic_bilinear(mosaic.astype(np.float32), cfa)
     ref = cv2.cvtColor(mosaic, _OPENCV_BAYER[cfa]).astype(np.float32)
     np.testing.assert_allclose(ours[2:-2, 2:-2], ref[2:-2, 2:-2], atol=0.5)
 
 
-@pytest.mark.parametrize("algorithm", sorted(synthetic.DEMOSAIC))
+@pytest.mark.parametrize("algorithm", sorted(imaging.DEMOSAIC))
 @pytest.mark.parametrize("cfa", ["RGGB", "GBRG"])
 def test_demosaic_is_exact_on_linear_ramps(algorithm, cfa):
     y, x = np.mgrid[:32, :40].astype(np.float32)
     rgb = np.stack([0.1 + 0.01 * x, 0.2 + 0.005 * y + 0.004 * x, 0.3 - 0.003 * x + 0.006 * y], -1)
-    out = synthetic.DEMOSAIC[algorithm](_mosaic(rgb, cfa), cfa)
+    out = imaging.DEMOSAIC[algorithm](_mosaic(rgb, cfa), cfa)
     np.testing.assert_allclose(out[3:-3, 3:-3], rgb[3:-3, 3:-3], atol=1e-5)
 
 

@@ -3,10 +3,8 @@
     python -m camjax.synth --out DIR [--cameras N] [--images-per-camera N]
         [--test-per-camera N] [--seed S] [--workers W] [--train-window PX]
 
-The virtual cameras stand in for the first N challenge classes; see
-`camjax.data.synthetic` for the physics and DIR/cameras.json for every parameter.
-Training calls `ensure_dataset(cache_dir, **config.data.synth)`, which generates the
-dataset once per parameter set (and GENERATOR_VERSION) and reuses it afterwards.
+The virtual cameras stand in for the first N challenge classes; see `camjax.synth` for the
+physics and DIR/cameras.json for every parameter.
 """
 
 from __future__ import annotations
@@ -14,9 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from camjax.data.synthetic import GENERATOR_VERSION, ensure_dataset, generate
-
-__all__ = ["GENERATOR_VERSION", "ensure_dataset", "generate", "main"]
+from camjax.synth.dataset import generate
 
 
 def main(argv: list[str] | None = None) -> None:
