@@ -95,7 +95,7 @@ def cpu_quick(
     (steps, not wall time: the 2-core machine is shared) on 2 CPU cores.
 
     It shows the loop end to end. From scratch, these deep networks do not learn the cameras
-    in a few CPU minutes (measured: README, "Known limitations"; benchmarks/learning_curves.jsonl):
+    in a few CPU minutes (measured: benchmarks/RESULTS.md, "Full-size backbones"; raw lines in benchmarks/learning_curves.jsonl):
     MobileNet alpha 0.25 stays at chance (validation weighted accuracy 0.09-0.16) through
     1,620 steps (9 epochs, 12 min at load 8), also without manipulations and D4, and neither a
     stride-1 stem (`model.kwargs.stem_stride=1`), a camnet-like 4x4 space-to-depth front end,

@@ -34,7 +34,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         # check set (benchmarks/RESULTS.md, "Recipes").
         c.steps_per_epoch = 180
         c.num_epochs = 16
-        # A short run ends better annealed than waiting for plateaus (measured: README).
+        # A short run ends better annealed than waiting for plateaus.
         c.optim.schedule = "cosine"
         c.eval.max_tiles = 0  # every 64 px tile of a 512 test patch: 64 tiles, cheap
         c.log_every = 10

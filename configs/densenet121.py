@@ -19,7 +19,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.name = "densenet121"
     c.batch_size = 32
     c.dtype = "bfloat16"
-    if preset == "quick":  # 2 CPU cores: shows the loop; not measured to learn in minutes (README)
+    if preset == "quick":  # 2 CPU cores: shows the loop; not measured to learn in minutes (benchmarks/RESULTS.md)
         defaults.cpu_quick(c, patch=64, batch_size=16, num_epochs=2, steps_per_epoch=30)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for densenet121; expected '' or 'quick'")

@@ -15,8 +15,8 @@ from camjax import trainer
 from camjax.synth import dataset
 
 CHANCE = 0.25  # four classes
-# Held-out accuracy of the run below over training seeds 0, 1, 2: 0.69, 0.75, 0.60 (README,
-# "Tests"); 0.25 with the optimizer frozen.
+# Held-out accuracy of the run below over training seeds 0, 1, 2: 0.69, 0.75, 0.60 (benchmarks/RESULTS.md,
+# "The demo and the evaluation options"); 0.25 with the optimizer frozen.
 MARGIN = 0.5
 
 

@@ -32,7 +32,7 @@ def set_batchnorm_momentum(module: nnx.Module, momentum: float) -> None:
 
     Keras' 0.99 suits fine-tuning for many thousands of steps. Trained from scratch for a
     few hundred, the running statistics still lag the weights, and inference, which uses
-    them, stays at chance while training fits (measured: README, quick presets).
+    them, stays at chance while training fits (measured: benchmarks/RESULTS.md).
     """
     if not 0.0 < momentum < 1.0:
         raise ValueError(f"model.bn_momentum must be in (0, 1), got {momentum}")
