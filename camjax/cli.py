@@ -1,8 +1,12 @@
-"""Flags shared by the entry points that predict the test set (`evaluate`, `pseudolabel`).
+"""What the entry points share: the prediction flags of `evaluate` and `pseudolabel`, and how
+every command reports an error.
 
-One definition, so the two accept the same spelling, help and defaults. Where a flag is left
-unset, the first run's `config.eval` decides (blend, tiles per image, batch), so a run is
-evaluated the way it was configured unless the command line says otherwise.
+The convention: flags spelled with underscores (`--data_root`, `--max_tiles`); an expected
+failure (bad input, a path that is missing or already there, an invalid config) prints one
+line `error: ...` on stderr and exits with status 1, a usage error exits with status 2, and
+only a bug shows a traceback. The prediction flags are defined once, so the two commands
+accept the same spelling, help and defaults; where one is left unset, the first run's
+`config.eval` decides (blend, tiles per image, batch).
 """
 
 from __future__ import annotations
@@ -12,6 +16,15 @@ from absl import app, flags
 from camjax import tta
 
 AGGREGATIONS = ("mean", "geometric", "power")
+EXPECTED_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError)
+
+
+def run_or_exit(fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, with an expected error turned into `error: ...` and exit status 1."""
+    try:
+        return fn(*args, **kwargs)
+    except EXPECTED_ERRORS as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def define_prediction_flags(*, data_root_help: str) -> None:

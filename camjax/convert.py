@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from camjax import cli
+
 # Classifier layers that only exist with include_top=True (keras.applications' names).
 TOP_LAYER_NAMES = frozenset({"predictions", "conv_preds"})
 
@@ -182,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--kwargs", default="{}", help="JSON keyword args for both Keras and camjax builders, e.g. '{\"alpha\": 0.25}'"
     )
     args = parser.parse_args(argv)
-    meta = convert_keras(args.model, args.weights, args.out, **json.loads(args.kwargs))
+    meta = cli.run_or_exit(convert_keras, args.model, args.weights, args.out, **json.loads(args.kwargs))
     print(json.dumps(meta))
 
 

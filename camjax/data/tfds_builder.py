@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from camjax import cli
 from camjax.data.decode import BadImageError, decode_image
 from camjax.data.sources import DatasetIndex, Record, scan_root
 
@@ -248,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing build")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    builder = build(args.root, args.data_dir, val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite)
+    builder = cli.run_or_exit(
+        build, args.root, args.data_dir, val_fraction=args.val_fraction, seed=args.seed, overwrite=args.overwrite
+    )
     counts = ", ".join(f"{k}={v.num_examples}" for k, v in sorted(builder.info.splits.items()))
     print(f"wrote {builder.data_path} ({counts}) in {time.perf_counter() - start:.1f} s")
 
