@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import typing
 
+import jax
 from flax import nnx
 
-# A builder takes keyword arguments (rngs, dtype, param_dtype, bn_axis_name, plus
-# family-specific ones such as alpha) and returns an nnx.Module mapping an NHWC float
-# batch to an NHWC feature map, with an int attribute `num_features`.
-BackboneBuilder = Callable[..., nnx.Module]
+
+@typing.runtime_checkable
+class Backbone(typing.Protocol):
+    """What `camjax.models.create` needs of a registered family's module.
+
+    It maps a preprocessed float NHWC batch to an NHWC feature map with `num_features`
+    channels (the classifier pools it and puts the head on top). A family whose layers follow
+    Keras Applications also implements `KerasLayout`, which weight import walks.
+    """
+
+    num_features: int
+
+    def __call__(self, x: jax.Array) -> jax.Array: ...
+
+
+@typing.runtime_checkable
+class KerasLayout(typing.Protocol):
+    def keras_layers(self) -> list[tuple[str, nnx.Module]]:
+        """(Keras layer name, module) for every layer with weights, in Keras' order."""
+        ...
+
+
+class BackboneBuilder(typing.Protocol):
+    """A registered builder: these keywords always, plus the family's own (`alpha`,
+    `stem_stride`, ...) from `config.model.kwargs`. `in_channels` is 3, or 3 * b * b behind
+    a b x b space-to-depth (`config.model.space_to_depth`)."""
+
+    def __call__(
+        self, *, rngs: nnx.Rngs, dtype, param_dtype, bn_axis_name: str | None, in_channels: int = 3, **family
+    ) -> Backbone: ...
 
 
 @dataclasses.dataclass(frozen=True)
