@@ -153,3 +153,20 @@ def test_bad_input_is_named():
         device_ops.quant_tables(0)
     with pytest.raises(ValueError, match="needs sources of 64 px"):
         device_ops.resize(raw[:, :40, :40], 0.5, patch=PATCH)
+
+
+def test_a_new_kind_is_one_entry_on_each_side(monkeypatch):
+    """The extension point: a kind registered in manipulations.KINDS (host) and
+    device_ops.DEVICE_KINDS (jitted) is cut, made and checked like the challenge's own."""
+    from camjax.cameras import Manipulation
+
+    invert = Manipulation("invert", "invert", 0.0)
+    with pytest.raises(ValueError, match="kind 'invert', not registered"):
+        manipulations.manipulate_patch(np.zeros((RAW, RAW, 3), np.uint8), PATCH, invert)
+    monkeypatch.setitem(manipulations.KINDS, "invert", manipulations.Kind(host=lambda image, value: 255 - image))
+    monkeypatch.setitem(device_ops.DEVICE_KINDS, "invert", lambda x, value, patch: 255 - device_ops._centre(x, patch))
+    raw = _images(1, RAW, RAW, seed=3)[0]
+    want = manipulations.manipulate_patch(raw, PATCH, invert)
+    got = jax.jit(device_ops._branch(invert, PATCH))(jnp.asarray(raw))
+    assert want.shape == (PATCH, PATCH, 3)
+    np.testing.assert_array_equal(np.asarray(got), want)

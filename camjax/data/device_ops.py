@@ -18,6 +18,7 @@ own manipulation id (`camjax.cameras.MANIPULATIONS`), and `apply_on_device` adds
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -337,22 +338,29 @@ def _manipulation_tables() -> tuple[np.ndarray, np.ndarray]:
     return luts, quant
 
 
+def _centre(x: jax.Array, patch: int) -> jax.Array:
+    off = (x.shape[1] - patch) // 2
+    return x[:, off : off + patch, off : off + patch]
+
+
+# kind -> (sources [1, S, S, 3], value, patch) -> [1, patch, patch, 3]: the jitted twin of
+# `manipulations.KINDS[kind].host` (the 'map' strategy runs one per example). The 'tables'
+# strategy fuses the kinds in TABLE_KINDS into three batch-wide stages instead.
+DEVICE_KINDS: dict[str, Callable[[jax.Array, float, int], jax.Array]] = {
+    "none": lambda x, value, patch: _centre(x, patch),
+    "resize": lambda x, scale, patch: resize(x, scale, patch=patch),
+    "gamma": lambda x, g, patch: gamma(_centre(x, patch), g),
+    "jpeg": lambda x, quality, patch: jpeg(_centre(x, patch), int(quality)),
+}
+TABLE_KINDS = frozenset({"none", "resize", "gamma", "jpeg"})
+
+
 def _branch(m: Manipulation, patch: int):
-    """One image [S, S, 3] -> [patch, patch, 3] under manipulation m (for the branch strategies)."""
-
-    def fn(image):
-        x = image[None]
-        if m.kind == "resize":
-            return resize(x, m.value, patch=patch)[0]
-        off = (x.shape[1] - patch) // 2
-        x = x[:, off : off + patch, off : off + patch]
-        if m.kind == "gamma":
-            x = gamma(x, m.value)
-        elif m.kind == "jpeg":
-            x = jpeg(x, int(m.value))
-        return x[0]
-
-    return fn
+    """One image [S, S, 3] -> [patch, patch, 3] under manipulation m (the 'map' strategy)."""
+    if m.kind not in DEVICE_KINDS:
+        raise ValueError(f"manipulation kind {m.kind!r} ({m.name}) has no device version in DEVICE_KINDS")
+    fn = DEVICE_KINDS[m.kind]
+    return lambda image: fn(image[None], m.value, patch)[0]
 
 
 def manipulate(raw: jax.Array, manip_ids: jax.Array, *, patch: int, strategy: str = "auto") -> jax.Array:
@@ -369,8 +377,13 @@ def manipulate(raw: jax.Array, manip_ids: jax.Array, *, patch: int, strategy: st
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"device_ops.manipulate: strategy must be one of {STRATEGIES}, got {strategy!r}")
+    tables_fit = all(m.kind in TABLE_KINDS for m in MANIPULATIONS)
     if strategy == "auto":
-        strategy = "map" if jax.default_backend() == "cpu" else "tables"
+        strategy = "map" if jax.default_backend() == "cpu" or not tables_fit else "tables"
+    if strategy == "tables" and not tables_fit:
+        raise ValueError(
+            f"device_ops.manipulate: strategy 'tables' covers the kinds {sorted(TABLE_KINDS)} only; use 'map'"
+        )
     _check_batch(raw, "manipulate")
     if raw.dtype != jnp.uint8:
         raise ValueError(f"device_ops.manipulate: raw crops must be uint8, got {raw.dtype}")

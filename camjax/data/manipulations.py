@@ -6,8 +6,10 @@ training pipeline augments with them, so train and test see the same operations.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -46,15 +48,46 @@ def gamma_correct(image: np.ndarray, gamma: float) -> np.ndarray:
     return np.take(table, image)
 
 
-def source_size(patch: int, manipulation: Manipulation) -> int:
-    """Side of the crop that `manipulation` turns into a `patch` x `patch` result.
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """One kind of manipulation: what it does to a uint8 HxWx3 image on the host (the
+    reference; a resize changes the size), and the side of the source crop that turns into a
+    `patch` x `patch` result. Its jitted twin is registered in `camjax.data.device_ops.DEVICE_KINDS`."""
 
-    Resizing by s needs ceil(patch / s) source pixels, resized and then centre-cropped to
-    `patch`, so every output shape is static. Other manipulations keep the size.
-    """
-    if manipulation.kind == "resize":
-        return int(math.ceil(patch / manipulation.value))
-    return patch
+    host: Callable[[np.ndarray, float], np.ndarray]
+    source_size: Callable[[int, float], int] = lambda patch, value: patch
+
+
+# kind -> Kind. A manipulation of a known kind is one entry in `camjax.cameras.MANIPULATIONS`;
+# a new kind is one entry here and one in device_ops.DEVICE_KINDS. (The set is recorded in
+# run.json: a run trained on another set is refused at evaluation.)
+KINDS: dict[str, Kind] = {
+    "none": Kind(host=lambda image, value: image),
+    "jpeg": Kind(host=lambda image, quality: jpeg_compress(image, int(quality))),
+    # Resizing by s needs ceil(patch / s) source pixels, resized and then centre-cropped to
+    # `patch`, so every output shape is static.
+    "resize": Kind(
+        host=lambda image, scale: resize(image, scale), source_size=lambda patch, s: int(math.ceil(patch / s))
+    ),
+    "gamma": Kind(host=lambda image, g: gamma_correct(image, g)),
+}
+_unknown = sorted({m.kind for m in MANIPULATIONS} - set(KINDS))
+if _unknown:
+    raise ImportError(f"camjax.cameras.MANIPULATIONS uses manipulation kinds {_unknown} with no entry in KINDS")
+
+
+def kind_of(manipulation: Manipulation) -> Kind:
+    try:
+        return KINDS[manipulation.kind]
+    except KeyError:
+        raise ValueError(
+            f"manipulation {manipulation.name!r} has kind {manipulation.kind!r}, not registered in KINDS ({sorted(KINDS)})"
+        ) from None
+
+
+def source_size(patch: int, manipulation: Manipulation) -> int:
+    """Side of the crop that `manipulation` turns into a `patch` x `patch` result."""
+    return kind_of(manipulation).source_size(patch, manipulation.value)
 
 
 def max_source_size(patch: int) -> int:
@@ -71,15 +104,7 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 def apply(image: np.ndarray, manipulation: Manipulation) -> np.ndarray:
     """Apply one manipulation to a uint8 HxWx3 image; resizing changes the size."""
-    if manipulation.kind == "none":
-        return image
-    if manipulation.kind == "jpeg":
-        return jpeg_compress(image, int(manipulation.value))
-    if manipulation.kind == "resize":
-        return resize(image, manipulation.value)
-    if manipulation.kind == "gamma":
-        return gamma_correct(image, manipulation.value)
-    raise ValueError(f"unknown manipulation kind {manipulation.kind!r}")
+    return kind_of(manipulation).host(image, manipulation.value)
 
 
 def manipulate_patch(source: np.ndarray, patch: int, manipulation: Manipulation) -> np.ndarray:
