@@ -14,18 +14,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import space_to_depth
+from camjax.models.layers import Layers, space_to_depth
 from camjax.models.registry import register
 
 
 class ConvBN(nnx.Module):
-    def __init__(self, cin, cout, *, strides=1, dtype, param_dtype, bn_axis_name, rngs):
-        self.conv = nnx.Conv(
-            cin, cout, (3, 3), strides=strides, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-        )
-        self.bn = nnx.BatchNorm(
-            cout, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, axis_name=bn_axis_name, rngs=rngs
-        )
+    def __init__(self, cin, cout, *, strides=1, make: Layers):
+        self.conv = make.conv(cin, cout, 3, strides=strides)
+        self.bn = make.bn(cout)
 
     def __call__(self, x):
         return nnx.relu(self.bn(self.conv(x)))
@@ -47,12 +43,14 @@ class CamNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.stem = stem
-        kw = dict(dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, rngs=rngs)
+        make = Layers(
+            rngs=rngs, dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, bn_momentum=0.9, bn_epsilon=1e-5
+        )
         layers = []
         cin = in_channels * stem * stem
         for i, width in enumerate(widths):
             for j in range(blocks):
-                layers.append(ConvBN(cin, width, strides=2 if (i > 0 and j == 0) else 1, **kw))
+                layers.append(ConvBN(cin, width, strides=2 if (i > 0 and j == 0) else 1, make=make))
                 cin = width
         self.layers = nnx.List(layers)
         self.num_features = cin

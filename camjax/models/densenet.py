@@ -13,29 +13,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from camjax.models.layers import Layers
 from camjax.models.registry import register
 
 _BN_EPSILON = 1.001e-5
 
 
-class _Layers:
-    """Shared keyword arguments for the convolutions and BatchNorms of one network."""
-
-    def __init__(self, *, dtype, param_dtype, bn_axis_name, rngs):
-        self.kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.bn_axis_name = bn_axis_name
-
-    def conv(self, cin, cout, size, *, strides=1, padding="SAME"):
-        return nnx.Conv(cin, cout, (size, size), strides=strides, padding=padding, use_bias=False, **self.kw)
-
-    def bn(self, c):
-        return nnx.BatchNorm(c, momentum=0.99, epsilon=_BN_EPSILON, axis_name=self.bn_axis_name, **self.kw)
-
-
 class ConvBlock(nnx.Module):
     """BN-ReLU-1x1 conv (4k) - BN-ReLU-3x3 conv (k), concatenated to its input (Keras' conv_block)."""
 
-    def __init__(self, cin: int, growth_rate: int, name: str, make: _Layers):
+    def __init__(self, cin: int, growth_rate: int, name: str, make: Layers):
         self.name = name
         self.bn0 = make.bn(cin)
         self.conv1 = make.conv(cin, 4 * growth_rate, 1)
@@ -60,7 +47,7 @@ class ConvBlock(nnx.Module):
 class Transition(nnx.Module):
     """BN-ReLU-1x1 conv halving the channels, then 2x2 average pooling (Keras' transition_block)."""
 
-    def __init__(self, cin: int, name: str, make: _Layers):
+    def __init__(self, cin: int, name: str, make: Layers):
         self.name = name
         self.num_features = cin // 2  # Keras: int(channels * 0.5)
         self.bn = make.bn(cin)
@@ -92,7 +79,14 @@ class DenseNet(nnx.Module):
     ):
         if len(blocks) != 4:
             raise ValueError(f"densenet.py: blocks needs 4 dense-block lengths, got {tuple(blocks)}")
-        make = _Layers(dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, rngs=rngs)
+        make = Layers(
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            bn_axis_name=bn_axis_name,
+            bn_momentum=0.99,
+            bn_epsilon=_BN_EPSILON,
+        )
         if stem_stride not in (1, 2):
             raise ValueError(f"DenseNet needs stem_stride 1 or 2, got {stem_stride}")
         self.stem_pool = bool(stem_pool)  # neither option changes a weight's shape: ImageNet weights import

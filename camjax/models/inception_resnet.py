@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from camjax.models.layers import Layers
 from camjax.models.registry import register
 
 MIN_SIZE = 75
@@ -27,25 +28,15 @@ _BLOCK17 = (((192, 1),), ((128, 1), (160, (1, 7)), (192, (7, 1))))
 _BLOCK8 = (((192, 1),), ((192, 1), (224, (1, 3)), (256, (3, 1))))
 
 
-class _Layers:
-    """Shared keyword arguments for the convolutions and BatchNorms of one network."""
-
-    def __init__(self, *, dtype, param_dtype, bn_axis_name, rngs):
-        self.kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.bn_axis_name = bn_axis_name
-
-
 class ConvBN(nnx.Module):
     """Keras' conv2d_bn: bias-free conv, BatchNorm with a shift but no scale, ReLU."""
 
-    def __init__(self, cin: int, unit: Unit, make: _Layers):
+    def __init__(self, cin: int, unit: Unit, make: Layers):
         filters, kernel, *rest = unit
         strides, padding = rest or (1, "SAME")
         kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
-        self.conv = nnx.Conv(cin, filters, kernel, strides=strides, padding=padding, use_bias=False, **make.kw)
-        self.bn = nnx.BatchNorm(
-            filters, momentum=0.99, epsilon=1e-3, use_scale=False, axis_name=make.bn_axis_name, **make.kw
-        )
+        self.conv = make.conv(cin, filters, kernel, strides=strides, padding=padding)
+        self.bn = make.bn(filters, use_scale=False)
         self.num_features = filters
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -59,7 +50,7 @@ class Branch(nnx.Module):
     counted); 'max' is MaxPooling2D(3, strides=2, padding='valid').
     """
 
-    def __init__(self, cin: int, units: Sequence[Unit], make: _Layers, *, pool: str | None = None):
+    def __init__(self, cin: int, units: Sequence[Unit], make: Layers, *, pool: str | None = None):
         self.pool = pool
         chain = []
         for unit in units:
@@ -109,7 +100,7 @@ def _graph_order(branches: Sequence[Branch], counter: Iterator[int]) -> list[tup
 class Mixed(nnx.Module):
     """Parallel branches concatenated on channels (mixed_5b, mixed_6a, mixed_7a)."""
 
-    def __init__(self, cin: int, branches: Sequence[tuple[Sequence[Unit], str | None]], make: _Layers):
+    def __init__(self, cin: int, branches: Sequence[tuple[Sequence[Unit], str | None]], make: Layers):
         self.branches = nnx.List([Branch(cin, units, make, pool=pool) for units, pool in branches])
         self.num_features = sum(b.num_features for b in self.branches)
 
@@ -123,13 +114,13 @@ class Mixed(nnx.Module):
 class ResidualBlock(nnx.Module):
     """Inception-ResNet block: x + scale * up(concat(branches(x))), then an optional ReLU."""
 
-    def __init__(self, cin: int, branches, scale: float, name: str, make: _Layers, *, activation: bool = True):
+    def __init__(self, cin: int, branches, scale: float, name: str, make: Layers, *, activation: bool = True):
         self.name = name
         self.scale = scale
         self.activation = activation
         self.branches = nnx.List([Branch(cin, units, make) for units in branches])
         mixed = sum(b.num_features for b in self.branches)
-        self.up = nnx.Conv(mixed, cin, (1, 1), use_bias=True, **make.kw)
+        self.up = make.conv(mixed, cin, 1, use_bias=True)
         self.num_features = cin
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -153,7 +144,14 @@ class InceptionResNetV2(nnx.Module):
         bn_axis_name: str | None = None,
         rngs: nnx.Rngs,
     ):
-        make = _Layers(dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, rngs=rngs)
+        make = Layers(
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            bn_axis_name=bn_axis_name,
+            bn_momentum=0.99,
+            bn_epsilon=1e-3,
+        )
         stem = []
         c = in_channels
         for unit in ((32, 3, 2, "VALID"), (32, 3, 1, "VALID"), (64, 3), (80, 1, 1, "VALID"), (192, 3, 1, "VALID")):

@@ -1,8 +1,11 @@
-"""Forensic input layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth."""
+"""Layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth, the fast
+depthwise lowering, and `Layers`, the one factory every family builds its convolutions with."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -232,3 +235,50 @@ def space_to_depth(x: jax.Array, block: int) -> jax.Array:
     x = x.reshape(b, h // block, block, w // block, block, c)
     x = x.transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(b, h // block, w // block, block * block * c)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The convolutions and BatchNorms of one network, made with what all of them share.
+
+    Each family makes one (`make`) and builds every layer through it, so a family's Keras
+    settings - BatchNorm momentum and epsilon, conv biases and default padding, the depthwise
+    lowering - are stated once; a layer that differs passes its own keyword (`use_scale=False`,
+    `padding=...`).
+    """
+
+    rngs: nnx.Rngs
+    dtype: typing.Any = jnp.float32
+    param_dtype: typing.Any = jnp.float32
+    bn_axis_name: str | None = None
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    conv_bias: bool = False
+    conv_padding: typing.Any = "SAME"
+    conv_general_dilated: typing.Callable | None = None  # e.g. depthwise_lowering(impl)
+
+    def conv(self, cin: int, cout: int, kernel, **overrides) -> nnx.Conv:
+        kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        kw = dict(
+            use_bias=self.conv_bias,
+            padding=self.conv_padding,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=self.rngs,
+        )
+        if self.conv_general_dilated is not None:
+            kw["conv_general_dilated"] = self.conv_general_dilated
+        kw.update(overrides)
+        return nnx.Conv(cin, cout, kernel, **kw)
+
+    def bn(self, features: int, **overrides) -> nnx.BatchNorm:
+        kw = dict(
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            axis_name=self.bn_axis_name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=self.rngs,
+        )
+        kw.update(overrides)
+        return nnx.BatchNorm(features, **kw)

@@ -13,13 +13,11 @@ weight's shape, so ImageNet weights still import.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import depthwise_lowering
+from camjax.models.layers import Layers, depthwise_lowering
 from camjax.models.registry import register
 
 
@@ -38,33 +36,12 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new_v + divisor if new_v < 0.9 * v else new_v
 
 
-def _layers(*, dtype, param_dtype, bn_axis_name, momentum, depthwise_impl, rngs):
-    conv = functools.partial(  # the lowering only changes depthwise convolutions
-        nnx.Conv,
-        use_bias=False,
-        conv_general_dilated=depthwise_lowering(depthwise_impl),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
-    bn = functools.partial(
-        nnx.BatchNorm,
-        momentum=momentum,
-        epsilon=1e-3,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        axis_name=bn_axis_name,
-        rngs=rngs,
-    )
-    return conv, bn
-
-
-def depthwise(conv, channels: int, multiplier: int, stride: int) -> nnx.Conv:
+def depthwise(make: Layers, channels: int, multiplier: int, stride: int) -> nnx.Conv:
     """A 3x3 depthwise convolution; 'SAME' at stride 1, 'VALID' after explicit padding at stride 2."""
-    return conv(
+    return make.conv(
         channels,
         channels * multiplier,
-        (3, 3),
+        3,
         strides=stride,
         padding="SAME" if stride == 1 else "VALID",
         feature_group_count=channels,
@@ -74,13 +51,13 @@ def depthwise(conv, channels: int, multiplier: int, stride: int) -> nnx.Conv:
 class DepthwiseSeparable(nnx.Module):
     """Keras' `_depthwise_conv_block`: depthwise 3x3 + BN + ReLU6, pointwise 1x1 + BN + ReLU6."""
 
-    def __init__(self, block_id: int, cin: int, cout: int, multiplier: int, stride: int, *, conv, bn):
+    def __init__(self, block_id: int, cin: int, cout: int, multiplier: int, stride: int, *, make: Layers):
         self.block_id = block_id
         self.stride = stride
-        self.dw = depthwise(conv, cin, multiplier, stride)
-        self.dw_bn = bn(cin * multiplier)
-        self.pw = conv(cin * multiplier, cout, (1, 1))
-        self.pw_bn = bn(cout)
+        self.dw = depthwise(make, cin, multiplier, stride)
+        self.dw_bn = make.bn(cin * multiplier)
+        self.pw = make.conv(cin * multiplier, cout, 1)
+        self.pw_bn = make.bn(cout)
 
     def keras_layers(self) -> list[tuple[str, nnx.Module]]:
         i = self.block_id
@@ -118,23 +95,24 @@ class MobileNet(nnx.Module):
     ):
         if alpha <= 0 or depth_multiplier < 1:
             raise ValueError(f"MobileNet needs alpha > 0 and depth_multiplier >= 1, got {alpha}, {depth_multiplier}")
-        conv, bn = _layers(
+        make = Layers(
+            rngs=rngs,
             dtype=dtype,
             param_dtype=param_dtype,
             bn_axis_name=bn_axis_name,
-            momentum=0.99,
-            depthwise_impl=depthwise_impl,
-            rngs=rngs,
+            bn_momentum=0.99,
+            bn_epsilon=1e-3,
+            conv_general_dilated=depthwise_lowering(depthwise_impl),  # only depthwise convs change
         )
         cin = int(32 * alpha)
         if stem_stride not in (1, 2):
             raise ValueError(f"{type(self).__name__} needs stem_stride 1 or 2, got {stem_stride}")
-        self.conv1 = conv(in_channels, cin, (3, 3), strides=stem_stride, padding="SAME")
-        self.conv1_bn = bn(cin)
+        self.conv1 = make.conv(in_channels, cin, 3, strides=stem_stride, padding="SAME")
+        self.conv1_bn = make.bn(cin)
         blocks = []
         for block_id, (filters, stride) in enumerate(self.BLOCKS, start=1):
             cout = int(filters * alpha)
-            blocks.append(DepthwiseSeparable(block_id, cin, cout, depth_multiplier, stride, conv=conv, bn=bn))
+            blocks.append(DepthwiseSeparable(block_id, cin, cout, depth_multiplier, stride, make=make))
             cin = cout
         self.blocks = nnx.List(blocks)
         self.num_features = cin
@@ -155,17 +133,17 @@ class MobileNet(nnx.Module):
 class InvertedResidual(nnx.Module):
     """Keras' `_inverted_res_block`: 1x1 expand, 3x3 depthwise, linear 1x1 projection (+ identity)."""
 
-    def __init__(self, block_id: int, cin: int, cout: int, expansion: int, stride: int, *, conv, bn):
+    def __init__(self, block_id: int, cin: int, cout: int, expansion: int, stride: int, *, make: Layers):
         self.prefix = f"block_{block_id}_" if block_id else "expanded_conv_"
         self.stride = stride
         self.residual = cin == cout and stride == 1
         hidden = cin * expansion if block_id else cin
-        self.expand = conv(cin, hidden, (1, 1)) if block_id else None
-        self.expand_bn = bn(hidden) if block_id else None
-        self.dw = depthwise(conv, hidden, 1, stride)
-        self.dw_bn = bn(hidden)
-        self.project = conv(hidden, cout, (1, 1))
-        self.project_bn = bn(cout)
+        self.expand = make.conv(cin, hidden, 1) if block_id else None
+        self.expand_bn = make.bn(hidden) if block_id else None
+        self.dw = depthwise(make, hidden, 1, stride)
+        self.dw_bn = make.bn(hidden)
+        self.project = make.conv(hidden, cout, 1)
+        self.project_bn = make.bn(cout)
 
     def keras_layers(self) -> list[tuple[str, nnx.Module]]:
         p = self.prefix
@@ -215,26 +193,25 @@ class MobileNetV2(nnx.Module):
     ):
         if alpha <= 0:
             raise ValueError(f"MobileNetV2 needs alpha > 0, got {alpha}")
-        conv, bn = _layers(
+        make = Layers(
+            rngs=rngs,
             dtype=dtype,
             param_dtype=param_dtype,
             bn_axis_name=bn_axis_name,
-            momentum=0.999,
-            depthwise_impl=depthwise_impl,
-            rngs=rngs,
+            bn_momentum=0.999,
+            bn_epsilon=1e-3,
+            conv_general_dilated=depthwise_lowering(depthwise_impl),  # only depthwise convs change
         )
         cin = make_divisible(32 * alpha)
         if stem_stride not in (1, 2):
             raise ValueError(f"{type(self).__name__} needs stem_stride 1 or 2, got {stem_stride}")
-        self.conv1 = conv(in_channels, cin, (3, 3), strides=stem_stride, padding="SAME")
-        self.conv1_bn = bn(cin)
+        self.conv1 = make.conv(in_channels, cin, 3, strides=stem_stride, padding="SAME")
+        self.conv1_bn = make.bn(cin)
         blocks = []
         for filters, expansion, stride, repeats in self.BLOCKS:
             cout = make_divisible(int(filters * alpha))
             for i in range(repeats):
-                blocks.append(
-                    InvertedResidual(len(blocks), cin, cout, expansion, stride if i == 0 else 1, conv=conv, bn=bn)
-                )
+                blocks.append(InvertedResidual(len(blocks), cin, cout, expansion, stride if i == 0 else 1, make=make))
                 cin = cout
         if zero_init_residual:  # each residual block starts as the identity (an init: imports replace it)
             for block in blocks:
@@ -242,8 +219,8 @@ class MobileNetV2(nnx.Module):
                     block.project_bn.scale.set_value(jnp.zeros_like(block.project_bn.scale.get_value()))
         self.blocks = nnx.List(blocks)
         self.num_features = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
-        self.conv_last = conv(cin, self.num_features, (1, 1))
-        self.conv_last_bn = bn(self.num_features)
+        self.conv_last = make.conv(cin, self.num_features, 1)
+        self.conv_last_bn = make.bn(self.num_features)
 
     def keras_layers(self) -> list[tuple[str, nnx.Module]]:
         layers = [("Conv1", self.conv1), ("bn_Conv1", self.conv1_bn)]

@@ -14,12 +14,11 @@ changes a weight's shape: ImageNet weights still import.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from camjax.models.layers import Layers
 from camjax.models.registry import register
 
 BN_EPSILON = 1.001e-5
@@ -34,16 +33,16 @@ def zero_pad(x: jax.Array, pad: int) -> jax.Array:
 class Bottleneck(nnx.Module):
     """Keras' `block1`: 1x1 (stride) -> 3x3 -> 1x1 (x4), plus identity or projected shortcut."""
 
-    def __init__(self, name: str, cin: int, filters: int, stride: int, project: bool, *, conv, bn):
+    def __init__(self, name: str, cin: int, filters: int, stride: int, project: bool, *, make: Layers):
         self.name = name
-        self.conv0 = conv(cin, 4 * filters, (1, 1), strides=stride) if project else None
-        self.bn0 = bn(4 * filters) if project else None
-        self.conv1 = conv(cin, filters, (1, 1), strides=stride)
-        self.bn1 = bn(filters)
-        self.conv2 = conv(filters, filters, (3, 3), padding="SAME")
-        self.bn2 = bn(filters)
-        self.conv3 = conv(filters, 4 * filters, (1, 1))
-        self.bn3 = bn(4 * filters)
+        self.conv0 = make.conv(cin, 4 * filters, 1, strides=stride) if project else None
+        self.bn0 = make.bn(4 * filters) if project else None
+        self.conv1 = make.conv(cin, filters, 1, strides=stride)
+        self.bn1 = make.bn(filters)
+        self.conv2 = make.conv(filters, filters, 3, padding="SAME")
+        self.bn2 = make.bn(filters)
+        self.conv3 = make.conv(filters, 4 * filters, 1)
+        self.bn3 = make.bn(4 * filters)
 
     def keras_layers(self) -> list[tuple[str, nnx.Module]]:
         n = self.name
@@ -88,28 +87,26 @@ class ResNet50(nnx.Module):
         bn_axis_name: str | None = None,
         rngs: nnx.Rngs,
     ):
-        conv = functools.partial(
-            nnx.Conv, padding="VALID", use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-        )
-        bn = functools.partial(
-            nnx.BatchNorm,
-            momentum=BN_MOMENTUM,
-            epsilon=BN_EPSILON,
+        make = Layers(
+            rngs=rngs,
             dtype=dtype,
             param_dtype=param_dtype,
-            axis_name=bn_axis_name,
-            rngs=rngs,
+            bn_axis_name=bn_axis_name,
+            bn_momentum=BN_MOMENTUM,
+            bn_epsilon=BN_EPSILON,
+            conv_bias=True,
+            conv_padding="VALID",
         )
         if stem_stride not in (1, 2):
             raise ValueError(f"ResNet50 needs stem_stride 1 or 2, got {stem_stride}")
         self.stem_pool = bool(stem_pool)
-        self.conv1 = conv(in_channels, 64, (7, 7), strides=stem_stride)
-        self.bn1 = bn(64)
+        self.conv1 = make.conv(in_channels, 64, 7, strides=stem_stride)
+        self.bn1 = make.bn(64)
         blocks, cin = [], 64
         for stage, (filters, n, stride) in enumerate(self.STAGES, start=2):
             for i in range(n):
                 name = f"conv{stage}_block{i + 1}"
-                blocks.append(Bottleneck(name, cin, filters, stride if i == 0 else 1, i == 0, conv=conv, bn=bn))
+                blocks.append(Bottleneck(name, cin, filters, stride if i == 0 else 1, i == 0, make=make))
                 cin = 4 * filters
         if zero_init_residual:  # every block starts as its shortcut: a shallow network at step 0
             for block in blocks:
