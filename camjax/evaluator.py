@@ -17,12 +17,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import assembly, plots, postprocess, prnu, steps, tta
+from camjax import assembly, plots, postprocess, steps, tta
 from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
 from camjax.data import eval_batches, sources
 from camjax.data.decode import read_bytes
+from camjax.extras import prnu
 from camjax.parallel import DataParallel
 
 

@@ -27,12 +27,13 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from camjax import assembly, plots, saliency, steps
+from camjax import assembly, plots, steps
 from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES
 from camjax.data import eval_batches, grid, sources
 from camjax.data.decode import BadImageError, read_bytes
 from camjax.evaluator import RestoredModel, restore
+from camjax.extras import saliency
 from camjax.models import preprocess
 from camjax.parallel import DataParallel
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camjax.data import jpeg_grid
+from camjax.extras import jpeg_grid
 
 
 def _jpeg_frame(quality, subsampling, seed=0, size=600):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camjax import evaluator, prnu
+from camjax import evaluator
+from camjax.extras import prnu
 
 SIZE = 128
 

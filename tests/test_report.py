@@ -16,7 +16,8 @@ from camjax_testdata import make_challenge_tree
 from conftest import require_reference
 from test_train_evaluate import tiny_config
 
-from camjax import models, report, saliency, steps, trainer
+from camjax import models, report, steps, trainer
+from camjax.extras import saliency
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")

@@ -14,7 +14,8 @@ from PIL import Image, JpegImagePlugin
 
 from camjax import synth
 from camjax.cameras import CHALLENGE_CLASSES, MANIPULATION_NAMES, MANIPULATIONS, NATIVE_RESOLUTIONS
-from camjax.data import jpeg_grid, manipulations
+from camjax.data import manipulations
+from camjax.extras import jpeg_grid
 from camjax.synth import camera_models, imaging
 from camjax.synth import dataset as synth_dataset
 from camjax.synth.__main__ import main as synth_main
