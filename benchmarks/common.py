@@ -49,6 +49,16 @@ def _version(package: str) -> str | None:
 
 
 @functools.cache
+def cpu_vector_isa() -> str:
+    """The widest x86 vector extension /proc/cpuinfo lists (avx512f, avx2, ...), or ''."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    return next((isa for isa in ("avx512f", "avx2", "avx", "sse4_2") if isa in flags), "")
+
+
 def machine() -> dict:
     """Where a number was measured: CPU, cores, library versions, accelerator."""
     import jax
@@ -56,6 +66,9 @@ def machine() -> dict:
     devices = jax.devices()
     return {
         "cpu": cpu_model(),
+        # XLA:CPU compiles for the instruction set it finds: two VMs that both call themselves
+        # "AMD EPYC" gave other digits from the same code (AVX2-only vs AVX-512).
+        "vector_isa": cpu_vector_isa(),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
         "jax": _version("jax"),
