@@ -300,7 +300,6 @@ class TrainSetup:
             total_steps=1000,
             seed=seed,
         )
-        self.model_def, self.tx = self.built.model_def, self.built.tx
         self.state = self.dp.put_state(self.built.host_state)
         self.train_step = self.built.train_step(config)
         self.eval_step = self.built.predict()

@@ -58,16 +58,28 @@ def resolve_data_root(data_config) -> str:
     return str(synth.ensure_dataset(data_config.cache_dir, **data_config.synth.to_dict()))
 
 
+DATA_SOURCES = ("folder", "tfds")
+
+
+def data_source_problems(data_config) -> list[str]:
+    """What keeps `data.source` and its fields from being read (`config_checks` lists them too)."""
+    problems = []
+    if data_config.source == "tfds" and not data_config.tfds_dir:
+        problems.append("data.source='tfds' needs data.tfds_dir (built by python -m camjax.data.tfds_builder)")
+    if data_config.source == "tfds" and data_config.get("extra"):
+        problems.append("data.extra (an extra folder of training files) needs data.source='folder'")
+    return problems
+
+
 def open_dataset(data_config, seed: int):
     """(index, read, location) for `data.source`: a challenge-layout folder or a TFDS build
     (`python -m camjax.data.tfds_builder`) holding the original file bytes."""
+    problems = data_source_problems(data_config)
+    if problems:
+        raise ValueError(problems[0])
     if data_config.source == "tfds":
         from camjax.data import tfds_builder
 
-        if not data_config.tfds_dir:
-            raise ValueError("data.source='tfds' needs data.tfds_dir (built by python -m camjax.data.tfds_builder)")
-        if data_config.get("extra"):
-            raise ValueError("data.extra (an extra folder of training files) needs data.source='folder'")
         index = tfds_builder.load_index(data_config.tfds_dir, val_fraction=data_config.val_fraction, seed=seed)
         return index, tfds_builder.BytesReader(data_config.tfds_dir), data_config.tfds_dir
     if data_config.source != "folder":

@@ -14,8 +14,8 @@ from __future__ import annotations
 from absl import app, flags
 
 from camjax import tta
+from camjax.postprocess import AGGREGATIONS
 
-AGGREGATIONS = ("mean", "geometric", "power")
 EXPECTED_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError)
 
 

@@ -12,22 +12,25 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from camjax import models
+from camjax import assembly, models, optim, parallel, postprocess, tta
+from camjax.data import train_loader
+from camjax.models.head import POOLINGS
+from camjax.models.layers import HIGHPASS_KINDS
 
-# Field -> the values it accepts. The code that reads each field raises on other values too;
-# this table is what a run is checked against before it starts.
+# Field -> the values it accepts, from the module that reads the field (which raises on other
+# values too); this table is what a run is checked against before it starts.
 CHOICES = {
-    "data.source": ("folder", "tfds"),
-    "data.manipulate_on": ("host", "device"),
-    "data.d4": ("none", "flips", "rot90", "d4"),
-    "data.class_balance": ("sampling", "weights", "none"),
-    "model.highpass": ("none", "box3", "kv5", "constrained"),
-    "model.pooling": ("avg", "max", "avgmax"),
+    "data.source": assembly.DATA_SOURCES,
+    "data.manipulate_on": train_loader.MANIPULATE_ON,
+    "data.d4": tuple(tta.VIEW_SETS),
+    "data.class_balance": train_loader.CLASS_BALANCE,
+    "model.highpass": HIGHPASS_KINDS,
+    "model.pooling": POOLINGS,
     "dtype": tuple(models.DTYPES),
-    "nonfinite": ("stop", "skip"),
-    "optim.schedule": ("plateau", "cosine", "constant"),
-    "parallel": ("sharded", "pmap"),
-    "eval.agg": ("mean", "geometric", "power"),
+    "nonfinite": ("stop", "skip"),  # a non-finite loss: stop the run | skip the batch (steps, trainer)
+    "optim.schedule": optim.SCHEDULES,
+    "parallel": parallel.MODES,
+    "eval.agg": postprocess.AGGREGATIONS,
 }
 
 
@@ -85,10 +88,7 @@ def _problems(config, num_devices: int) -> list[str]:
         problems.append(f"optim.learning_rate={config.optim.learning_rate!r}: expected >= 0")
     if not str(config.optim.plateau.metric).startswith("val/"):
         problems.append(f"optim.plateau.metric={config.optim.plateau.metric!r}: expected a validation metric (val/...)")
-    if config.data.source == "tfds" and not config.data.tfds_dir:
-        problems.append("data.source='tfds' needs data.tfds_dir (built by python -m camjax.data.tfds_builder)")
-    if config.data.source == "tfds" and config.data.get("extra"):
-        problems.append("data.extra (an extra folder of training files) needs data.source='folder'")
+    problems += assembly.data_source_problems(config.data)
     return problems
 
 

@@ -15,18 +15,20 @@ import jax
 import numpy as np
 import optax
 
+SCHEDULES = ("plateau", "cosine", "constant")  # optim.schedule (the plateau scale applies on top of each)
+
 
 def learning_rate_schedule(optim_config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Base schedule (before the plateau scale): linear warmup, then constant or cosine."""
     lr = optim_config.learning_rate
     warmup = int(round(optim_config.get("warmup_epochs", 0.0) * steps_per_epoch))
     kind = optim_config.schedule
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown optim.schedule {kind!r}; expected plateau, cosine or constant")
     if kind in ("plateau", "constant"):
         after = optax.constant_schedule(lr)
-    elif kind == "cosine":
-        after = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
     else:
-        raise ValueError(f"unknown optim.schedule {kind!r}; expected plateau, cosine or constant")
+        after = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
     if warmup <= 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])

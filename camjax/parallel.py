@@ -108,8 +108,11 @@ def bn_axis_name(mode: str) -> str | None:
     return PMAP_AXIS if mode == "pmap" else None
 
 
+MODES = ("sharded", "pmap")  # jit with NamedSharding over a data mesh | jax.pmap
+
+
 def check_mode(mode: str) -> None:
-    if mode not in ("sharded", "pmap"):
+    if mode not in MODES:
         raise ValueError(f"unknown parallel mode {mode!r}; expected 'sharded' or 'pmap'")
 
 

@@ -24,6 +24,9 @@ GEOMETRIC_EPS = 1e-12
 LOG_PROB_FLOOR = -1e4
 
 
+AGGREGATIONS = ("mean", "geometric", "power")  # how `blend` combines views, tiles and models
+
+
 def blend(
     probs: np.ndarray,
     axis: int,

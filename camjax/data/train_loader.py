@@ -28,6 +28,8 @@ from camjax.data.decode import BAD_FILES, BadImageError, Reader, load_frame, rea
 from camjax.data.grid import crop_step, d4_host
 from camjax.data.sources import Record
 
+CLASS_BALANCE = ("sampling", "weights", "none")  # data.class_balance
+MANIPULATE_ON = ("host", "device")  # data.manipulate_on: Grain workers, or the jitted step
 UNKNOWN_MANIPULATION = -1  # its one-hot is all zeros: no auxiliary-loss target; the device ops treat it as none
 
 log = logging.getLogger(__name__)
@@ -122,14 +124,14 @@ class _TrainPlan:
         self.exempt = np.array([r.class_name in exempt for r in records])
         self.premanipulated = np.array([r.manipulated for r in records])
         self.balance = data_config.class_balance
-        if self.balance not in ("sampling", "weights", "none"):
+        if self.balance not in CLASS_BALANCE:
             raise ValueError(f"data.class_balance must be sampling | weights | none, got {self.balance!r}")
         self.seed, self.shard_index = int(seed), int(shard_index)
         self.patch, self.count = int(data_config.patch), int(data_config.patches_per_image)
         self.manip_prob, self.views, self.group = float(data_config.manip_prob), tuple(views), group
         self.crop_step = int(data_config.crop_step)
         where = data_config.get("manipulate_on", "host")
-        if where not in ("host", "device"):
+        if where not in MANIPULATE_ON:
             raise ValueError(f"data.manipulate_on must be host | device, got {where!r}")
         self.raw_size = manipulations.max_source_size(self.patch) if where == "device" else 0
         self._order_cache: tuple[int, np.ndarray] | None = None

@@ -11,6 +11,8 @@ from flax import nnx
 from camjax.cameras import NUM_MANIPULATIONS
 from camjax.models.layers import HighPass, space_to_depth
 
+POOLINGS = ("avg", "max", "avgmax")  # of the feature map, before the head
+
 
 class FlagHead(nnx.Module):
     """Pooled features ++ is_manipulated -> FC layers with dropout -> class logits.
@@ -76,7 +78,7 @@ class Classifier(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        if pooling not in ("avg", "max", "avgmax"):
+        if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected avg, max or avgmax")
         self.highpass = HighPass(highpass, rngs=rngs)
         self.space_to_depth = space_to_depth

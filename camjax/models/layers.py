@@ -204,6 +204,9 @@ class ConstrainedConv(nnx.Module):
         )
 
 
+HIGHPASS_KINDS = ("none", "box3", "kv5", "constrained")
+
+
 class HighPass(nnx.Module):
     """The forensic first stage, chosen by config: 'none', 'box3', 'kv5' or 'constrained'.
 
@@ -211,7 +214,7 @@ class HighPass(nnx.Module):
     """
 
     def __init__(self, kind: str, *, rngs: nnx.Rngs):
-        if kind not in ("none", "box3", "kv5", "constrained"):
+        if kind not in HIGHPASS_KINDS:
             raise ValueError(f"unknown high-pass {kind!r}; expected none, box3, kv5 or constrained")
         self.kind = kind
         self.constrained = ConstrainedConv(3, 3, 5, rngs=rngs) if kind == "constrained" else None
