@@ -81,14 +81,17 @@ def open_dataset(data_config, seed: int):
         from camjax.data import tfds_builder
 
         index = tfds_builder.load_index(data_config.tfds_dir, val_fraction=data_config.val_fraction, seed=seed)
-        return index, tfds_builder.BytesReader(data_config.tfds_dir), data_config.tfds_dir
-    if data_config.source != "folder":
+        index, read, location = index, tfds_builder.BytesReader(data_config.tfds_dir), data_config.tfds_dir
+    elif data_config.source == "folder":
+        location, read = resolve_data_root(data_config), read_bytes
+        index = sources.scan_root(location, val_fraction=data_config.val_fraction, seed=seed)
+        if data_config.get("extra"):
+            index = sources.add_extra_train(index, data_config.extra)
+    else:
         raise ValueError(f"unknown data.source {data_config.source!r}; expected 'folder' or 'tfds'")
-    root = resolve_data_root(data_config)
-    index = sources.scan_root(root, val_fraction=data_config.val_fraction, seed=seed)
-    if data_config.get("extra"):
-        index = sources.add_extra_train(index, data_config.extra)
-    return index, read_bytes, root
+    if data_config.get("classes"):
+        index = sources.keep_classes(index, data_config.classes)
+    return index, read, location
 
 
 @dataclasses.dataclass

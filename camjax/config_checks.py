@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from camjax import assembly, models, optim, parallel, postprocess, tta
+from camjax import assembly, calibration, models, optim, parallel, postprocess, tta
 from camjax.data import train_loader
 from camjax.models.head import POOLINGS
 from camjax.models.layers import HIGHPASS_KINDS
@@ -31,6 +31,7 @@ CHOICES = {
     "optim.schedule": optim.SCHEDULES,
     "parallel": parallel.MODES,
     "eval.agg": postprocess.AGGREGATIONS,
+    "eval.open_set_score": tuple(calibration.OPEN_SET_SCORES),
 }
 
 
@@ -77,6 +78,8 @@ def _problems(config, num_devices: int) -> list[str]:
                 f"batch_size={config.batch_size} must divide into grad_accum ({config.grad_accum}) x "
                 f"devices ({num_devices})"
             )
+    if not 0.0 < config.eval.false_rejection < 1.0:
+        problems.append(f"eval.false_rejection={config.eval.false_rejection!r}: expected a value in (0, 1)")
     for field in ("data.manip_prob", "data.val_fraction"):
         value = _get(config, field)
         if not 0.0 <= value <= 1.0:

@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.shards = 0  # file shards making up each global batch (0: one per process); fix it to
     # train on the same batches, and resume, at another process count
     c.data.extra = ""  # an extra training source (e.g. pseudo-labels), same layout
+    c.data.classes = ()  # train on these classes only (empty: all); e.g. to hold cameras out for open-set tests
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet50"
@@ -78,6 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
     # How `camjax.evaluate` predicts this run unless its flags say otherwise (max_tiles 0: every
     # tile of a test image); batch_size is also the validation batch in training.
     c.eval = ml_collections.ConfigDict(dict(agg="geometric", max_tiles=16, batch_size=64))
+    # At the end of training, fit a temperature and the open-set thresholds on the validation
+    # frames cut like test images (camjax.calibration); evaluate and predict then use them.
+    c.eval.calibrate = True
+    c.eval.open_set_score = "max_prob"  # which score says "none of the known cameras": max_prob | neg_entropy | margin
+    c.eval.false_rejection = 0.05  # the share of known-camera validation images that threshold calls unknown
     return c
 
 

@@ -15,6 +15,9 @@ from camjax.data.decode import BadImageError
 cli.define_prediction_flags(data_root_help="Dataset root with test/ (default: the first run's root).")
 _BALANCE = flags.DEFINE_bool("balance", False, "Write the class-balanced assignment as the submission.")
 _OUT = flags.DEFINE_string("out", "submission.csv", "Submission CSV path.")
+_SHARED = flags.DEFINE_bool(
+    "shared", False, "Also predict the test set as photos shared online (long side <= 2048, JPEG 75-85) and compare."
+)
 
 
 def main(argv):
@@ -24,7 +27,9 @@ def main(argv):
     assembly.enable_compilation_cache(".cache/jax")
     options = cli.prediction_options()
     try:
-        result = evaluator.evaluate(flags.FLAGS.workdir, balance=_BALANCE.value, out=_OUT.value, **options)
+        result = evaluator.evaluate(
+            flags.FLAGS.workdir, balance=_BALANCE.value, out=_OUT.value, shared=_SHARED.value, **options
+        )
     except (BadImageError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -38,6 +43,29 @@ def main(argv):
                 f"prnu: {r['clusters']} clusters, {r['clustered']}/{r['files']} files, purity={r['purity']:.4f}; "
                 f"without: unbalanced={r['unbalanced_weighted_accuracy_without']:.4f} "
                 f"balanced={r['balanced_weighted_accuracy_without']:.4f}"
+            )
+        c = result["calibration"]
+        print(
+            f"calibration ({'fitted' if all(c['runs_calibrated']) else 'none for some runs'}): "
+            f"ECE {c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, NLL {c['before']['nll']:.4f} -> {c['after']['nll']:.4f}"
+        )
+        if "open_set" in result:
+            o = result["open_set"]
+            line = f"open set ({o['known']} known, {o['unknown']} unknown): " + ", ".join(
+                f"AUROC[{k}]={v:.4f}" for k, v in o["auroc"].items()
+            )
+            if "false_rejection" in o:
+                line += (
+                    f"; at the {o['score']} threshold: false rejection {o['false_rejection'][o['score']]:.4f},"
+                    f" false acceptance {o['false_acceptance'][o['score']]:.4f}"
+                )
+            print(line)
+        if "shared_online" in result:
+            s = result["shared_online"]
+            print(
+                f"shared online (JPEG {s['qualities'][0]}-{s['qualities'][1]}, long side <= {s['long_side']}): "
+                f"weighted_accuracy {s['before']['weighted_accuracy']:.4f} -> {s['after']['weighted_accuracy']:.4f}, "
+                f"ECE {s['before']['ece']:.4f} -> {s['after']['ece']:.4f}"
             )
         print(
             f"unbalanced={result['unbalanced_weighted_accuracy']:.4f} balanced={result['balanced_weighted_accuracy']:.4f}"

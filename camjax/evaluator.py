@@ -12,17 +12,18 @@ import dataclasses
 import json
 import logging
 import os
+import zlib
 
 import jax
 import ml_collections
 import numpy as np
 
-from camjax import assembly, plots, postprocess, steps, tta
+from camjax import assembly, calibration, plots, postprocess, steps, tta
 from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
-from camjax.data import eval_batches, sources
-from camjax.data.decode import read_bytes
+from camjax.data import eval_batches, manipulations, sources
+from camjax.data.decode import decode_image, read_bytes
 from camjax.extras import prnu
 from camjax.parallel import DataParallel
 
@@ -34,6 +35,11 @@ class RestoredModel:
     built: assembly.Assembled  # its tta_predict() wraps the step for the devices
     state: steps.TrainState  # on device, replicated
     step: int
+    calibration: calibration.Calibration | None = None  # DIR/calibration.json, when the run has one
+
+    def calibrated(self, probs: np.ndarray) -> np.ndarray:
+        """Blended probabilities [..., C] with the run's temperature (as they are without one)."""
+        return probs if self.calibration is None else self.calibration.apply(probs)
 
     @property
     def model_def(self) -> steps.ModelDef:
@@ -53,7 +59,49 @@ def restore(workdir: str, dp: DataParallel, step: int | None = None) -> Restored
     target = built.restore_target(jax.sharding.SingleDeviceSharding(dp.local_devices[0]))
     step, state, _ = ckpt.restore(target, step)
     ckpt.close()
-    return RestoredModel(run, config, built, dp.put_state(state), step)
+    return RestoredModel(run, config, built, dp.put_state(state), step, calibration.load(workdir))
+
+
+@dataclasses.dataclass
+class Predictions:
+    probs: np.ndarray  # [N, V, C] per file and view, tiles blended (NaN: a skipped file)
+    agreement: np.ndarray  # [N] share of a file's tiles whose own answer is the file's (NaN: skipped)
+    skipped: list[str]  # unreadable files, already logged
+
+
+def predict_tiles(restored: RestoredModel, dp: DataParallel, batches, num_files: int, view_ids, *, agg: str, p: float):
+    """Runs the model on a stream of tile batches (`camjax.data.eval_batches`) under the views
+    and blends each file's tiles, holding only the tiles of files still arriving."""
+    predict = restored.built.tta_predict(view_ids)
+    num_classes = len(restored.run.classes)
+    out = np.full((num_files, len(view_ids), num_classes), np.nan, np.float32)
+    agreement = np.full(num_files, np.nan)
+    open_tiles: dict[int, list[np.ndarray]] = {}
+
+    def close(files):
+        for f in files:
+            tiles = np.stack(open_tiles.pop(f))  # [T, V, C]
+            out[f] = postprocess.blend(tiles, axis=0, agg=agg, p=p)
+            answer = postprocess.blend(out[f], axis=0, agg=agg, p=p).argmax()
+            agreement[f] = np.mean(postprocess.blend(tiles, axis=1, agg=agg, p=p).argmax(-1) == answer)
+
+    for batch in batches:
+        probs = dp.fetch_per_example(
+            predict(restored.state, dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]}))
+        )
+        for row, f, m in zip(probs, batch["file_index"], batch["mask"]):
+            if m > 0:
+                open_tiles.setdefault(int(f), []).append(row)
+        # Files arrive in order: those before the batch's last file are complete.
+        last = int(batch["file_index"][batch["mask"] > 0].max()) if (batch["mask"] > 0).any() else -1
+        close([f for f in list(open_tiles) if f < last])
+    close(list(open_tiles))
+    return out, agreement
+
+
+def eval_batch_size(dp: DataParallel, batch_size: int) -> int:
+    """The largest multiple of the device count not above `batch_size` (at least one per device)."""
+    return max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
 
 
 def predict_files(
@@ -69,40 +117,38 @@ def predict_files(
     pad: bool,
     skip_bad: bool,
     read=read_bytes,
-):
-    """Per-file probabilities [N, V, C], tiles blended, streaming: only the tiles of files still
-    arriving are held in memory. Returns (probs, skipped paths)."""
-    batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
+    phase=None,
+) -> Predictions:
+    """Per-file probabilities under the views, tiles blended, streaming from the files."""
     batches = eval_batches.make_test_batches(
         test_paths,
         patch=restored.run.patch,
-        batch_size=batch_size,
+        batch_size=eval_batch_size(dp, batch_size),
         max_tiles=max_tiles,
         pad=pad,
         skip_bad=skip_bad,
         read=read,
+        phase=phase,
     )
-    predict = restored.built.tta_predict(view_ids)
-    num_classes = len(restored.run.classes)
-    out = np.full((len(test_paths), len(view_ids), num_classes), np.nan, np.float32)
-    open_tiles: dict[int, list[np.ndarray]] = {}
+    probs, agreement = predict_tiles(restored, dp, batches, len(test_paths), view_ids, agg=agg, p=p)
+    return Predictions(probs, agreement, [path for path, _ in batches.skipped])  # (path, reason): already logged
 
-    def close(files):
-        for f in files:
-            out[f] = postprocess.blend(np.stack(open_tiles.pop(f)), axis=0, agg=agg, p=p)
 
-    for batch in batches:
-        probs = dp.fetch_per_example(
-            predict(restored.state, dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]}))
-        )
-        for row, f, m in zip(probs, batch["file_index"], batch["mask"]):
-            if m > 0:
-                open_tiles.setdefault(int(f), []).append(row)
-        # Files arrive in order: those before the batch's last file are complete.
-        last = int(batch["file_index"][batch["mask"] > 0].max()) if (batch["mask"] > 0).any() else -1
-        close([f for f in list(open_tiles) if f < last])
-    close(list(open_tiles))
-    return out, [path for path, _ in batches.skipped]  # (path, reason) pairs, already logged
+def validation_records(restored: RestoredModel, data_root: str | None = None):
+    """(validation records, reader) of the run's dataset, or of `data_root` (challenge layout)."""
+    config, run = restored.config, restored.run
+    if data_root:
+        index, read = sources.scan_root(data_root, val_fraction=config.data.val_fraction, seed=config.seed), read_bytes
+    else:
+        data = config.data.copy_and_resolve_references()
+        if run.data_source == "folder":
+            data.root = run.data_root
+        index, read, _ = assembly.open_dataset(data, config.seed)
+    if list(index.classes) != list(run.classes):
+        raise ValueError(f"{data_root or run.data_root} has classes {list(index.classes)}, the run {run.classes}")
+    if not index.val:
+        raise ValueError(f"{data_root or run.data_root}: no validation files")
+    return index.val, read
 
 
 def manipulation_groups(fnames) -> np.ndarray:
@@ -151,6 +197,66 @@ def _prnu_report(clusters, before, good, groups, labels, fnames, classes, thresh
     }
 
 
+def restore_runs(workdirs, dp: DataParallel) -> list[RestoredModel]:
+    """The best checkpoint of each run, which must all name the same classes (to blend)."""
+    restored = [restore(w, dp) for w in workdirs]
+    classes = restored[0].run.classes
+    for r, w in zip(restored, workdirs):
+        if r.run.classes != classes:
+            raise ValueError(f"{w} was trained on classes {r.run.classes}, {workdirs[0]} on {classes}: cannot blend")
+    return restored
+
+
+def prediction_settings(first: RestoredModel, agg=None, batch_size=None, max_tiles=None):
+    """(agg, batch_size, max_tiles) with what is left None taken from the first run's
+    `config.eval` (max_tiles 0: every tile, returned as None)."""
+    configured = first.config.get("eval", {})
+    agg = agg or configured.get("agg", "geometric")
+    batch_size = batch_size or configured.get("batch_size", 64)
+    max_tiles = (configured.get("max_tiles", 0) if max_tiles is None else max_tiles) or None
+    return agg, batch_size, max_tiles
+
+
+def views_of(r: RestoredModel, workdir: str, tta_name: str | None) -> tuple[int, ...]:
+    """The D4 views to predict `r` under: `tta_name`, or those it trained with; views it never
+    saw are warned about."""
+    name = tta_name or r.run.trained_views
+    unseen = tta.views_unseen(r.run.trained_views, name)
+    if unseen:
+        logging.warning(
+            "%s trained with %r views; TTA %r adds unseen views %s (CFA/JPEG phase moves: expect a loss)",
+            workdir,
+            r.run.trained_views,
+            name,
+            [tta.D4_NAMES[k] for k in unseen],
+        )
+    return tta.views(name)
+
+
+def shared_photo_reader(read=read_bytes):
+    """`read`, with every image passed through what sharing a photo online does to it
+    (`manipulations.shared_photo`), at a quality in SHARED_QUALITIES fixed by the file name."""
+    low, high = manipulations.SHARED_QUALITIES
+
+    def reader(path):
+        data, name = read(path)
+        quality = low + zlib.crc32(os.path.basename(path).encode()) % (high - low + 1)
+        return manipulations.shared_photo(decode_image(data, name=name), quality), name
+
+    return reader
+
+
+def blend_models(restored, per_model, view_sets, agg, p, weights, views=None) -> np.ndarray:
+    """Each model's views blended and calibrated, then the models blended: [N, C]. `views`
+    names a subset of the views the models ran (a TTA subset's score)."""
+    blended = []
+    for r, pm, v in zip(restored, per_model, view_sets):
+        if views is not None:
+            pm = pm[:, [list(v).index(k) for k in views]]
+        blended.append(r.calibrated(postprocess.blend(pm, axis=1, agg=agg, p=p)))
+    return postprocess.blend(np.stack(blended), axis=0, agg=agg, p=p, weights=weights)
+
+
 def evaluate(
     workdirs,
     *,
@@ -166,22 +272,20 @@ def evaluate(
     pad=False,
     skip_bad=False,
     prnu_threshold: float | None = None,
+    shared: bool = False,
 ) -> dict:
     """Predicts, blends, balances and writes the submission of `workdirs`' best checkpoints.
 
     `agg`, `batch_size` and `max_tiles` left None come from the first run's `config.eval`
-    (max_tiles 0: every tile), so the CLI and the configured run agree by construction.
+    (max_tiles 0: every tile), so the CLI and the configured run agree by construction. With
+    `shared`, the test set is also predicted as photos shared online (`shared_photo_reader`)
+    and the report compares the two.
     """
     dp = DataParallel("sharded")
-    restored = [restore(w, dp) for w in workdirs]
+    restored = restore_runs(workdirs, dp)
     configured = restored[0].config.get("eval", {})
-    agg = agg or configured.get("agg", "geometric")
-    batch_size = batch_size or configured.get("batch_size", 64)
-    max_tiles = (configured.get("max_tiles", 0) if max_tiles is None else max_tiles) or None
+    agg, batch_size, max_tiles = prediction_settings(restored[0], agg, batch_size, max_tiles)
     classes = restored[0].run.classes
-    for r, w in zip(restored, workdirs):
-        if r.run.classes != classes:
-            raise ValueError(f"{w} was trained on classes {r.run.classes}, {workdirs[0]} on {classes}: cannot blend")
     first = restored[0].run
     root, read = data_root or first.data_root, read_bytes
     if data_root is None and first.data_source == "tfds":
@@ -192,43 +296,15 @@ def evaluate(
         test_paths = sources.list_test_files(root)
     fnames = [os.path.basename(p_) for p_ in test_paths]
 
-    per_model, view_sets = [], []
-    for r, w in zip(restored, workdirs):
-        name = tta_name or r.run.trained_views
-        unseen = tta.views_unseen(r.run.trained_views, name)
-        if unseen:
-            logging.warning(
-                "%s trained with %r views; TTA %r adds unseen views %s (CFA/JPEG phase moves: expect a loss)",
-                w,
-                r.run.trained_views,
-                name,
-                [tta.D4_NAMES[k] for k in unseen],
-            )
-        view_ids = tta.views(name)
-        probs, skipped = predict_files(
-            r,
-            dp,
-            test_paths,
-            view_ids,
-            agg=agg,
-            p=p,
-            batch_size=batch_size,
-            max_tiles=max_tiles,
-            pad=pad,
-            skip_bad=skip_bad,
-            read=read,
-        )
-        per_model.append(probs)
-        view_sets.append(view_ids)
-    skipped_idx = sorted({test_paths.index(s) for s in skipped})
+    view_sets = [views_of(r, w, tta_name) for r, w in zip(restored, workdirs)]
 
-    blended = postprocess.blend(
-        np.stack([postprocess.blend(pm, axis=1, agg=agg, p=p) for pm in per_model]),
-        axis=0,
-        agg=agg,
-        p=p,
-        weights=weights,
-    )
+    def predict_all(reader):
+        options = dict(agg=agg, p=p, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad)
+        predicted = [predict_files(r, dp, test_paths, v, read=reader, **options) for r, v in zip(restored, view_sets)]
+        return [pr.probs for pr in predicted], sorted({test_paths.index(s) for pr in predicted for s in pr.skipped})
+
+    per_model, skipped_idx = predict_all(read)
+    blended = blend_models(restored, per_model, view_sets, agg, p, weights)
     clusters, before_prnu = None, blended
     if prnu_threshold is not None:
         blended, clusters = prnu_merge(blended, test_paths, read, prnu_threshold)
@@ -275,26 +351,63 @@ def evaluate(
         missing = [f for f in fnames if f not in labels]
         if missing:
             raise ValueError(f"{labels_path} has no row for {len(missing)} test files, e.g. {missing[:3]}")
-        report = _score_report(chosen, labels, fnames, classes)
-        report["unbalanced_weighted_accuracy"] = _score_report(unbalanced, labels, fnames, classes)["weighted_accuracy"]
-        report["balanced_weighted_accuracy"] = _score_report(balanced, labels, fnames, classes)["weighted_accuracy"]
+        # Cameras the models were not trained on are scored as "unknown" (open set); the
+        # closed-set scores are those of the files of known cameras.
+        known = np.array([labels[f][0] in classes for f in fnames])
+        kf = [f for f, k in zip(fnames, known) if k]
+        if not known.any():
+            raise ValueError(f"{labels_path}: none of the test cameras is among the trained classes {classes}")
+
+        def score(pred):
+            return _score_report(pred[known], labels, kf, classes)
+
+        report = score(chosen)
+        report["unbalanced_weighted_accuracy"] = score(unbalanced)["weighted_accuracy"]
+        report["balanced_weighted_accuracy"] = score(balanced)["weighted_accuracy"]
         if clusters is not None:
             report["prnu"] = _prnu_report(clusters, before_prnu, good, groups, labels, fnames, classes, prnu_threshold)
         # Each TTA subset's score, from the same predictions (views the models were run with).
         report["tta_subsets"] = {}
         for name in tta.VIEW_SETS:
             if all(set(tta.views(name)) <= set(v) for v in view_sets):
-                sub = [pm[:, [list(v).index(k) for k in tta.views(name)]] for pm, v in zip(per_model, view_sets)]
-                probs = postprocess.blend(
-                    np.stack([postprocess.blend(s, axis=1, agg=agg, p=p) for s in sub]),
-                    axis=0,
-                    agg=agg,
-                    p=p,
-                    weights=weights,
-                )
-                report["tta_subsets"][name] = _score_report(probs.argmax(-1), labels, fnames, classes)[
-                    "weighted_accuracy"
-                ]
+                probs = blend_models(restored, per_model, view_sets, agg, p, weights, views=tta.views(name))
+                report["tta_subsets"][name] = score(probs.argmax(-1))["weighted_accuracy"]
+        cls = {c: i for i, c in enumerate(classes)}
+        label_ids = np.array([cls.get(labels[f][0], -1) for f in fnames])
+        uncalibrated = postprocess.blend(
+            np.stack([postprocess.blend(pm, axis=1, agg=agg, p=p) for pm in per_model]),
+            axis=0,
+            agg=agg,
+            p=p,
+            weights=weights,
+        )
+        use = known & good
+        report["calibration"] = calibration.test_report(
+            uncalibrated[use],
+            before_prnu[use],
+            label_ids[use],
+            calibrated_runs=[r.calibration is not None for r in restored],
+        )
+        if not known.all():
+            report["open_set"] = calibration.open_set_report(
+                before_prnu[good], known[good], restored[0].calibration, configured.get("open_set_score", "max_prob")
+            )
+        if shared:
+            per_shared, _ = predict_all(shared_photo_reader(read))
+            shared_probs = blend_models(restored, per_shared, view_sets, agg, p, weights)
+            low, high = manipulations.SHARED_QUALITIES
+            report["shared_online"] = {
+                "long_side": manipulations.SHARED_LONG_SIDE,
+                "qualities": [low, high],
+                "before": {
+                    "weighted_accuracy": score(np.nan_to_num(before_prnu).argmax(-1))["weighted_accuracy"],
+                    **calibration.summary(before_prnu[use], label_ids[use]),
+                },
+                "after": {
+                    "weighted_accuracy": score(np.nan_to_num(shared_probs).argmax(-1))["weighted_accuracy"],
+                    **calibration.summary(shared_probs[use], label_ids[use]),
+                },
+            }
         report.update(result)
         report["tta"] = [tta_name or r.run.trained_views for r in restored]
         report["agg"] = agg

@@ -27,11 +27,11 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from camjax import assembly, plots, steps
+from camjax import assembly, evaluator, plots, steps
 from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES
-from camjax.data import eval_batches, grid, sources
-from camjax.data.decode import BadImageError, read_bytes
+from camjax.data import eval_batches, grid
+from camjax.data.decode import BadImageError
 from camjax.evaluator import RestoredModel, restore
 from camjax.extras import saliency
 from camjax.models import preprocess
@@ -52,23 +52,6 @@ class ValidationPass:
     mistakes: list[dict]  # the most confident wrong predictions, one per file, best first
     picks: list[dict]  # unaltered patches for saliency, `per_class` per class, in class order
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # unreadable files: (path, reason)
-
-
-def validation_records(restored: RestoredModel, data_root: str | None):
-    """(validation records, reader) of the run's dataset, or of `data_root` (challenge layout)."""
-    config, run = restored.config, restored.run
-    if data_root:
-        index, read = sources.scan_root(data_root, val_fraction=config.data.val_fraction, seed=config.seed), read_bytes
-    else:
-        data = config.data.copy_and_resolve_references()
-        if run.data_source == "folder":
-            data.root = run.data_root
-        index, read, _ = assembly.open_dataset(data, config.seed)
-    if list(index.classes) != list(run.classes):
-        raise ValueError(f"{data_root or run.data_root} has classes {list(index.classes)}, the run {run.classes}")
-    if not index.val:
-        raise ValueError(f"{data_root or run.data_root}: no validation files to report on")
-    return index.val, read
 
 
 def _forward_step(model_def: steps.ModelDef):
@@ -229,7 +212,7 @@ def write_report(
     dp = DataParallel("sharded")
     restored = restore(workdir, dp)
     run, classes = restored.run, restored.run.classes
-    records, read = validation_records(restored, data_root)
+    records, read = evaluator.validation_records(restored, data_root)
     records = grid.evenly_spaced(records, max_files)  # records are grouped by class: all classes stay
     val = run_validation(
         restored, dp, records, read, per_class=per_class, mistakes=mistakes, batch_size=restored.config.eval.batch_size

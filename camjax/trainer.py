@@ -264,6 +264,7 @@ def _train(config, workdir: str) -> dict[str, float]:
         faults.check("save", step)
 
     position = data_state
+    interrupted = False
     try:
         with _StopFlag() as stop:
             while step < total_steps:
@@ -325,6 +326,7 @@ def _train(config, workdir: str) -> dict[str, float]:
                         break
                 if dp.should_stop(stop.requested, step, config.log_every):
                     save(force=True)
+                    interrupted = True
                     break
     finally:  # an error (a failed save, a non-finite loss) stops the data workers too
         bar.close()
@@ -333,6 +335,8 @@ def _train(config, workdir: str) -> dict[str, float]:
     ckpt.wait()
     ckpt.close()
     writer.close()
+    if config.eval.get("calibrate", False) and not interrupted:
+        _calibrate(config, workdir, dp)
     if compiles_after_first is not None:
         recompiles = compile_count() - compiles_after_first
         log.info(
@@ -341,6 +345,19 @@ def _train(config, workdir: str) -> dict[str, float]:
             cache_miss_count(),
         )
     return last_val
+
+
+def _calibrate(config, workdir: str, dp: DataParallel) -> None:
+    """Temperature and open-set thresholds on the validation frames (camjax.calibration); a run
+    of several processes leaves it to `python -m camjax.calibrate`, which runs on one."""
+    if jax.process_count() > 1:
+        log.warning(
+            "calibration skipped in a multi-process run: run `python -m camjax.calibrate --workdir %s`", workdir
+        )
+        return
+    from camjax import calibration
+
+    calibration.calibrate_run(workdir, dp, false_rejection=config.eval.false_rejection)
 
 
 def _encode_data_state(state):

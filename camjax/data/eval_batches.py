@@ -117,6 +117,29 @@ def make_eval_batches(
     return batches
 
 
+def _tile_rows(f: int, frame: np.ndarray, flag: float, patch: int, max_tiles, phase=(0, 0)):
+    """The tiles of one frame on the 8 px grid that starts at `phase` (row, column): the frame
+    is cut there, and mirrored at the bottom/right edges where what is left is smaller than
+    the patch (which keeps the grid phase)."""
+    dy, dx = phase
+    frame = frame[dy:, dx:]
+    h, w = frame.shape[:2]
+    if h < patch or w < patch:
+        frame = np.pad(frame, ((0, max(0, patch - h)), (0, max(0, patch - w)), (0, 0)), mode="symmetric")
+        h, w = frame.shape[:2]
+    for top, left in tile_origins(h, w, patch, JPEG_GRID, max_tiles):
+        yield dict(image=frame[top : top + patch, left : left + patch], is_manipulated=flag, file_index=f)
+
+
+def _tile_spec(patch: int) -> dict:
+    return dict(
+        image=((patch, patch, 3), np.uint8, 0),
+        is_manipulated=((), np.float32, 0),
+        file_index=((), np.int32, -1),
+        mask=((), np.float32, 0),
+    )
+
+
 def make_test_batches(
     test_paths: Sequence[str],
     *,
@@ -126,35 +149,38 @@ def make_test_batches(
     pad: bool = False,
     skip_bad: bool = False,
     read: Reader = read_bytes,
+    phase: Callable[[str, np.ndarray, bool], tuple[int, int]] | None = None,
 ) -> _Batches:
     """Streams the test images as batches of tiles (fields image, is_manipulated, file_index,
-    mask). Tiles sit on the 8 px grid. An image smaller than the patch is an error unless
-    `pad` (mirrored at the bottom/right edges, keeping the grid phase); a bad file is an error
-    unless `skip_bad` (then listed in `.skipped`)."""
-    spec = dict(
-        image=((patch, patch, 3), np.uint8, 0),
-        is_manipulated=((), np.float32, 0),
-        file_index=((), np.int32, -1),
-        mask=((), np.float32, 0),
-    )
+    mask). Tiles sit on the 8 px grid, which starts at the top-left corner unless `phase`
+    (path, frame, is_jpeg) -> (row, column) places it. An image smaller than the patch is an
+    error unless `pad` (mirrored at the bottom/right edges, keeping the grid phase); a bad
+    file is an error unless `skip_bad` (then listed in `.skipped`)."""
 
     def rows():
         for f, path in enumerate(test_paths):
             loaded = batches._decode(path, 0, skip_bad)
             if loaded is None:
                 continue
-            frame = loaded[0]
+            frame, jpeg = loaded
             h, w = frame.shape[:2]
-            if h < patch or w < patch:
-                if not pad:
-                    raise BadImageError(
-                        path, f"image is {h}x{w}, smaller than the {patch}x{patch} patch (pass pad=True)"
-                    )
-                frame = np.pad(frame, ((0, max(0, patch - h)), (0, max(0, patch - w)), (0, 0)), mode="symmetric")
-                h, w = frame.shape[:2]
+            if (h < patch or w < patch) and not pad:
+                raise BadImageError(path, f"image is {h}x{w}, smaller than the {patch}x{patch} patch (pass pad=True)")
             flag = float(bool(is_manipulated_from_fname(path.replace("\\", "/").rsplit("/", 1)[-1])))
-            for top, left in tile_origins(h, w, patch, JPEG_GRID, max_tiles):
-                yield dict(image=frame[top : top + patch, left : left + patch], is_manipulated=flag, file_index=f)
+            yield from _tile_rows(f, frame, flag, patch, max_tiles, phase(path, frame, jpeg) if phase else (0, 0))
 
-    batches = _Batches(rows, spec, batch_size, read)
+    batches = _Batches(rows, _tile_spec(patch), batch_size, read)
     return batches
+
+
+def make_image_batches(
+    images: Sequence[np.ndarray], flags: Sequence[float], *, patch: int, batch_size: int, max_tiles: int | None = None
+) -> _Batches:
+    """`make_test_batches` for images already in memory (e.g. test-like validation samples),
+    each with its is_manipulated flag."""
+
+    def rows():
+        for f, (image, flag) in enumerate(zip(images, flags)):
+            yield from _tile_rows(f, image, float(flag), patch, max_tiles)
+
+    return _Batches(rows, _tile_spec(patch), batch_size)

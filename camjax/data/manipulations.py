@@ -18,11 +18,16 @@ from PIL import Image
 from camjax.cameras import MANIPULATIONS, Manipulation
 
 
-def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
-    """Encode with libjpeg (PIL, IJG tables, 4:2:0) at `quality` and decode again."""
+def jpeg_encode(image: np.ndarray, quality: int) -> bytes:
+    """The JPEG file of `image` from libjpeg (PIL, IJG tables, 4:2:0) at `quality`."""
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return buf.getvalue()
+
+
+def jpeg_compress(image: np.ndarray, quality: int) -> np.ndarray:
+    """Encode with libjpeg (PIL, IJG tables, 4:2:0) at `quality` and decode again."""
+    return np.asarray(Image.open(io.BytesIO(jpeg_encode(image, quality))).convert("RGB"))
 
 
 def resize(image: np.ndarray, scale: float) -> np.ndarray:
@@ -116,3 +121,16 @@ def manipulate_patch(source: np.ndarray, patch: int, manipulation: Manipulation)
     region = centre_crop(source, source_size(patch, manipulation))
     out = apply(np.ascontiguousarray(region), manipulation)
     return np.ascontiguousarray(centre_crop(out, patch))
+
+
+SHARED_LONG_SIDE = 2048  # what social networks and messengers scale a photo's long side down to
+SHARED_QUALITIES = (75, 85)  # the range of JPEG qualities they re-encode at
+
+
+def shared_photo(image: np.ndarray, quality: int, long_side: int = SHARED_LONG_SIDE) -> bytes:
+    """The JPEG file a photo becomes when shared online: its long side scaled down to
+    `long_side` (bicubic, never up), then re-encoded at `quality`."""
+    scale = long_side / max(image.shape[:2])
+    if scale < 1.0:
+        image = resize(image, scale)
+    return jpeg_encode(image, quality)

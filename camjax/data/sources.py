@@ -147,6 +147,21 @@ def add_extra_train(index: DatasetIndex, extra_root: str | os.PathLike) -> Datas
     return dataclasses.replace(index, train=index.train + extra)
 
 
+def keep_classes(index: DatasetIndex, names) -> DatasetIndex:
+    """`index` restricted to the classes `names` (in the index's order, relabelled 0..k-1);
+    the test files stay, so cameras held out of training can be scored as unknown ones."""
+    unknown = sorted(set(names) - set(index.classes))
+    if unknown:
+        raise ValueError(f"data.classes: {unknown} are not among the dataset's classes {list(index.classes)}")
+    classes = tuple(c for c in index.classes if c in set(names))
+    label = {c: i for i, c in enumerate(classes)}
+
+    def kept(records):
+        return [dataclasses.replace(r, label=label[r.class_name]) for r in records if r.class_name in label]
+
+    return DatasetIndex(classes, kept(index.train), kept(index.val), index.test)
+
+
 def list_test_files(root: str | os.PathLike, *, required: bool = True) -> list[str]:
     """Sorted image paths in ROOT/test (an error when `required` and there are none)."""
     test_dir = Path(root) / "test"

@@ -1,0 +1,267 @@
+"""How sure a trained model is, and when to say "none of the known cameras".
+
+A network trained with cross-entropy is over- or under-confident; blending views and tiles
+moves its confidence again. So the temperature is fitted on what `evaluate` and `predict`
+actually output: each held-out validation frame is cut like a challenge test image (a 512
+px centre crop on the grid, under each of the nine manipulations), tiled, predicted under the
+run's views and blended; one temperature T then rescales the blended log-probabilities
+(p ** (1 / T), renormalised), minimising their negative log-likelihood. The same samples set
+the open-set thresholds: the value of each open-set score below which 5% (by default) of
+known-camera images fall. All of it is stored with the run (DIR/calibration.json) and read
+back by `evaluate` and `predict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+from scipy import optimize, stats
+
+from camjax import postprocess
+from camjax.cameras import MANIPULATIONS
+from camjax.data import eval_batches, grid
+from camjax.data.decode import BAD_FILES, BadImageError, load_frame
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "calibration.json"
+ECE_BINS = 15
+TEST_SIZE = 512  # the challenge's test images: 512 x 512 centre crops of a camera's frame
+FALSE_REJECTION = 0.05  # the share of known-camera images the default threshold calls unknown
+
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(probs, np.float64), postprocess.GEOMETRIC_EPS, 1.0))
+
+
+def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """`probs` ** (1 / temperature), renormalised over the last axis (T > 1 softens)."""
+    z = _log(probs) / temperature
+    z -= z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes."""
+    return float(-np.mean(_log(probs)[np.arange(len(labels)), labels]))
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict:
+    """Per equal-width confidence bin of the top class: samples, mean confidence, accuracy."""
+    confidence = np.asarray(probs).max(-1)
+    correct = np.asarray(probs).argmax(-1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(which, confidence, bins) / count
+        accuracy = np.bincount(which, correct, bins) / count
+
+    def listed(values):  # JSON has no NaN: an empty bin is None
+        return [None if np.isnan(v) else float(v) for v in values]
+
+    return {"count": count.tolist(), "confidence": listed(mean_conf), "accuracy": listed(accuracy)}
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of the top class: the count-weighted mean |accuracy - confidence| over the bins."""
+    r = reliability(probs, labels, bins)
+    count = np.array(r["count"])
+    gap = np.abs(np.array(r["accuracy"], float) - np.array(r["confidence"], float))
+    gap = np.nan_to_num(gap)  # empty bins weigh nothing
+    return float((count * gap).sum() / max(count.sum(), 1))
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising the NLL of `scale(probs, T)`, searched over log T in [-4, 4]."""
+    result = optimize.minimize_scalar(
+        lambda log_t: nll(scale(probs, float(np.exp(log_t))), labels), bounds=(-4.0, 4.0), method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
+def summary(probs: np.ndarray, labels: np.ndarray) -> dict:
+    return {
+        "ece": expected_calibration_error(probs, labels),
+        "nll": nll(probs, labels),
+        "accuracy": float(np.mean(probs.argmax(-1) == labels)),
+    }
+
+
+# Open-set scores: higher means "more like a known camera". Each takes calibrated probabilities.
+def _max_prob(probs):
+    return probs.max(-1)
+
+
+def _neg_entropy(probs):
+    return (probs * _log(probs)).sum(-1)
+
+
+def _margin(probs):
+    top2 = np.sort(probs, -1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+OPEN_SET_SCORES = {"max_prob": _max_prob, "neg_entropy": _neg_entropy, "margin": _margin}
+
+
+def open_set_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: fn(np.asarray(probs, np.float64)) for name, fn in OPEN_SET_SCORES.items()}
+
+
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney)."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if not len(known) or not len(unknown):
+        return float("nan")
+    ranks = stats.rankdata(np.concatenate([known, unknown]))  # ties get their mean rank
+    return float((ranks[: len(known)].sum() - len(known) * (len(known) + 1) / 2) / (len(known) * len(unknown)))
+
+
+@dataclasses.dataclass
+class Calibration:
+    temperature: float = 1.0
+    thresholds: dict = dataclasses.field(default_factory=dict)  # open-set score name -> threshold
+    false_rejection: float = FALSE_REJECTION
+    samples: int = 0
+    step: int = -1  # the checkpoint it was fitted on
+    before: dict = dataclasses.field(default_factory=dict)  # ece, nll, accuracy on the samples
+    after: dict = dataclasses.field(default_factory=dict)
+    reliability_before: dict = dataclasses.field(default_factory=dict)
+    reliability_after: dict = dataclasses.field(default_factory=dict)
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        return scale(probs, self.temperature)
+
+    def unknown(self, probs: np.ndarray, score: str = "max_prob") -> np.ndarray:
+        """True where a calibrated prediction falls below the threshold: no known camera."""
+        if score not in self.thresholds:
+            raise ValueError(f"no threshold for open-set score {score!r}; calibrated: {sorted(self.thresholds)}")
+        return OPEN_SET_SCORES[score](np.asarray(probs, np.float64)) < self.thresholds[score]
+
+    def save(self, workdir: str) -> str:
+        path = os.path.join(workdir, CALIBRATION_FILE)
+        with postprocess.atomic_write(path) as f:
+            json.dump(dataclasses.asdict(self), f, indent=2)
+        return path
+
+
+def load(workdir: str) -> Calibration | None:
+    """The run's calibration, or None for a run that has none (an identity, T = 1)."""
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return Calibration(**json.load(f))
+
+
+def fit(probs: np.ndarray, labels: np.ndarray, *, step: int = -1, false_rejection: float = FALSE_REJECTION):
+    """The temperature and open-set thresholds for blended validation `probs` [N, C]."""
+    temperature = fit_temperature(probs, labels)
+    calibrated = scale(probs, temperature)
+    thresholds = {
+        name: float(np.quantile(score, false_rejection)) for name, score in open_set_scores(calibrated).items()
+    }
+    return Calibration(
+        temperature=temperature,
+        thresholds=thresholds,
+        false_rejection=false_rejection,
+        samples=len(labels),
+        step=step,
+        before=summary(probs, labels),
+        after=summary(calibrated, labels),
+        reliability_before=reliability(probs, labels),
+        reliability_after=reliability(calibrated, labels),
+    )
+
+
+def test_report(uncalibrated: np.ndarray, calibrated: np.ndarray, labels: np.ndarray, *, calibrated_runs) -> dict:
+    """ECE, NLL and accuracy of test predictions of known cameras, without and with the runs'
+    temperatures, and the reliability diagrams of both."""
+    return {
+        "runs_calibrated": list(calibrated_runs),
+        "before": summary(uncalibrated, labels),
+        "after": summary(calibrated, labels),
+        "reliability_before": reliability(uncalibrated, labels),
+        "reliability_after": reliability(calibrated, labels),
+    }
+
+
+def open_set_report(probs: np.ndarray, known: np.ndarray, calibration: Calibration | None, score: str) -> dict:
+    """Known-vs-unknown camera separation of every open-set score (AUROC), and the false
+    rejections of known cameras and false acceptances of unknown ones at the run's thresholds."""
+    out = {"score": score, "known": int(known.sum()), "unknown": int((~known).sum()), "auroc": {}}
+    for name, values in open_set_scores(probs).items():
+        out["auroc"][name] = auroc(values[known], values[~known])
+        if calibration is not None and name in calibration.thresholds:
+            below = values < calibration.thresholds[name]
+            out.setdefault("false_rejection", {})[name] = float(below[known].mean())
+            out.setdefault("false_acceptance", {})[name] = float((~below[~known]).mean())
+    return out
+
+
+def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
+    """Each validation frame cut like a challenge test image: the `size` centre crop on the
+    crop grid under every manipulation. Returns (images, is_manipulated, labels); unreadable
+    files are skipped and logged."""
+    images, flags, labels = [], [], []
+    for rec in records:
+        try:
+            frame, jpeg = load_frame(rec.path, 0, read)
+        except BadImageError as e:
+            if rec.path not in BAD_FILES:  # named once per process, as in training
+                BAD_FILES[rec.path] = e.reason
+                log.warning("calibration: skipping %s: %s", rec.path, e.reason)
+            continue
+        h, w = frame.shape[:2]
+        step = grid.crop_step(data_config.crop_step, jpeg)
+        side = min(size, h // step * step, w // step * step)
+        top, left = grid.eval_origins(h, w, side, step, 1)[0]
+        for m in MANIPULATIONS:
+            images.append(eval_batches.manipulated_at(frame, top, left, side, m))
+            flags.append(float(m.id != 0))
+            labels.append(rec.label)
+    return images, np.array(flags, np.float32), np.array(labels, np.int64)
+
+
+def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJECTION) -> Calibration:
+    """Fits the run's best checkpoint on its validation frames as `evaluate` predicts them
+    (the views it trained with, config.eval's tiles and blend) and stores the result."""
+    from camjax import evaluator, tta
+    from camjax.parallel import DataParallel
+
+    dp = dp or DataParallel("sharded")
+    restored = evaluator.restore(workdir, dp)
+    records, read = evaluator.validation_records(restored)
+    images, flags, labels = test_like_samples(records, read, restored.config.data)
+    if not len(labels):
+        raise ValueError(f"{workdir}: no readable validation frame to calibrate on")
+    configured = restored.config.get("eval", {})
+    agg = configured.get("agg", "geometric")
+    batches = eval_batches.make_image_batches(
+        images,
+        flags,
+        patch=restored.run.patch,
+        batch_size=evaluator.eval_batch_size(dp, configured.get("batch_size", 64)),
+        max_tiles=configured.get("max_tiles", 0) or None,
+    )
+    probs, _ = evaluator.predict_tiles(
+        restored, dp, batches, len(images), tta.views(restored.run.trained_views), agg=agg, p=2.0
+    )
+    probs = postprocess.blend(probs, axis=1, agg=agg)
+    result = fit(probs, labels, step=restored.step, false_rejection=false_rejection)
+    result.save(workdir)
+    log.info(
+        "calibration on %d validation samples: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+        result.samples,
+        result.temperature,
+        result.before["ece"],
+        result.after["ece"],
+        result.before["nll"],
+        result.after["nll"],
+    )
+    return result

@@ -1,0 +1,196 @@
+"""Calibration, open-set scores, photos shared online and `camjax.predict` (issue: forensic use)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from camjax_testdata import REPO, make_challenge_tree, repo_config, texture
+from PIL import Image
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_auc_score
+
+from camjax import calibration, config_checks, evaluator, trainer
+from camjax.data import manipulations, sources
+from camjax.data.decode import decode_image
+
+CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
+TRAINED = CLASSES[:2]  # Sony-NEX-7 is held out: the test set's unknown camera
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def overconfident(n=4000, classes=5, sharpen=3.0, seed=0):
+    """Labels drawn from softmax(z), predictions softmax(sharpen * z): the right temperature is `sharpen`."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, classes))
+    labels = np.array([rng.choice(classes, p=p) for p in softmax(z)])
+    return softmax(sharpen * z), labels
+
+
+def test_fitted_temperature_undoes_overconfidence():
+    probs, labels = overconfident()
+    t = calibration.fit_temperature(probs, labels)
+    assert 2.7 < t < 3.3
+    after = calibration.scale(probs, t)
+    np.testing.assert_array_equal(after.argmax(-1), probs.argmax(-1))  # a temperature never changes the answer
+    assert calibration.nll(after, labels) < calibration.nll(probs, labels)
+    assert (
+        calibration.expected_calibration_error(after, labels)
+        < 0.03
+        < calibration.expected_calibration_error(probs, labels)
+    )
+    np.testing.assert_allclose(calibration.scale(probs, 1.0), probs, rtol=1e-6, atol=1e-9)
+
+
+def test_ece_matches_scikit_learns_reliability_curve():
+    probs, labels = overconfident(seed=1)
+    confidence, correct = probs.max(-1), (probs.argmax(-1) == labels).astype(float)
+    accuracy, mean_conf = calibration_curve(correct, confidence, n_bins=15, strategy="uniform")
+    counts = np.histogram(confidence, bins=np.linspace(0, 1, 16))[0]
+    reference = np.sum(counts[counts > 0] * np.abs(accuracy - mean_conf)) / len(labels)
+    assert calibration.expected_calibration_error(probs, labels) == pytest.approx(reference, abs=1e-9)
+
+
+def test_auroc_matches_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    known, unknown = np.round(rng.normal(1, 1, 300), 1), np.round(rng.normal(0, 1, 200), 1)  # many ties
+    reference = roc_auc_score(np.r_[np.ones(300), np.zeros(200)], np.r_[known, unknown])
+    assert calibration.auroc(known, unknown) == pytest.approx(reference, abs=1e-12)
+
+
+def test_thresholds_reject_the_asked_share_of_known_images():
+    probs, labels = overconfident(seed=2)
+    c = calibration.fit(probs, labels, false_rejection=0.1)
+    rejected = c.unknown(c.apply(probs), "max_prob").mean()
+    assert rejected == pytest.approx(0.1, abs=0.005)
+    with pytest.raises(ValueError, match="no threshold"):
+        c.unknown(probs, "energy")
+
+
+def test_a_photo_shared_online_is_a_smaller_jpeg():
+    big = texture(1500, 3000, 0)
+    shared = manipulations.shared_photo(big, 80)
+    assert shared[:3] == b"\xff\xd8\xff"
+    assert decode_image(shared).shape == (1024, 2048, 3)
+    small = texture(512, 512, 1)
+    assert decode_image(manipulations.shared_photo(small, 80)).shape == (512, 512, 3)  # never scaled up
+
+
+def test_keep_classes_relabels_and_keeps_the_test_files(tmp_path):
+    root = make_challenge_tree(tmp_path, classes=CLASSES, per_class=2)
+    index = sources.scan_root(root, val_fraction=0.0, seed=0)
+    kept = sources.keep_classes(index, ("Sony-NEX-7", "HTC-1-M7"))
+    assert kept.classes == ("HTC-1-M7", "Sony-NEX-7")  # the dataset's order
+    assert {(r.class_name, r.label) for r in kept.train} == {("HTC-1-M7", 0), ("Sony-NEX-7", 1)}
+    assert kept.test == index.test
+    with pytest.raises(ValueError, match="Nikon"):
+        sources.keep_classes(index, ("Nikon",))
+
+
+def test_config_check_names_a_bad_open_set_score():
+    c = repo_config("configs/camnet.py:quick")
+    c.eval.open_set_score = "energy"
+    c.eval.false_rejection = 1.5
+    with pytest.raises(config_checks.ConfigError) as e:
+        config_checks.validate(c, shapes=False)
+    assert "eval.open_set_score='energy'" in str(e.value) and "eval.false_rejection=1.5" in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_challenge_tree(tmp_path_factory.mktemp("data"), classes=CLASSES, per_class=5, test_per_class=2)
+    tests = sorted(os.listdir(root / "test"))
+    with open(root / "test_labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fname", "camera", "manipulation"])
+        for i, name in enumerate(tests):
+            w.writerow([name, CLASSES[i % len(CLASSES)], "jpeg70" if "manip" in name else "none"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(root, tmp_path_factory):
+    c = repo_config("configs/camnet.py:quick")
+    c.data.root = str(root)
+    c.data.classes = TRAINED
+    c.data.workers = 0
+    c.data.patch = 32
+    c.data.patches_per_image = 4
+    c.data.val_crops = 1
+    c.model.kwargs.widths = (8, 16)
+    c.model.head.hidden = (16, 8)
+    c.batch_size = 8
+    c.steps_per_epoch = 3
+    c.num_epochs = 2
+    c.compilation_cache = ""
+    workdir = tmp_path_factory.mktemp("run")
+    trainer.train_and_evaluate(c, str(workdir))
+    return workdir
+
+
+def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
+    stored = json.load(open(trained / calibration.CALIBRATION_FILE))
+    # 2 classes x 1 validation frame each (val_fraction 0.1 of 5, at least one) x 9 manipulations
+    assert stored["samples"] == 18 and stored["temperature"] > 0
+    assert set(stored["thresholds"]) == set(calibration.OPEN_SET_SCORES)
+    assert stored["after"]["nll"] <= stored["before"]["nll"] + 1e-9
+
+    r = evaluator.evaluate([str(trained)], out=str(tmp_path / "sub.csv"), shared=True)
+    o = r["open_set"]
+    assert (o["known"], o["unknown"]) == (4, 2)  # 6 test files, every third one a Sony
+    assert set(o["auroc"]) == set(calibration.OPEN_SET_SCORES)
+    assert 0.0 <= o["false_rejection"]["max_prob"] <= 1.0
+    assert r["calibration"]["runs_calibrated"] == [True]
+    assert sum(r["confusion"][0]) + sum(r["confusion"][1]) == 4  # closed-set scores: known cameras only
+    assert set(r["shared_online"]) == {"long_side", "qualities", "before", "after"}
+    assert json.load(open(tmp_path / "sub_report.json"))["open_set"] == o
+
+
+def test_predict_finds_the_grid_of_an_unaligned_crop_and_lists_bad_files(trained, tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "deeper").mkdir(parents=True)
+    decoded = manipulations.jpeg_compress(texture(700, 700, 3), 90)
+    Image.fromarray(decoded[1:513, 3:515]).save(photos / "crop.png")  # 1 row, 3 columns off the grid
+    Image.fromarray(texture(600, 800, 4)).save(photos / "deeper" / "photo.jpg", quality=92)
+    Image.fromarray(texture(20, 20, 5)).save(photos / "deeper" / "tiny.png")
+    Image.fromarray(texture(300, 300, 6)).save(photos / "deeper" / "never.png")
+    (photos / "deeper" / "broken.jpg").write_bytes(b"\xff\xd8\xffnot really")
+    out = tmp_path / "answers.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "camjax.predict",
+            "--workdir",
+            str(trained),
+            str(photos),
+            str(tmp_path / "missing.tif"),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.load(open(out))
+    answers = {Path(a["path"]).name: a for a in result["answers"]}
+    assert set(answers) == {"crop.png", "photo.jpg", "tiny.png", "never.png"}
+    assert (answers["crop.png"]["grid_phase"], answers["crop.png"]["grid_source"]) == ([7, 5], "pixels")
+    assert (answers["photo.jpg"]["grid_phase"], answers["photo.jpg"]["grid_source"]) == ([0, 0], "file")
+    assert answers["never.png"]["grid_source"] == answers["tiny.png"]["grid_source"] == "none"  # no grid to find
+    for a in answers.values():
+        assert a["camera"] in TRAINED and a["verdict"] in ("known", "unknown")
+        assert sum(t["probability"] for t in a["top"]) == pytest.approx(1.0, abs=1e-6)  # two classes, both listed
+        assert 0.0 < a["tiles_agreeing"] <= 1.0
+    reasons = {Path(n["path"]).name: n["reason"] for n in result["not_answered"]}
+    assert set(reasons) == {"broken.jpg", "missing.tif"}
+    assert "smaller than the 32 px patch" in proc.stderr
