@@ -224,3 +224,23 @@ def embedding_png(
         ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def reliability_png(before: dict, after: dict, path: str | os.PathLike, title: str = "") -> None:
+    """Reliability diagrams (`camjax.calibration.reliability`): accuracy against confidence per
+    bin, before and after the temperature; the diagonal is perfect calibration."""
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="calibrated")
+    for data, name, colour in ((before, "before", "tab:red"), (after, "after", "tab:blue")):
+        pts = [(c, a) for c, a in zip(data["confidence"], data["accuracy"]) if c is not None and a is not None]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, marker="o", color=colour, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence of the top camera")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    _save(fig, path)

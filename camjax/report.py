@@ -292,6 +292,22 @@ def write_report(
                 [(png("mistakes"), "most confident mistakes")],
             ),
         ]
+        if restored.calibration is not None:
+            c = restored.calibration
+            plots.reliability_png(
+                c.reliability_before,
+                c.reliability_after,
+                png("reliability"),
+                title=f"ECE {c.before['ece']:.4f} -> {c.after['ece']:.4f}, temperature {c.temperature:.3f}",
+            )
+            sections.append(
+                (
+                    "Calibration",
+                    f"{c.samples} test-like validation samples (DIR/calibration.json, checkpoint step {c.step}); "
+                    f"NLL {c.before['nll']:.4f} -> {c.after['nll']:.4f}",
+                    [(png("reliability"), "reliability diagram before and after calibration")],
+                )
+            )
         if val.picks:
             maps = saliency_maps(restored, val.picks)
             plots.saliency_png(

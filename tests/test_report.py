@@ -175,13 +175,13 @@ def test_report_cli_writes_a_self_contained_page(trained, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == f"wrote {out}"
     page = out.read_text()
-    for heading in ("Training curves", "Scores", "Most confident mistakes", "Saliency", "Feature space"):
+    for heading in ("Training curves", "Scores", "Most confident mistakes", "Calibration", "Saliency", "Feature space"):
         assert f"<h2>{heading}</h2>" in page, heading
     assert "validation set:" in page  # no evaluation report in the workdir
     srcs = re.findall(r"<img src='([^']*)'", page)
-    assert len(srcs) == 7 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) == 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:|//)|url\(|@import|<link|<script", page)
-    assert images_loaded(out, tmp_path) == (7, 7)
+    assert images_loaded(out, tmp_path) == (8, 8)
 
 
 def test_report_scores_come_from_the_evaluation_report(trained, tmp_path):
