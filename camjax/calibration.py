@@ -253,6 +253,10 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
         restored, dp, batches, len(images), tta.views(restored.run.trained_views), agg=agg, p=2.0
     )
     probs = postprocess.blend(probs, axis=1, agg=agg)
+    finite = np.isfinite(probs).all(-1)
+    if not finite.any():
+        raise ValueError(f"{workdir}: the model's validation predictions are not finite: nothing to calibrate")
+    probs, labels = probs[finite], labels[finite]
     result = fit(probs, labels, step=restored.step, false_rejection=false_rejection)
     result.save(workdir)
     log.info(

@@ -357,7 +357,10 @@ def _calibrate(config, workdir: str, dp: DataParallel) -> None:
         return
     from camjax import calibration
 
-    calibration.calibrate_run(workdir, dp, false_rejection=config.eval.false_rejection)
+    try:
+        calibration.calibrate_run(workdir, dp, false_rejection=config.eval.false_rejection)
+    except ValueError as e:  # the run itself is done and kept: it is only left uncalibrated
+        log.warning("calibration skipped: %s", e)
 
 
 def _encode_data_state(state):
