@@ -24,7 +24,6 @@ from scipy import optimize, stats
 from camjax import postprocess
 from camjax.cameras import MANIPULATIONS
 from camjax.data import eval_batches, grid
-from camjax.data.decode import BAD_FILES, BadImageError, load_frame
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +209,10 @@ def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
     files are skipped and logged."""
     images, flags, labels = [], [], []
     for rec in records:
-        try:
-            frame, jpeg = load_frame(rec.path, 0, read)
-        except BadImageError as e:
-            if rec.path not in BAD_FILES:  # named once per process, as in training
-                BAD_FILES[rec.path] = e.reason
-                log.warning("calibration: skipping %s: %s", rec.path, e.reason)
+        loaded = eval_batches.load_or_skip(rec.path, 0, read)
+        if loaded is None:
             continue
+        frame, jpeg = loaded
         h, w = frame.shape[:2]
         step = grid.crop_step(data_config.crop_step, jpeg)
         side = min(size, h // step * step, w // step * step)
@@ -246,7 +242,7 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
         images,
         flags,
         patch=restored.run.patch,
-        batch_size=evaluator.eval_batch_size(dp, configured.get("batch_size", 64)),
+        batch_size=dp.eval_batch_size(configured.get("batch_size", 64)),
         max_tiles=configured.get("max_tiles", 0) or None,
     )
     probs, _ = evaluator.predict_tiles(

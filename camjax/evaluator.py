@@ -99,11 +99,6 @@ def predict_tiles(restored: RestoredModel, dp: DataParallel, batches, num_files:
     return out, agreement
 
 
-def eval_batch_size(dp: DataParallel, batch_size: int) -> int:
-    """The largest multiple of the device count not above `batch_size` (at least one per device)."""
-    return max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
-
-
 def predict_files(
     restored: RestoredModel,
     dp: DataParallel,
@@ -123,7 +118,7 @@ def predict_files(
     batches = eval_batches.make_test_batches(
         test_paths,
         patch=restored.run.patch,
-        batch_size=eval_batch_size(dp, batch_size),
+        batch_size=dp.eval_batch_size(batch_size),
         max_tiles=max_tiles,
         pad=pad,
         skip_bad=skip_bad,
@@ -246,14 +241,15 @@ def shared_photo_reader(read=read_bytes):
     return reader
 
 
-def blend_models(restored, per_model, view_sets, agg, p, weights, views=None) -> np.ndarray:
-    """Each model's views blended and calibrated, then the models blended: [N, C]. `views`
-    names a subset of the views the models ran (a TTA subset's score)."""
+def blend_models(restored, per_model, view_sets, agg, p, weights, views=None, calibrated=True) -> np.ndarray:
+    """Each model's views blended and (unless not `calibrated`) calibrated, then the models
+    blended: [N, C]. `views` names a subset of the views the models ran (a TTA subset's score)."""
     blended = []
     for r, pm, v in zip(restored, per_model, view_sets):
         if views is not None:
             pm = pm[:, [list(v).index(k) for k in views]]
-        blended.append(r.calibrated(postprocess.blend(pm, axis=1, agg=agg, p=p)))
+        pm = postprocess.blend(pm, axis=1, agg=agg, p=p)
+        blended.append(r.calibrated(pm) if calibrated else pm)
     return postprocess.blend(np.stack(blended), axis=0, agg=agg, p=p, weights=weights)
 
 
@@ -374,13 +370,7 @@ def evaluate(
                 report["tta_subsets"][name] = score(probs.argmax(-1))["weighted_accuracy"]
         cls = {c: i for i, c in enumerate(classes)}
         label_ids = np.array([cls.get(labels[f][0], -1) for f in fnames])
-        uncalibrated = postprocess.blend(
-            np.stack([postprocess.blend(pm, axis=1, agg=agg, p=p) for pm in per_model]),
-            axis=0,
-            agg=agg,
-            p=p,
-            weights=weights,
-        )
+        uncalibrated = blend_models(restored, per_model, view_sets, agg, p, weights, calibrated=False)
         use = known & good
         report["calibration"] = calibration.test_report(
             uncalibrated[use],

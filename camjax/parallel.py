@@ -142,6 +142,11 @@ class DataParallel:
             raise ValueError(f"batch_size {global_batch} is not divisible by the {self.num_devices} devices")
         return global_batch // jax.process_count()
 
+    def eval_batch_size(self, batch_size: int) -> int:
+        """The largest multiple of the device count not above `batch_size` (at least one per
+        device): evaluation batches are padded, so any requested size can be rounded."""
+        return max(self.num_devices, batch_size // self.num_devices * self.num_devices)
+
     # --- state -----------------------------------------------------------------------
     def put_state(self, state):
         if self.mode == "pmap":

@@ -71,7 +71,7 @@ def run_validation(
 ) -> ValidationPass:
     """Predicts every validation crop (each under the 9 manipulations, as in training)."""
     num_classes = len(restored.run.classes)
-    batch_size = max(dp.num_devices, batch_size // dp.num_devices * dp.num_devices)
+    batch_size = dp.eval_batch_size(batch_size)
     predict = dp.predict(_forward_step(restored.model_def))
     batches = eval_batches.make_eval_batches(records, restored.config.data, batch_size=batch_size, read=read)
     preds, labels, manips, feats = [], [], [], []

@@ -232,7 +232,7 @@ def _train(config, workdir: str) -> dict[str, float]:
 
     batches = prefetch(with_position(loader), to_device, size=2)
 
-    val_batch = max(dp.num_devices, config.eval.batch_size // dp.num_devices * dp.num_devices)
+    val_batch = dp.eval_batch_size(config.eval.batch_size)
     last_val: dict[str, float] = {}
     skipped_total = nonfinite_total = 0
     start = time.time()

@@ -49,6 +49,21 @@ def save(image: np.ndarray, path: Path, quality: int = 95) -> Path:
     return path
 
 
+def write_test_labels(root: Path, classes) -> Path:
+    """ROOT/test_labels.csv for the test files of `make_challenge_tree`: the i-th file (sorted)
+    is camera classes[i % len(classes)], its manipulation jpeg70 when its name says manip."""
+    import csv
+    import os
+
+    path = Path(root) / "test_labels.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fname", "camera", "manipulation"])
+        for i, name in enumerate(sorted(os.listdir(Path(root) / "test"))):
+            w.writerow([name, classes[i % len(classes)], "jpeg70" if "manip" in name else "none"])
+    return path
+
+
 def make_challenge_tree(
     root: Path,
     classes=("HTC-1-M7", "iPhone-4s"),

@@ -1,15 +1,13 @@
 """Calibration, open-set scores, photos shared online and `camjax.predict` (issue: forensic use)."""
 
-import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from camjax_testdata import REPO, make_challenge_tree, repo_config, texture
+from camjax_testdata import REPO, make_challenge_tree, repo_config, texture, write_test_labels
 from PIL import Image
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
@@ -107,12 +105,7 @@ def test_config_check_names_a_bad_open_set_score():
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = make_challenge_tree(tmp_path_factory.mktemp("data"), classes=CLASSES, per_class=5, test_per_class=2)
-    tests = sorted(os.listdir(root / "test"))
-    with open(root / "test_labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["fname", "camera", "manipulation"])
-        for i, name in enumerate(tests):
-            w.writerow([name, CLASSES[i % len(CLASSES)], "jpeg70" if "manip" in name else "none"])
+    write_test_labels(root, CLASSES)
     return root
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from camjax_testdata import make_challenge_tree, repo_config
+from camjax_testdata import make_challenge_tree, repo_config, write_test_labels
 
 from camjax import assembly, trainer
 from camjax.checkpoint import Checkpointer
@@ -22,12 +22,7 @@ CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = make_challenge_tree(tmp_path_factory.mktemp("data"), classes=CLASSES, per_class=5, test_per_class=2)
-    tests = sorted(os.listdir(root / "test"))
-    with open(root / "test_labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["fname", "camera", "manipulation"])
-        for i, name in enumerate(tests):
-            w.writerow([name, CLASSES[i % len(CLASSES)], "jpeg70" if "manip" in name else "none"])
+    write_test_labels(root, CLASSES)
     return root
 
 

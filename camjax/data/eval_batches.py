@@ -50,16 +50,24 @@ class _Batches:
             yield batch
 
     def _decode(self, path: str, min_size: int, skip_bad: bool) -> tuple[np.ndarray, bool] | None:
-        try:
+        if not skip_bad:
             return load_frame(path, min_size, self._read)
-        except BadImageError as e:
-            if not skip_bad:
-                raise
-            if path not in BAD_FILES:  # named once per process, counted on every pass
-                BAD_FILES[path] = e.reason
-                log.warning("skipping %s: %s", path, e.reason)
-            self.skipped.append((path, e.reason))
-            return None
+        loaded = load_or_skip(path, min_size, self._read)
+        if loaded is None:
+            self.skipped.append((path, BAD_FILES[path]))
+        return loaded
+
+
+def load_or_skip(path: str, min_size: int, read: Reader = read_bytes) -> tuple[np.ndarray, bool] | None:
+    """`load_frame`, or None for a bad file, which is logged once per process (and recorded in
+    BAD_FILES with the reason) however often it is read."""
+    try:
+        return load_frame(path, min_size, read)
+    except BadImageError as e:
+        if path not in BAD_FILES:  # named once per process, counted on every pass
+            BAD_FILES[path] = e.reason
+            log.warning("skipping %s: %s", path, e.reason)
+        return None
 
 
 def manipulated_at(frame: np.ndarray, top: int, left: int, patch: int, manipulation) -> np.ndarray:
