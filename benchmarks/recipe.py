@@ -1,13 +1,20 @@
 """How good is a training recipe? Train it over seeds on a dataset, score its test set.
 
     python benchmarks/recipe.py --config configs/camnet.py:quick --root data/checkset-0 --seeds 0,1,2 \
-        [--set data.d4=none --set model.kwargs.widths=(64,128,128)] [--name label]
+        [--set data.d4=none --set model.kwargs.widths=(64,128,128)] [--name label] [--hold_out 3] [--shared]
 
 For each seed: `camjax.train` into a fresh run folder (under --runs), then `camjax.evaluate`
 on ROOT/test with the views the run trained with, printing one JSON line with the validation
 score, the test score of every TTA subset (unbalanced), the balanced score with the trained
 views, training wall seconds and steps. Recipes are compared over seeds (a three-minute run
 moves by several points with any perturbation), and judged on data they were not tuned on.
+
+Forensic measurements ride on the same runs: the calibration on the test's known cameras
+(ECE and NLL before and after the run's temperature) is always recorded; `--hold_out K`
+trains on all but K cameras (drawn by the seed, so seeds are also splits) and records the
+open-set report (AUROC of every score, false rejections and acceptances at the thresholds
+fitted on validation); `--shared` records the accuracy of the test set re-shared as online
+photos (`evaluate --shared`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import sys
 import time
 
 import common
+import numpy as np
 
 
 def parse_args(argv=None):
@@ -35,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--name", default="", help="a label for the recipe in the output")
     p.add_argument("--runs", default=str(common.REPO / "runs" / "recipe"), help="where run folders go")
     p.add_argument("--keep", action="store_true", help="keep the run folders (default: delete after scoring)")
+    p.add_argument("--hold_out", type=int, default=0, help="cameras left out of training (drawn by the seed)")
+    p.add_argument("--shared", action="store_true", help="also score the test set shared as online photos")
     return p.parse_args(argv)
 
 
@@ -49,7 +59,11 @@ def main(argv=None) -> None:
         config.seed = seed
         if args.root:
             config.data.root = args.root
-        tag = hashlib.sha256(json.dumps([args.config, args.set, args.root]).encode()).hexdigest()[:8]
+        classes = assembly.open_dataset(config.data, seed)[0].classes
+        held_out = held_out_cameras(classes, args.hold_out, seed)
+        if held_out:
+            config.data.classes = tuple(c for c in classes if c not in held_out)
+        tag = hashlib.sha256(json.dumps([args.config, args.set, args.root, args.hold_out]).encode()).hexdigest()[:8]
         workdir = os.path.join(args.runs, f"{tag}-seed{seed}")
         shutil.rmtree(workdir, ignore_errors=True)
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
@@ -59,7 +73,9 @@ def main(argv=None) -> None:
             steps = max(json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl")))
             root = assembly.resolve_data_root(config.data)
             start = time.perf_counter()
-            result = evaluator.evaluate([workdir], data_root=root, out=os.path.join(workdir, "submission.csv"))
+            result = evaluator.evaluate(
+                [workdir], data_root=root, out=os.path.join(workdir, "submission.csv"), shared=args.shared
+            )
         common.emit(
             common.record(
                 "recipe",
@@ -78,12 +94,26 @@ def main(argv=None) -> None:
                 test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
                 test_balanced=common.rounded(result["balanced_weighted_accuracy"], 4),
                 test_unbalanced=common.rounded(result["unbalanced_weighted_accuracy"], 4),
+                held_out=sorted(held_out),
+                calibration={k: v for k, v in result["calibration"].items() if k in ("before", "after")},
+                open_set=result.get("open_set"),
+                shared_online=result.get("shared_online"),
                 peak_rss_mb=common.peak_rss_mb(),
                 compiles_after_warmup=None,  # a whole run, not a timed loop: the trainer logs its own count
             )
         )
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def held_out_cameras(classes, count: int, seed: int) -> set[str]:
+    """`count` of the dataset's cameras, drawn by `seed`: the unknown cameras of an open-set split."""
+    if count <= 0:
+        return set()
+    if count >= len(classes):
+        raise SystemExit(f"--hold_out {count}: the dataset has only {len(classes)} cameras")
+    rng = np.random.default_rng(seed)
+    return {classes[i] for i in rng.choice(len(classes), size=count, replace=False)}
 
 
 if __name__ == "__main__":

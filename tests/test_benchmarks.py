@@ -304,13 +304,15 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
 
     from camjax_testdata import make_challenge_tree
 
-    classes = ("HTC-1-M7", "iPhone-4s")
+    classes = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
     root = make_challenge_tree(tmp_path / "data", classes=classes, per_class=3, test_per_class=2)
+    truth = {}
     with open(root / "test_labels.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fname", "camera", "manipulation"])
         for i, name in enumerate(sorted(p.name for p in (root / "test").iterdir())):
-            w.writerow([name, classes[i % 2], "jpeg70" if "manip" in name else "none"])
+            truth[name] = classes[i % 3]
+            w.writerow([name, truth[name], "jpeg70" if "manip" in name else "none"])
     tiny = [
         "data.workers=0",
         "data.patch=32",
@@ -335,6 +337,9 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         "tiny",
         "--runs",
         str(tmp_path / "runs"),
+        "--hold_out",
+        "1",
+        "--shared",
         *sets,
         env=env,
     )
@@ -343,6 +348,13 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         assert r["trained_views"] == "d4" and set(r["test_weighted_accuracy"]) == {"none", "flips", "rot90", "d4"}
         assert all(0 <= v <= 1 for v in r["test_weighted_accuracy"].values())
         assert 0 <= r["test_balanced"] <= 1 and 0 <= r["val_weighted_accuracy"] <= 1
+        # The held-out camera's test files are the unknown ones of the open-set report.
+        [held_out] = r["held_out"]
+        unknown = sum(camera == held_out for camera in truth.values())
+        assert r["open_set"]["unknown"] == unknown and r["open_set"]["known"] == len(truth) - unknown
+        assert set(r["open_set"]["auroc"]) == {"max_prob", "neg_entropy", "margin"}
+        assert set(r["calibration"]) >= {"before", "after"}
+        assert 0 <= r["shared_online"]["after"]["weighted_accuracy"] <= 1
     assert not any((tmp_path / "runs").iterdir())  # run folders go unless --keep
 
 
