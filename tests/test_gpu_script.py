@@ -37,22 +37,33 @@ def _wheel(folder: Path, dist: str, version: str, module: str) -> Path:
     return path
 
 
-def test_installer_takes_only_the_missing_wheels(tmp_path):
+# An interpreter without pip: the installer unzips the wheels instead.
+NO_PIP = "import importlib.util as u\n_find = u.find_spec\nu.find_spec = lambda n, *a: None if n == 'pip' else _find(n, *a)\n"
+
+
+@pytest.mark.parametrize("prelude", ["", NO_PIP], ids=["pip", "no_pip"])
+def test_installer_takes_only_the_missing_wheels(tmp_path, prelude):
     """The installer gpu.sh runs when an import is missing: a carried wheel whose distribution the
     interpreter lacks is installed into the private folder, one it has (pytest here) is not."""
     m = re.search(r"<<'EOF'\n(import importlib\.metadata.*?)\nEOF\n", GPU_SH, re.S)
-    assert m, "the installer's heredoc in gpu.sh"
+    assert m and "zipfile" in m.group(1), "the installer's heredoc in gpu.sh"
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     wheels.mkdir()
     _wheel(wheels, "camjax_offline_probe", "1.0", "camjax_offline_probe")
     _wheel(wheels, "pytest", "0.0.1", "pytest_impostor")
     proc = subprocess.run(
-        [sys.executable, "-", str(wheels), str(site)], input=m.group(1), text=True, capture_output=True, check=False
+        [sys.executable, "-", str(wheels), str(site)],
+        input=prelude + m.group(1),
+        text=True,
+        capture_output=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "missing: camjax_offline_probe-1.0-py3-none-any.whl\n" in proc.stdout
     assert (site / "camjax_offline_probe.py").exists()
     assert not (site / "pytest_impostor.py").exists()
+    # pip records itself as the installer; the unzipping fallback leaves the wheel's files as they are
+    assert (site / "camjax_offline_probe-1.0.dist-info" / "INSTALLER").exists() == (prelude == "")
     probe = subprocess.run(
         [sys.executable, "-c", "import camjax_offline_probe as p; print(p.VALUE)"],
         env={"PYTHONPATH": str(site)},
