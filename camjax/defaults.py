@@ -45,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.highpass = "none"  # none | box3 | kv5 | constrained
     c.model.space_to_depth = 1  # > 1: a lossless b x b space-to-depth before the backbone (keeps CFA phases)
     c.model.pooling = "avg"  # avg | max | avgmax
+    c.model.jpeg_trace = 0  # > 0: that many head features read from the JPEG quantisation trace (models/jpeg_trace.py)
     c.model.bn_momentum = 0.0  # > 0: every backbone BatchNorm's running-average momentum (0: the Keras value)
     c.model.head = ml_collections.ConfigDict(
         dict(hidden=(512, 256), dropout=(0.3, 0.1), inject_flag=True, aux_head=True)

@@ -60,7 +60,8 @@ def create(
     bn_axis_name: str | None = None,
     seed: int = 0,
 ) -> Classifier:
-    """Builds the classifier described by `config.model` (name, kwargs, highpass, pooling, head)."""
+    """Builds the classifier described by `config.model` (name, kwargs, highpass, pooling,
+    jpeg_trace, head)."""
     spec = get(model_config.name)
     rngs = nnx.Rngs(seed)
     compute = dtype_from_name(dtype)
@@ -78,6 +79,8 @@ def create(
         highpass=model_config.get("highpass", "none"),
         space_to_depth=block,
         pooling=model_config.get("pooling", "avg"),
+        jpeg_trace=int(model_config.get("jpeg_trace", 0) or 0),
+        pixel_mode=spec.preprocess,
         head_kwargs=dict(model_config.get("head", {})),
         dtype=compute,
         param_dtype=jnp.float32,

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from camjax.cameras import NUM_MANIPULATIONS
-from camjax.models.layers import HighPass, space_to_depth
+from camjax.models.jpeg_trace import JpegTrace
+from camjax.models.layers import HighPass, pixels_of, space_to_depth
 
 POOLINGS = ("avg", "max", "avgmax")  # of the feature map, before the head
 
@@ -73,11 +74,16 @@ class Classifier(nnx.Module):
         highpass: str = "none",
         space_to_depth: int = 1,
         pooling: str = "avg",
+        jpeg_trace: int = 0,
+        pixel_mode: str = "tf",
         head_kwargs: dict | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        """`jpeg_trace` > 0 adds that many features of the JPEG quantisation trace
+        (`camjax.models.jpeg_trace`) to the pooled ones; `pixel_mode` is the backbone's
+        preprocessing, which the trace undoes to read pixel values."""
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected avg, max or avgmax")
         self.highpass = HighPass(highpass, rngs=rngs)
@@ -85,7 +91,11 @@ class Classifier(nnx.Module):
         self.backbone = backbone
         self.pooling = pooling
         self.dtype = dtype
-        in_features = backbone.num_features * (2 if pooling == "avgmax" else 1)
+        self.pixel_mode = pixel_mode
+        self.jpeg_trace = (
+            JpegTrace(jpeg_trace, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if jpeg_trace > 0 else None
+        )
+        in_features = backbone.num_features * (2 if pooling == "avgmax" else 1) + max(jpeg_trace, 0)
         self.head = FlagHead(
             in_features, num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **(head_kwargs or {})
         )
@@ -111,8 +121,12 @@ class Classifier(nnx.Module):
         return jnp.concatenate([fmap.mean(axis=(1, 2)), fmap.max(axis=(1, 2))], axis=-1)
 
     def features(self, images: jax.Array) -> jax.Array:
-        """Pooled backbone features (float32): the embedding users extract."""
-        return self.pool(self.feature_map(images))
+        """Pooled backbone features, with the JPEG trace's when the model has it (float32): the
+        embedding users extract."""
+        pooled = self.pool(self.feature_map(images))
+        if self.jpeg_trace is None:
+            return pooled
+        return jnp.concatenate([pooled, self.jpeg_trace(pixels_of(images, self.pixel_mode))], axis=-1)
 
     def __call__(self, images: jax.Array, is_manipulated: jax.Array, *, rngs: nnx.Rngs | None = None):
         return self.head(self.features(images).astype(self.dtype), is_manipulated, rngs=rngs)

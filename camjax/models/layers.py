@@ -29,6 +29,19 @@ def preprocess(images: jax.Array, mode: str) -> jax.Array:
     raise ValueError(f"unknown preprocess mode {mode!r}; expected 'tf', 'torch' or 'caffe'")
 
 
+def pixels_of(x: jax.Array, mode: str) -> jax.Array:
+    """The inverse of `preprocess`: RGB pixel values in [0, 255] (float32) again, for the parts
+    of a model that read pixel values themselves (the JPEG trace)."""
+    x = x.astype(jnp.float32)
+    if mode == "tf":
+        return (x + 1.0) * 127.5
+    if mode == "torch":
+        return (x * _TORCH_STD + _TORCH_MEAN) * 255.0
+    if mode == "caffe":
+        return (x + _CAFFE_MEAN_BGR)[..., ::-1]
+    raise ValueError(f"unknown preprocess mode {mode!r}; expected 'tf', 'torch' or 'caffe'")
+
+
 # The 5x5 "KV" high-pass kernel of the challenge's starter code (Fridrich/Kodovsky SRM).
 KV_KERNEL = (
     np.array(
