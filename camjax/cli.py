@@ -14,6 +14,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from camjax import tta
+from camjax.data.grid import TEST_GRIDS
 from camjax.postprocess import AGGREGATIONS
 
 EXPECTED_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError)
@@ -53,6 +54,12 @@ def define_prediction_flags(*, data_root_help: str) -> None:
     flags.DEFINE_bool("skip_bad", False, "Predict the most frequent class for unreadable test files.")
     flags.DEFINE_bool("prnu", False, "Cluster the test files by sensor noise (PRNU) and make each cluster agree.")
     flags.DEFINE_float("prnu_threshold", 4.5, "Mean pairwise z score at which PRNU clusters merge.")
+    flags.DEFINE_enum(
+        "grid",
+        None,
+        list(TEST_GRIDS),
+        "Tile test images from the corner, or on the JPEG block grid their pixels show (default: config.eval.grid).",
+    )
 
 
 def model_options() -> dict:
@@ -72,4 +79,5 @@ def prediction_options() -> dict:
         pad=f.pad,
         skip_bad=f.skip_bad,
         prnu_threshold=f.prnu_threshold if f.prnu else None,
+        grid=f.grid,
     )

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from camjax import assembly, calibration, models, optim, parallel, postprocess, tta
-from camjax.data import train_loader
+from camjax.data import grid, train_loader
 from camjax.models.head import POOLINGS
 from camjax.models.layers import HIGHPASS_KINDS
 
@@ -32,6 +32,7 @@ CHOICES = {
     "parallel": parallel.MODES,
     "eval.agg": postprocess.AGGREGATIONS,
     "eval.open_set_score": tuple(calibration.OPEN_SET_SCORES),
+    "eval.grid": grid.TEST_GRIDS,
 }
 
 

@@ -23,8 +23,9 @@ from camjax import metrics as scoring
 from camjax.cameras import MANIPULATION_NAMES, is_manipulated_from_fname
 from camjax.checkpoint import Checkpointer
 from camjax.data import eval_batches, manipulations, sources
+from camjax.data import grid as grid_lib
 from camjax.data.decode import decode_image, read_bytes
-from camjax.extras import prnu
+from camjax.extras import jpeg_grid, prnu
 from camjax.parallel import DataParallel
 
 
@@ -97,6 +98,42 @@ def predict_tiles(restored: RestoredModel, dp: DataParallel, batches, num_files:
         close([f for f in list(open_tiles) if f < last])
     close(list(open_tiles))
     return out, agreement
+
+
+# Below this `jpeg_grid.locate_grid` confidence the pixels show no block grid (never
+# JPEG-compressed, or resampled since): tiles start at the corner. A crop of a JPEG scores
+# 1 (quality 75) to 4 (95), 0.14 even at 99; an uncompressed or resized image under 0.01.
+GRID_CONFIDENCE = 0.05
+GRID_MIN_SIDE = 64  # fewer than 8 x 8 blocks: too few to tell the grid from noise
+
+
+class GridPhases:
+    """The tile grid of each image, found as its tiles are cut (a `make_test_batches` phase)."""
+
+    def __init__(self, patch: int, progress=None):
+        self.patch, self.progress = patch, progress
+        self.found: dict[str, dict] = {}
+
+    def __call__(self, path: str, frame: np.ndarray, jpeg: bool) -> tuple[int, int]:
+        if path not in self.found:
+            h, w = frame.shape[:2]
+            if jpeg:
+                phase, source = (0, 0), "file"
+            else:
+                phase, confidence = jpeg_grid.locate_grid(frame) if min(h, w) >= GRID_MIN_SIDE else ((0, 0), 0.0)
+                phase, source = (phase, "pixels") if confidence >= GRID_CONFIDENCE else ((0, 0), "none")
+            if min(h - phase[0], w - phase[1]) < self.patch:
+                logging.warning(
+                    "%s is %dx%d, smaller than the %d px patch: answered from what fits (mirrored)",
+                    path,
+                    h,
+                    w,
+                    self.patch,
+                )
+            self.found[path] = {"grid_phase": list(phase), "grid_source": source, "size": [h, w]}
+        if self.progress is not None:
+            self.progress.update(1)
+        return tuple(self.found[path]["grid_phase"])
 
 
 def predict_files(
@@ -269,11 +306,13 @@ def evaluate(
     skip_bad=False,
     prnu_threshold: float | None = None,
     shared: bool = False,
+    grid: str | None = None,
 ) -> dict:
     """Predicts, blends, balances and writes the submission of `workdirs`' best checkpoints.
 
     `agg`, `batch_size` and `max_tiles` left None come from the first run's `config.eval`
-    (max_tiles 0: every tile), so the CLI and the configured run agree by construction. With
+    (max_tiles 0: every tile), so the CLI and the configured run agree by construction; so does
+    `grid` (data.grid.TEST_GRIDS: tiles from the corner, or on the block grid each image shows). With
     `shared`, the test set is also predicted as photos shared online (`shared_photo_reader`)
     and the report compares the two.
     """
@@ -281,6 +320,9 @@ def evaluate(
     restored = restore_runs(workdirs, dp)
     configured = restored[0].config.get("eval", {})
     agg, batch_size, max_tiles = prediction_settings(restored[0], agg, batch_size, max_tiles)
+    grid = grid or configured.get("grid", "corner")
+    if grid not in grid_lib.TEST_GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; expected one of {', '.join(grid_lib.TEST_GRIDS)}")
     classes = restored[0].run.classes
     first = restored[0].run
     root, read = data_root or first.data_root, read_bytes
@@ -296,6 +338,7 @@ def evaluate(
 
     def predict_all(reader):
         options = dict(agg=agg, p=p, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad)
+        options["phase"] = GridPhases(first.patch) if grid == "found" else None
         predicted = [predict_files(r, dp, test_paths, v, read=reader, **options) for r, v in zip(restored, view_sets)]
         return [pr.probs for pr in predicted], sorted({test_paths.index(s) for pr in predicted for s in pr.skipped})
 
@@ -401,6 +444,7 @@ def evaluate(
         report.update(result)
         report["tta"] = [tta_name or r.run.trained_views for r in restored]
         report["agg"] = agg
+        report["grid"] = grid
         report["balance"] = balance
         with postprocess.atomic_write(f"{stem}_report.json") as f:
             json.dump(report, f, indent=2)

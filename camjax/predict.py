@@ -30,16 +30,9 @@ from tqdm import tqdm
 from camjax import assembly, calibration, cli, evaluator
 from camjax.data.decode import BAD_FILES, exif_orientation, read_bytes
 from camjax.data.sources import IMAGE_EXTENSIONS
-from camjax.extras import jpeg_grid
 from camjax.parallel import DataParallel
 
 log = logging.getLogger("camjax")
-
-# Below this `jpeg_grid.locate_grid` confidence the pixels show no block grid (never
-# JPEG-compressed, or resampled since): tiles start at the corner. A crop of a JPEG scores
-# 1 (quality 75) to 4 (95), 0.14 even at 99; an uncompressed or resized image under 0.01.
-GRID_CONFIDENCE = 0.05
-GRID_MIN_SIDE = 64  # fewer than 8 x 8 blocks: too few to tell the grid from noise
 
 cli.define_model_flags()
 _TOP = flags.DEFINE_integer("top", 3, "Cameras listed per image.")
@@ -67,35 +60,6 @@ def find_images(paths) -> tuple[list[str], list[tuple[str, str]]]:
     return list(dict.fromkeys(found)), problems
 
 
-class GridPhases:
-    """The tile grid of each image, found as its tiles are cut (a `make_test_batches` phase)."""
-
-    def __init__(self, patch: int, progress=None):
-        self.patch, self.progress = patch, progress
-        self.found: dict[str, dict] = {}
-
-    def __call__(self, path: str, frame: np.ndarray, jpeg: bool) -> tuple[int, int]:
-        if path not in self.found:
-            h, w = frame.shape[:2]
-            if jpeg:
-                phase, source = (0, 0), "file"
-            else:
-                phase, confidence = jpeg_grid.locate_grid(frame) if min(h, w) >= GRID_MIN_SIDE else ((0, 0), 0.0)
-                phase, source = (phase, "pixels") if confidence >= GRID_CONFIDENCE else ((0, 0), "none")
-            if min(h - phase[0], w - phase[1]) < self.patch:
-                log.warning(
-                    "%s is %dx%d, smaller than the %d px patch: answered from what fits (mirrored)",
-                    path,
-                    h,
-                    w,
-                    self.patch,
-                )
-            self.found[path] = {"grid_phase": list(phase), "grid_source": source, "size": [h, w]}
-        if self.progress is not None:
-            self.progress.update(1)
-        return tuple(self.found[path]["grid_phase"])
-
-
 def predict_images(
     workdirs,
     paths,
@@ -118,7 +82,7 @@ def predict_images(
     classes = restored[0].run.classes
     view_sets = [evaluator.views_of(r, w, tta_name) for r, w in zip(restored, workdirs)]
     bar = tqdm(total=len(files) * len(restored), desc="predict", unit="image", disable=not progress, file=sys.stderr)
-    phases = GridPhases(restored[0].run.patch, bar)
+    phases = evaluator.GridPhases(restored[0].run.patch, bar)
     predicted = [
         evaluator.predict_files(
             r,

@@ -147,6 +147,26 @@ def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
     assert json.load(open(tmp_path / "sub_report.json"))["open_set"] == o
 
 
+def test_evaluate_on_the_found_grid_reads_an_unaligned_crop_as_its_aligned_twin(trained, tmp_path):
+    """A test image cut 1 row and 3 columns off the JPEG grid, tiled on the grid its pixels
+    show, gives exactly the probabilities of the aligned crop tiled from its corner."""
+    decoded = manipulations.jpeg_compress(texture(700, 700, 7), 90)
+    crops = {"aligned": decoded[8:520, 8:520], "unaligned": decoded[7:527, 5:525]}  # 16 x 16 tiles of 32 px each
+    probs = {}
+    for name, crop in crops.items():
+        (tmp_path / name / "test").mkdir(parents=True)
+        Image.fromarray(crop).save(tmp_path / name / "test" / "img_0000001_unalt.tif")
+        grid = "corner" if name == "aligned" else "found"
+        out = tmp_path / name / "sub.csv"
+        evaluator.evaluate([str(trained)], data_root=str(tmp_path / name), out=str(out), grid=grid, max_tiles=0)
+        probs[name] = np.load(tmp_path / name / "sub_probs.npz")["probs"]
+    np.testing.assert_allclose(probs["unaligned"], probs["aligned"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown grid 'centre'"):
+        evaluator.evaluate(
+            [str(trained)], data_root=str(tmp_path / "aligned"), out=str(tmp_path / "x.csv"), grid="centre"
+        )
+
+
 def test_predict_finds_the_grid_of_an_unaligned_crop_and_lists_bad_files(trained, tmp_path):
     photos = tmp_path / "photos"
     (photos / "deeper").mkdir(parents=True)

@@ -15,6 +15,10 @@ import numpy as np
 
 JPEG_GRID = 8  # the DCT block: crops of JPEG sources move in steps of 8 px
 CFA_GRID = 2  # the Bayer period: crops of other sources move in steps of 2 px
+# Where test tiles start (config.eval.grid, evaluate --grid): at the image's top-left corner,
+# or on the JPEG block grid its pixels show (`camjax.evaluator.GridPhases`; a crop cut off the
+# encoder's grid, such as a 1-row-off centre crop, is then still read on it).
+TEST_GRIDS = ("corner", "found")
 
 
 def crop_step(override: int, jpeg: bool) -> int:
