@@ -83,7 +83,8 @@ for wheel in sorted(wheels.glob("*.whl")):
 print("missing:", " ".join(w.name for w in missing) or "none")
 site.mkdir(parents=True, exist_ok=True)
 if missing and importlib.util.find_spec("pip"):
-    cmd = ["pip", "install", "--no-index", "--no-deps", "--no-compile", "--disable-pip-version-check"]
+    # --isolated: this host's pip configuration (an index, find-links) plays no part
+    cmd = ["pip", "install", "--isolated", "--no-index", "--no-deps", "--no-compile", "--disable-pip-version-check"]
     subprocess.run([sys.executable, "-m", *cmd, "--target", str(site), *map(str, missing)], check=True)
 else:  # no pip in this interpreter: a wheel is a zip of what goes into site-packages
     for wheel in missing:
@@ -98,7 +99,11 @@ fi
 # Where the numbers come from: card and driver, then Python, jax, jaxlib, the CUDA plugin, devices.
 {
   echo "PYTHON=$PY PYTHONPATH=$PYTHONPATH"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || echo "no nvidia-smi"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
+  else
+    echo "no nvidia-smi"
+  fi
   "$PY" - <<'EOF'
 import importlib.metadata, sys
 
