@@ -52,13 +52,19 @@ def zero_fractions(image: np.ndarray, *, tolerance: float = 0.5) -> np.ndarray:
     return out
 
 
-def locate_grid(image: np.ndarray) -> tuple[tuple[int, int], float]:
+def locate_grid(image: np.ndarray, *, max_side: int | None = 256) -> tuple[tuple[int, int], float]:
     """The encoder's grid in `image` and how far it stands out, from one pass over the offsets.
 
     The offset is (row, column) in 0..7 of the first full 8x8 block: 0, 0 for a crop that
     starts on the grid; 7, 0 for one cut a row below it. The confidence is the best offset's
     zero share minus the runner-up's, over the runner-up's (near 0 for an image that was never
-    JPEG-compressed on a grid)."""
+    JPEG-compressed on a grid). Only the centre `max_side` (+7) pixels are read, from an
+    offset that is a multiple of 8 (so the answer is the whole image's): a thousand blocks
+    per offset already make the grid stand out, and a 512 px test patch is read 4x faster."""
+    h, w = image.shape[:2]
+    if max_side is not None:
+        top, left = max(0, (h - max_side) // 2) // BLOCK * BLOCK, max(0, (w - max_side) // 2) // BLOCK * BLOCK
+        image = image[top : top + max_side + BLOCK - 1, left : left + max_side + BLOCK - 1]
     scores = zero_fractions(image)
     dy, dx = np.unravel_index(int(np.argmax(scores)), scores.shape)
     ranked = np.sort(scores.ravel())
