@@ -21,9 +21,8 @@ def test_gpu_script_uses_no_registry():
             assert "--no-index" in line, line
     assert "pip download" not in GPU_SH and 'pip", "download' not in GPU_SH
     assert "PY=${PYTHON:-$DEFAULT_PY}" in GPU_SH and "DEFAULT_PY=python3" in GPU_SH
-    for path in ("gpu_wheels/x.whl", ".cache/gpu-site/x.py"):  # carried or made there, never committed
-        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False)
-        assert ignored.returncode == 0, f"{path} is not ignored by git"
+    ignored = (REPO / ".gitignore").read_text().split()  # carried or made there, never committed
+    assert "/gpu_wheels/" in ignored and ".cache/" in ignored
 
 
 def _wheel(folder: Path, dist: str, version: str, module: str) -> Path:
