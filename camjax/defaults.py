@@ -80,7 +80,10 @@ def get_config() -> ml_collections.ConfigDict:
     # How `camjax.evaluate` predicts this run unless its flags say otherwise (max_tiles 0: every
     # tile of a test image); batch_size is also the validation batch in training.
     c.eval = ml_collections.ConfigDict(dict(agg="geometric", max_tiles=16, batch_size=64))
-    c.eval.grid = "corner"  # test tiles from the corner | on the JPEG block grid each image shows ("found")
+    # Test tiles on the JPEG block grid each image shows ("found"), as training crops sit on
+    # their file's grid; "corner" tiles from the top-left (a crop cut off the grid is then read
+    # off it: the challenge's Samsung test patches are 1 row off).
+    c.eval.grid = "found"
     # At the end of training, fit a temperature and the open-set thresholds on the validation
     # frames cut like test images (camjax.calibration); evaluate and predict then use them.
     c.eval.calibrate = True

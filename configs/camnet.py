@@ -14,6 +14,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.name = "camnet"
     c.model.highpass = "box3"  # the noise residual: without it a small CNN stays near chance
     c.model.pooling = "avg"
+    # The JPEG quantisation trace beside the CNN's pooled features (camjax/models/jpeg_trace.py):
+    # the camera's own JPEG tables, which a small CNN does not find in minutes. Measured:
+    # benchmarks/RESULTS.md, "camnet with the JPEG quantisation trace".
+    c.model.jpeg_trace = 128
     c.model.kwargs = ml_collections.ConfigDict(dict(stem=4, widths=(64, 128, 256), blocks=2))
     c.model.head = ml_collections.ConfigDict(
         dict(hidden=(256, 128), dropout=(0.3, 0.1), inject_flag=True, aux_head=True)

@@ -71,7 +71,10 @@ def test_feature_map_and_pool_compose_to_features(small_classifier):
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 32, 32, 3)), jnp.float32)
     fmap = model.feature_map(x)
     assert fmap.shape == (2, 4, 4, 16)  # stem 4, then one stride-2 stage: 32 / 8
-    np.testing.assert_allclose(model.pool(fmap), model.features(x), rtol=1e-6)
+    np.testing.assert_allclose(model.features_from(x, fmap), model.features(x), rtol=1e-6)
+    # the pooled map comes first; the JPEG trace's features (camnet's default) follow it
+    np.testing.assert_allclose(model.pool(fmap), model.features(x)[:, : fmap.shape[-1]], rtol=1e-6)
+    assert model.features(x).shape[-1] == fmap.shape[-1] + model.jpeg_trace.width
 
 
 def test_classifier_saliency_agrees_with_the_model(small_classifier):

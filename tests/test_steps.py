@@ -40,14 +40,14 @@ SCRIPT = textwrap.dedent(
     state = dp.put_state(built.host_state)
     step = built.train_step(config)
     rng = np.random.default_rng(0)
+    batch = {  # one batch, fitted four times: its loss must fall
+        "image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, 4, 16).astype(np.int32),
+        "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
+        "manipulation": rng.integers(0, 9, 16).astype(np.int32),
+    }
     losses, compiles = [], []
     for i in range(4):
-        batch = {
-            "image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-            "label": rng.integers(0, 4, 16).astype(np.int32),
-            "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
-            "manipulation": rng.integers(0, 9, 16).astype(np.int32),
-        }
         state, metrics = step(state, dp.put_batch(batch))
         losses.append(dp.fetch_metrics(metrics)["train/loss"])
         compiles.append(compile_count())

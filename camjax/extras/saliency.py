@@ -7,6 +7,7 @@ example's own gradient.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -50,12 +51,13 @@ def classifier_saliency(model_def: ModelDef, params, model_state, images, is_man
     x = preprocess(images, model_def.preprocess)
     rows = jnp.arange(x.shape[0])
 
-    def score_from_features(fmap):
-        return model.head(model.pool(fmap).astype(model.dtype), is_manipulated)["logits"][rows, targets]
+    def score_of(inputs, fmap):
+        features = model.features_from(inputs, fmap).astype(model.dtype)
+        return model.head(features, is_manipulated)["logits"][rows, targets]
 
     def score(inputs):
-        return score_from_features(model.feature_map(inputs))
+        return score_of(inputs, model.feature_map(inputs))
 
     gxi = gradient_x_input(score, x).sum(axis=-1)
-    cam = grad_cam(model.feature_map, score_from_features, x)
+    cam = grad_cam(model.feature_map, functools.partial(score_of, x), x)
     return {"grad_x_input": gxi, "grad_cam": upsample(cam, x.shape[1:3])}

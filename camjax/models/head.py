@@ -120,13 +120,18 @@ class Classifier(nnx.Module):
             return fmap.max(axis=(1, 2))
         return jnp.concatenate([fmap.mean(axis=(1, 2)), fmap.max(axis=(1, 2))], axis=-1)
 
-    def features(self, images: jax.Array) -> jax.Array:
-        """Pooled backbone features, with the JPEG trace's when the model has it (float32): the
-        embedding users extract."""
-        pooled = self.pool(self.feature_map(images))
+    def features_from(self, images: jax.Array, fmap: jax.Array) -> jax.Array:
+        """What the head reads: the pooled feature map `fmap` of `images`, then the JPEG trace's
+        features of `images` when the model has it (float32). Grad-CAM differentiates through
+        `fmap`."""
+        pooled = self.pool(fmap)
         if self.jpeg_trace is None:
             return pooled
         return jnp.concatenate([pooled, self.jpeg_trace(pixels_of(images, self.pixel_mode))], axis=-1)
+
+    def features(self, images: jax.Array) -> jax.Array:
+        """The head's input features (float32): the embedding users extract."""
+        return self.features_from(images, self.feature_map(images))
 
     def __call__(self, images: jax.Array, is_manipulated: jax.Array, *, rngs: nnx.Rngs | None = None):
         return self.head(self.features(images).astype(self.dtype), is_manipulated, rngs=rngs)
