@@ -59,9 +59,10 @@ def main(argv=None) -> None:
         config.seed = seed
         if args.root:
             config.data.root = args.root
-        classes = assembly.open_dataset(config.data, seed)[0].classes
-        held_out = held_out_cameras(classes, args.hold_out, seed)
-        if held_out:
+        held_out = set()
+        if args.hold_out:  # the dataset's cameras are read only to draw the held-out ones
+            classes = assembly.open_dataset(config.data, seed)[0].classes
+            held_out = held_out_cameras(classes, args.hold_out, seed)
             config.data.classes = tuple(c for c in classes if c not in held_out)
         tag = hashlib.sha256(json.dumps([args.config, args.set, args.root, args.hold_out]).encode()).hexdigest()[:8]
         workdir = os.path.join(args.runs, f"{tag}-seed{seed}")
@@ -108,8 +109,6 @@ def main(argv=None) -> None:
 
 def held_out_cameras(classes, count: int, seed: int) -> set[str]:
     """`count` of the dataset's cameras, drawn by `seed`: the unknown cameras of an open-set split."""
-    if count <= 0:
-        return set()
     if count >= len(classes):
         raise SystemExit(f"--hold_out {count}: the dataset has only {len(classes)} cameras")
     rng = np.random.default_rng(seed)

@@ -14,14 +14,20 @@ import numpy as np
 BLOCK = 8
 
 
-def _dct_matrix(n: int = BLOCK) -> np.ndarray:
+# JFIF's luma from RGB (ITU-R BT.601 full range; the inverse of its YCbCr -> RGB up to rounding)
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def dct_matrix(n: int = BLOCK) -> np.ndarray:
+    """The orthonormal DCT-II matrix (float64): JPEG's forward DCT is this on rows and columns.
+    Also what `camjax.models.jpeg_trace` transforms patches with."""
     k, x = np.mgrid[:n, :n]
     d = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2 / n)
     d[0] /= np.sqrt(2)
     return d
 
 
-_DCT = _dct_matrix()
+_DCT = dct_matrix()
 
 
 def luma(image: np.ndarray) -> np.ndarray:
@@ -29,7 +35,7 @@ def luma(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image, np.float64)
     if image.ndim == 2:
         return image
-    return image[..., :3] @ np.array([0.299, 0.587, 0.114])
+    return image[..., :3] @ LUMA
 
 
 def zero_fractions(image: np.ndarray, *, tolerance: float = 0.5) -> np.ndarray:

@@ -22,21 +22,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from camjax.extras.jpeg_grid import LUMA, dct_matrix
+
 MAX_STEP = 32  # candidate steps 1..32 cover the luma tables of JPEG quality ~85 and up
-# JFIF's luma from RGB (the inverse of its YCbCr -> RGB up to rounding)
-LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def dct_matrix(n: int = 8) -> np.ndarray:
-    """The orthonormal DCT-II matrix: JPEG's forward DCT is this on rows and columns."""
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None, :]
-    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    m[0] /= np.sqrt(2.0)
-    return m.astype(np.float32)
 
 
 def block_dct(luma: jax.Array) -> jax.Array:
@@ -46,14 +36,14 @@ def block_dct(luma: jax.Array) -> jax.Array:
     if h % 8 or w % 8:
         raise ValueError(f"the JPEG trace needs patches whose sides are multiples of 8, got {h}x{w}")
     blocks = luma.reshape(n, h // 8, 8, w // 8, 8).transpose(0, 1, 3, 2, 4).reshape(n, -1, 8, 8)
-    d = jnp.asarray(dct_matrix())
+    d = jnp.asarray(dct_matrix(), jnp.float32)
     coefs = jnp.einsum("ui,nbij,vj->nbuv", d, blocks, d, precision=jax.lax.Precision.HIGHEST)
     return coefs.reshape(n, -1, 64)
 
 
 def quantisation_trace(pixels: jax.Array, max_step: int = MAX_STEP) -> jax.Array:
     """(N, H, W, 3) RGB pixel values in [0, 255] -> (N, 64, max_step) trace (float32)."""
-    luma = jnp.tensordot(pixels.astype(jnp.float32), jnp.asarray(LUMA), axes=[[3], [0]]) - 128.0
+    luma = jnp.tensordot(pixels.astype(jnp.float32), jnp.asarray(LUMA, jnp.float32), axes=[[3], [0]]) - 128.0
     coefs = block_dct(luma)
     steps = jnp.arange(1, max_step + 1, dtype=jnp.float32)
     return jnp.cos((2.0 * jnp.pi / steps) * coefs[..., None]).mean(axis=1)
