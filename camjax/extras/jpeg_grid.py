@@ -66,7 +66,8 @@ def locate_grid(image: np.ndarray, *, max_side: int | None = 256) -> tuple[tuple
     zero share minus the runner-up's, over the runner-up's (near 0 for an image that was never
     JPEG-compressed on a grid). Only the centre `max_side` (+7) pixels are read, from an
     offset that is a multiple of 8 (so the answer is the whole image's): a thousand blocks
-    per offset already make the grid stand out, and a 512 px test patch is read 4x faster."""
+    per offset already make the grid stand out, and a 512 px test patch costs a quarter of its
+    blocks."""
     h, w = image.shape[:2]
     if max_side is not None:
         top, left = max(0, (h - max_side) // 2) // BLOCK * BLOCK, max(0, (w - max_side) // 2) // BLOCK * BLOCK
