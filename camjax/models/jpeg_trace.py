@@ -4,18 +4,19 @@ A camera's JPEG encoder quantises every 8x8 block's DCT coefficient k to a multi
 table's step q_k, and the table is a property of the camera model (its quality setting, or a
 maker's own table). Decoding to pixels and cutting a patch on the 8 px grid keeps that: the
 block DCT of the decoded luma sits within the decoder's rounding noise (a fraction of a
-unit) of multiples of q_k. A small CNN on noise residuals has to discover an aligned 8x8 transform and a periodic
-non-linearity before it can read this; given the trace, camnet's `quick` recipe goes from
-0.637 to 0.783 test accuracy on the synthetic set over three seeds (benchmarks/RESULTS.md,
-"camnet with the JPEG quantisation trace").
+unit) of multiples of q_k. A small CNN on noise residuals has to discover an aligned 8x8
+transform and a periodic non-linearity before it can read this; given the trace, camnet's
+`quick` recipe goes from 0.637 to 0.783 test accuracy on the synthetic set over three seeds
+(benchmarks/RESULTS.md, "camnet with the JPEG quantisation trace").
 
 The trace of a patch is, for each of the 64 luma frequencies and each candidate step q in
 1..`max_step`, the mean over the patch's blocks of cos(2 pi c / q): near 1 where the
 coefficients are multiples of q, near 0 where they are not. It needs patches cut on the
 encoder's grid (training crops are, for JPEG sources; `evaluate --grid found` and
 `camjax.predict` find the grid of a crop). Rotations and flips of the D4 views only
-transpose the frequencies or flip signs, which the cosine ignores. A manipulated patch (resized, gamma-corrected, recompressed) loses or
-replaces the trace; the head knows which patches were manipulated (the injected flag).
+transpose the frequencies or flip signs, which the cosine ignores. A manipulated patch
+(resized, gamma-corrected, recompressed) loses or replaces the trace; the head knows which
+patches were manipulated (the injected flag).
 """
 
 from __future__ import annotations
