@@ -39,13 +39,13 @@ mkdir -p "$(dirname "$OUT")"
 
 if [[ -n "${CAMJAX_BENCH_SMOKE:-}" && "${CAMJAX_BENCH_SMOKE}" != 0 ]]; then
   # Same commands, sizes a 2-core CPU runs in a minute; big backbones become small ones.
-  PATCH=32 BATCHES=4,8 BIG_BATCH=8 TTA_BATCH=4 STEPS=2 WARMUP=1 WORKERS=0,1 E2E_WORKERS=1
+  PATCH=32 BATCHES=4,8 BIG_BATCH=8 TTA_BATCH=4 STEPS=2 WARMUP=1 WORKERS=0,1 PROCESSES=1,2 E2E_WORKERS=1
   RESNET=(--model mobilenet --model_kwargs '{"alpha": 0.25}')
   DENSENET=(--model camnet --config configs/camnet.py:quick)
   MOBILENET=(--model mobilenet --model_kwargs '{"alpha": 0.25}')
   MOBILENET_SHIFTS=(--model mobilenet --model_kwargs '{"alpha": 0.25, "depthwise_impl": "shifts"}')
 else
-  PATCH=512 BATCHES=64,128 BIG_BATCH=128 TTA_BATCH=32 STEPS=20 WARMUP=3 WORKERS=$((CORES / 2)),$CORES E2E_WORKERS=$CORES
+  PATCH=512 BATCHES=64,128 BIG_BATCH=128 TTA_BATCH=32 STEPS=20 WARMUP=3 WORKERS=$((CORES / 2)),$CORES PROCESSES=1,$CORES E2E_WORKERS=$CORES
   RESNET=(--model resnet50)
   DENSENET=(--model densenet201)
   MOBILENET=(--model mobilenet)
@@ -132,7 +132,8 @@ run benchmarks/train_throughput.py "${MOBILENET_SHIFTS[@]}" "${TRAIN[@]}" --batc
 run benchmarks/train_throughput.py "${RESNET[@]}" "${TRAIN[@]}" --batch "$BIG_BATCH" --parallel pmap
 run benchmarks/train_throughput.py "${RESNET[@]}" "${TRAIN[@]}" --batch "$TTA_BATCH" --mode tta
 run benchmarks/train_throughput.py "${DENSENET[@]}" "${TRAIN[@]}" --batch "$BATCHES" --parallel sharded
-run benchmarks/input_pipeline.py --patch "$PATCH" --workers "$WORKERS" --manip_prob 0.5 --skip split,baseline
+# Grain workers, then as many independent in-process pipelines (the host's own ceiling)
+run benchmarks/input_pipeline.py --patch "$PATCH" --workers "$WORKERS" --processes "$PROCESSES" --manip_prob 0.5 --skip split,baseline
 run benchmarks/end_to_end.py "${RESNET[@]}" --patch "$PATCH" --batch "$BIG_BATCH" --dtype bfloat16 \
   --steps "$STEPS" --warmup "$WARMUP" --workers "$E2E_WORKERS" --compilation_cache .cache/jax
 

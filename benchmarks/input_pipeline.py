@@ -11,7 +11,15 @@ per-core figure, and it holds up on a machine shared with other work. Then:
 - `input_pipeline_split`: decode / crop (+D4 view) / manipulate / batch costs per patch,
   measured in this process on one core;
 - `input_pipeline_baseline`: open the JPEG with PIL, convert to numpy and crop one patch for
-  every patch (how the challenge's public solutions fed Keras), per core, and the ratio.
+  every patch (how the challenge's public solutions fed Keras), per core, and the ratio;
+- `input_pipeline_scaling`: the host's own ceiling for workers, with no Grain in between:
+  1..N independent processes, each running the in-process pipeline (workers 0) at once, and
+  their summed patches/s. Two Grain workers cannot beat what two independent processes reach
+  on the same cores; the ratio of the two says whether a shortfall is Grain's or the host's.
+
+Each worker decodes `data.mix_files` frames before its first batch (a 12 MP frame is ~56 ms
+on one core: 32 of them are 8 batches of 32 patches at 8 patches per frame), so `--batches`
+must span several such groups per worker for a steady state.
 """
 
 from __future__ import annotations
@@ -36,12 +44,17 @@ def parse_args(argv=None):
     p.add_argument("--workers", default="0,1,2", help="Grain worker counts, comma-separated")
     p.add_argument("--manip_prob", default="0,0.5", help="manipulation probabilities, comma-separated")
     p.add_argument("--prefetch", type=int, default=4, help="batches buffered per worker (data.prefetch)")
-    p.add_argument("--batches", type=int, default=2 if smoke else 12, help="timed batches per measurement")
+    p.add_argument("--batches", type=int, default=2 if smoke else 64, help="timed batches per measurement")
+    p.add_argument(
+        "--processes",
+        default="1,2",
+        help="independent in-process pipelines run at once (scaling part), comma-separated",
+    )
     p.add_argument("--files", type=int, default=4 if smoke else 16)
     p.add_argument("--frame", default="320x240" if smoke else "4000x3000", help="WIDTHxHEIGHT of the generated JPEGs")
     p.add_argument("--quality", type=int, default=95)
     p.add_argument("--baseline_patches", type=int, default=3 if smoke else 12)
-    p.add_argument("--skip", default="", help="parts to skip: pipeline, split, baseline (comma-separated)")
+    p.add_argument("--skip", default="", help="parts to skip: pipeline, scaling, split, baseline (comma-separated)")
     args = p.parse_args(argv)
     try:
         args.width, args.height = (int(v) for v in args.frame.lower().split("x"))
@@ -120,6 +133,53 @@ def measure_pipeline(args, index, *, workers: int, manip_prob: float) -> dict:
         peak_rss_mb=common.peak_rss_mb(),
         worker_peak_rss_mb=worker_rss[:workers] if workers else [],
         compiles_after_warmup=0,  # no XLA in the input pipeline
+        **files_info(args, index),
+    )
+
+
+def _one_pipeline(args, index, manip_prob, start, out) -> None:
+    """One independent process's in-process pipeline: patches/s over `--batches` once `start` opens."""
+    from camjax.data import train_loader
+
+    loader = train_loader.make_train_loader(
+        index, data_config(args, workers=0, manip_prob=manip_prob), batch_size=args.batch, seed=0
+    )
+    next(loader)  # imports, first decode
+    start.wait()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(args.batches):
+        next(loader)
+    out.put((args.batches * args.batch, time.perf_counter() - t0, time.process_time() - c0))
+
+
+def measure_scaling(args, index, processes: int, manip_prob: float) -> dict:
+    """`processes` independent in-process pipelines started together: the host's ceiling."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(processes + 1), ctx.Queue()
+    procs = [ctx.Process(target=_one_pipeline, args=(args, index, manip_prob, start, out)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    start.wait()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    per_process = [n / wall for n, wall, _ in results]
+    return common.record(
+        "input_pipeline_scaling",
+        model=None,
+        patch=args.patch,
+        batch=args.batch,
+        patches_per_image=args.patches_per_image,
+        processes=processes,
+        manip_prob=manip_prob,
+        timed_batches=args.batches,
+        patches_per_sec=common.rounded(sum(per_process), 2),
+        per_process_patches_per_sec=[common.rounded(v, 2) for v in per_process],
+        patches_per_cpu_sec=common.rounded(sum(n for n, _, _ in results) / sum(c for _, _, c in results), 2),
+        peak_rss_mb=common.peak_rss_mb(),
+        compiles_after_warmup=0,
         **files_info(args, index),
     )
 
@@ -248,6 +308,9 @@ def main(argv=None) -> None:
                     and (per_cpu is None or rec["patches_per_cpu_sec"] > per_cpu)
                 ):
                     per_cpu, source = rec["patches_per_cpu_sec"], f"input_pipeline workers={workers} manip_prob=0"
+    if "scaling" not in skip:
+        for processes in common.csv_ints(args.processes):
+            common.emit(measure_scaling(args, index, processes, manip_probs[0]))
     if "split" not in skip:
         rec = measure_split(args, index, manip_probs)
         common.emit(rec)

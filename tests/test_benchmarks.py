@@ -93,8 +93,10 @@ def test_peak_table():
     assert common.peak_tflops("cpu", "float32", override=2.5) == 2.5
 
 
-def test_input_pipeline_workers_split_and_baseline(env):
-    recs = run("input_pipeline.py", "--patch", "32", "--workers", "0,1", "--manip_prob", "0,0.5", env=env)
+def test_input_pipeline_workers_scaling_split_and_baseline(env):
+    recs = run(
+        "input_pipeline.py", "--patch", "32", "--workers", "0,1", "--manip_prob", "0,0.5", "--processes", "1,2", env=env
+    )
     by_kind = {}
     for r in recs:
         by_kind.setdefault(r["benchmark"], []).append(r)
@@ -103,6 +105,11 @@ def test_input_pipeline_workers_split_and_baseline(env):
     for r in runs:
         assert r["patches_per_sec"] > 0 and r["frame"] == "320x240" and r["files"] == 4
         assert len(r["worker_peak_rss_mb"]) == r["workers"]
+    scaling = by_kind["input_pipeline_scaling"]
+    assert [r["processes"] for r in scaling] == [1, 2]
+    for r in scaling:
+        assert len(r["per_process_patches_per_sec"]) == r["processes"]
+        assert r["patches_per_sec"] == pytest.approx(sum(r["per_process_patches_per_sec"]), rel=1e-3)
     (split,) = by_kind["input_pipeline_split"]
     assert split["decode_ms_per_frame"] > 0 and len(split["manipulate_ms_by_kind"]) == 8
     assert set(split["patches_per_cpu_sec_estimate"]) == {"0.0", "0.5"}
