@@ -96,7 +96,9 @@ def main(argv=None) -> None:
                 test_balanced=common.rounded(result["balanced_weighted_accuracy"], 4),
                 test_unbalanced=common.rounded(result["unbalanced_weighted_accuracy"], 4),
                 held_out=sorted(held_out),
-                calibration={k: v for k, v in result["calibration"].items() if k in ("before", "after")},
+                calibration={
+                    k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")
+                },
                 open_set=result.get("open_set"),
                 shared_online=result.get("shared_online"),
                 peak_rss_mb=common.peak_rss_mb(),

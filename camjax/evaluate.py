@@ -47,7 +47,9 @@ def main(argv):
         c = result["calibration"]
         print(
             f"calibration ({'fitted' if all(c['runs_calibrated']) else 'none for some runs'}): "
-            f"ECE {c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, NLL {c['before']['nll']:.4f} -> {c['after']['nll']:.4f}"
+            f"ECE {c['before']['ece']:.4f} -> {c['after']['ece']:.4f} (a calibrated model would show "
+            f"{c['ece_if_calibrated']['median']:.4f} on these {sum(c['reliability_after']['count'])} images), "
+            f"NLL {c['before']['nll']:.4f} -> {c['after']['nll']:.4f}"
         )
         if "open_set" in result:
             o = result["open_set"]

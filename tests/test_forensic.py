@@ -57,6 +57,19 @@ def test_ece_matches_scikit_learns_reliability_curve():
     assert calibration.expected_calibration_error(probs, labels) == pytest.approx(reference, abs=1e-9)
 
 
+def test_ece_of_a_calibrated_model_is_sampling_noise_that_shrinks_with_the_set():
+    """`ece_if_calibrated` is what a calibrated model measures: labels drawn from the
+    calibrated probabilities land inside its spread, an overconfident model far above it,
+    and 100x the images give ~1/10 the floor (binomial noise per bin)."""
+    probs, labels = overconfident(n=240, seed=2)  # 240: the synthetic test set's size
+    calibrated = calibration.scale(probs, 3.0)  # the true temperature
+    small = calibration.ece_if_calibrated(calibrated)
+    large = calibration.ece_if_calibrated(np.tile(calibrated, (100, 1)), draws=20)
+    assert 0.03 < small["median"] <= small["q90"] and large["median"] < small["median"] / 5
+    assert calibration.expected_calibration_error(calibrated, labels) < small["q90"] * 1.5
+    assert calibration.expected_calibration_error(probs, labels) > 2 * small["q90"]
+
+
 def test_auroc_matches_scikit_learn_with_ties():
     rng = np.random.default_rng(0)
     known, unknown = np.round(rng.normal(1, 1, 300), 1), np.round(rng.normal(0, 1, 200), 1)  # many ties
@@ -142,6 +155,7 @@ def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
     assert set(o["auroc"]) == set(calibration.OPEN_SET_SCORES)
     assert 0.0 <= o["false_rejection"]["max_prob"] <= 1.0
     assert r["calibration"]["runs_calibrated"] == [True]
+    assert r["calibration"]["ece_if_calibrated"]["median"] > 0  # 4 images: a floor far above any target
     assert sum(r["confusion"][0]) + sum(r["confusion"][1]) == 4  # closed-set scores: known cameras only
     assert set(r["shared_online"]) == {"long_side", "qualities", "before", "after"}
     assert json.load(open(tmp_path / "sub_report.json"))["open_set"] == o
