@@ -143,37 +143,6 @@ def test_end_to_end_ratio(env):
     assert r["ratio"] == pytest.approx(r["resident_images_per_sec"] / r["images_per_sec"], rel=0.01)
 
 
-@pytest.mark.slow  # builds and compiles the network twice (Keras and camjax): ~30 s on 2 cores
-def test_compare_same_network_in_camjax_and_keras(env):
-    recs = run(
-        "compare.py",
-        "--model",
-        "mobilenet",
-        "--model_kwargs",
-        '{"alpha": 0.25}',
-        "--patch",
-        "32",
-        "--batch",
-        "4",
-        "--steps",
-        "1",
-        "--rounds",
-        "2",
-        "--warmup",
-        "1",
-        env=env,
-    )
-    by_fw = {r["framework"]: r for r in recs}
-    assert set(by_fw) == {"torch", "camjax", "keras", "camjax/keras"}
-    if "skipped" in by_fw["torch"]:  # not installed, or torchvision has no MobileNet v1
-        assert by_fw["torch"]["skipped"] in ("torch not installed", "torchvision has no mobilenet")
-    # The same network on both sides: Keras' MobileNet(alpha=0.25) + Dense(10).
-    assert by_fw["camjax"]["trainable_params"] == by_fw["keras"]["trainable_params"]
-    assert by_fw["camjax"]["compiles_after_warmup"] == 0
-    ratio = by_fw["camjax"]["images_per_sec"] / by_fw["keras"]["images_per_sec"]
-    assert by_fw["camjax/keras"]["ratio"] == pytest.approx(ratio, rel=0.01)
-
-
 def test_device_ops_host_vs_device(env):
     recs = run("device_ops.py", "--strategies", "map", "--skip", "each", env=env)
     impls = {r["impl"] for r in recs}

@@ -1,0 +1,175 @@
+"""benchmarks/compare.py: its records, the Keras fast path as a real train step, and the torch
+ResNet50 made v1. No timing is asserted."""
+
+import importlib.util
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from test_benchmarks import BENCH, env, run  # noqa: F401  (env: fixture)
+
+SPREAD = ("step_ms_min", "step_ms_q1", "step_ms_median", "step_ms_q3", "step_ms_max")
+MEASURED = ("path", "trainable_params", "images_per_sec", *SPREAD, "timed_steps", "rounds", "warmup")
+
+
+@pytest.fixture(scope="module")
+def compare():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import compare
+    finally:
+        sys.path.remove(str(BENCH))
+    return compare
+
+
+def tiny_keras_model(args, kwargs):
+    """Conv, BatchNorm (non-trainable statistics the step must carry), pooling, softmax."""
+    import keras
+
+    x = inputs = keras.Input((args.patch, args.patch, 3))
+    x = keras.layers.Conv2D(4, 3, strides=2, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+
+
+def check_measured(r, steps: int):
+    assert r["benchmark"] == "compare" and "skipped" not in r
+    missing = [k for k in (*MEASURED, "load_avg_before", "load_avg", "machine", "date") if k not in r]
+    assert not missing, f"{r['framework']} lacks {missing}"
+    spread = [r[k] for k in SPREAD]
+    assert spread == sorted(spread) and spread[0] > 0, spread
+    assert r["timed_steps"] == steps and r["trainable_params"] > 0
+    assert r["images_per_sec"] == pytest.approx(r["batch"] / (r["step_ms_median"] / 1e3), rel=0.02)
+
+
+def test_camjax_and_keras_fast_records(compare, monkeypatch, capsys):
+    """The smoke defaults (2 rounds of 1 step, 1 warm-up) through camjax and the Keras fast path,
+    a tiny camnet against a tiny Keras CNN, in this process: seconds."""
+    monkeypatch.setenv("CAMJAX_BENCH_SMOKE", "1")
+    monkeypatch.setattr(compare, "keras_model", tiny_keras_model)
+    compare.main(
+        ["--model", "camnet", "--model_kwargs", '{"widths": [4, 8], "blocks": 1}', "--frameworks", "camjax,keras_fast"]
+    )
+    out, err = capsys.readouterr()
+    recs = {r["framework"]: r for r in map(json.loads, out.splitlines())}
+    assert set(recs) == {"camjax", "keras_fast", "camjax/keras_fast"}
+    for name in ("camjax", "keras_fast"):
+        check_measured(recs[name], steps=2)
+        assert recs[name]["compiles_after_warmup"] == 0
+        assert (recs[name]["patch"], recs[name]["batch"], recs[name]["warmup"]) == (32, 2, 1)
+    assert "stateless_call" in recs["keras_fast"]["path"]
+    ratio = recs["camjax/keras_fast"]["ratio"]
+    assert ratio == pytest.approx(recs["camjax"]["images_per_sec"] / recs["keras_fast"]["images_per_sec"], rel=0.01)
+    assert "camjax/keras_fast:" in err  # the summary on stderr
+
+
+def test_framework_groups(compare, monkeypatch):
+    monkeypatch.setenv("CAMJAX_BENCH_SMOKE", "0")
+    args = compare.parse_args([])
+    assert args.framework_list == ["camjax", "keras_fast", "keras_train_on_batch", "torch_eager", "torch_compile"]
+    assert args.warmup >= 3 and args.steps * args.rounds >= 20
+    assert compare.parse_args(["--frameworks", "torch_compile,camjax,torch"]).framework_list == [
+        "torch_compile",
+        "camjax",
+        "torch_eager",
+    ]
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--frameworks", "camjax,tensorflow"])
+
+
+def test_keras_fast_step_trains(compare, monkeypatch):
+    """The stateless step updates the weights, Adam's state and BatchNorm's statistics."""
+    monkeypatch.setattr(compare, "keras_model", tiny_keras_model)
+    args = types.SimpleNamespace(patch=16, batch=4, dtype="float32")
+    host = {"image": np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8), "label": np.arange(4)}
+    runner = compare.KerasFastRunner(args, {}, host)
+    before = [[np.array(v) for v in group] for group in runner.state]
+    runner.step()
+    runner.step()
+    for group, old in zip(runner.state, before):
+        assert len(group) == len(old)
+        assert any(not np.allclose(np.asarray(v), o) for v, o in zip(group, old))
+    assert runner.trainable_params == 3 * 3 * 3 * 4 + 2 * 4 + 4 * 10 + 10
+
+
+@pytest.mark.slow  # builds and compiles MobileNet 0.25 three times (camjax, two Keras paths): ~1 min on 2 cores
+def test_compare_same_network_in_camjax_and_keras(env):  # noqa: F811
+    recs = run(
+        "compare.py",
+        "--model",
+        "mobilenet",
+        "--model_kwargs",
+        '{"alpha": 0.25}',
+        "--patch",
+        "32",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        env=env,
+    )
+    by_fw = {r["framework"]: r for r in recs}
+    runners = {"camjax", "keras_fast", "keras_train_on_batch", "torch_eager", "torch_compile"}
+    assert set(by_fw) == runners | {"camjax/keras_fast", "camjax/keras_train_on_batch"}
+    for name in ("torch_eager", "torch_compile"):  # reported, not silently left out
+        assert by_fw[name]["skipped"] in (
+            "torch not installed",
+            "torchvision not installed",
+            "torchvision has no mobilenet",
+        )
+    # The same network on every JAX side: Keras' MobileNet(alpha=0.25) + Dense(10).
+    for name in ("camjax", "keras_fast", "keras_train_on_batch"):
+        check_measured(by_fw[name], steps=2)
+        assert by_fw[name]["trainable_params"] == by_fw["camjax"]["trainable_params"]
+        assert by_fw[name]["compiles_after_warmup"] == 0
+    for other in ("keras_fast", "keras_train_on_batch"):
+        ratio = by_fw["camjax"]["images_per_sec"] / by_fw[other]["images_per_sec"]
+        assert by_fw[f"camjax/{other}"]["ratio"] == pytest.approx(ratio, rel=0.01)
+
+
+def test_torch_resnet50_v1_has_the_stride_in_the_first_1x1(compare):
+    torch = pytest.importorskip("torch")
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision not installed")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    models, _ = compare.torchvision_models()
+    v15 = models.resnet50(num_classes=10).eval()
+    v1 = compare.resnet50_v1(models.resnet50(num_classes=10)).eval()
+    for stage, stride in (("layer1", 1), ("layer2", 2), ("layer3", 2), ("layer4", 2)):
+        first = getattr(v1, stage)[0]
+        assert first.conv1.kernel_size == (1, 1) and first.conv1.stride == (stride, stride)
+        assert first.conv2.kernel_size == (3, 3) and first.conv2.stride == (1, 1)
+        assert getattr(v15, stage)[0].conv2.stride == (stride, stride)  # torchvision's own: v1.5
+        for block in getattr(v1, stage)[1:]:
+            assert block.conv1.stride == block.conv2.stride == (1, 1)
+
+    def run(model, x):
+        shapes = {}
+        hooks = [
+            getattr(model, s).register_forward_hook(lambda m, i, o, s=s: shapes.__setitem__(s, tuple(o.shape)))
+            for s in ("layer1", "layer2", "layer3", "layer4")
+        ]
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        for h in hooks:
+            h.remove()
+        return shapes, counter.get_total_flops()
+
+    x = torch.zeros(1, 3, 64, 64)
+    shapes15, flops15 = run(v15, x)
+    shapes1, flops1 = run(v1, x)
+    assert shapes1 == shapes15 == {"layer1": (1, 256, 16, 16), "layer2": (1, 512, 8, 8), "layer3": (1, 1024, 4, 4),
+                                   "layer4": (1, 2048, 2, 2)}  # fmt: skip
+    # v1 runs each downsampling block's first 1x1 conv (C_in -> C_in/2 channels, at the stage's
+    # input size 16/8/4 px) at a quarter of the positions; the 3x3 costs the same in both.
+    saved = sum(2 * side * side * cin * (cin // 2) * 3 // 4 for side, cin in ((16, 256), (8, 512), (4, 1024)))
+    assert flops15 - flops1 == saved
+    assert sum(p.numel() for p in v1.parameters()) == sum(p.numel() for p in v15.parameters())
