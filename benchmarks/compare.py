@@ -400,7 +400,7 @@ def main(argv=None) -> None:
             before = compile_count()
             r.times += common.time_calls(r.step, args.steps)
             r.compiles += compile_count() - before
-    ips = {}
+    ips, by_name = {}, {r.name: r for r in runners}
     for r in runners:
         ips[r.name] = args.batch / common.median(r.times)
         common.emit(
@@ -431,6 +431,8 @@ def main(argv=None) -> None:
                     images_per_sec=None,
                     ratio=common.rounded(ips["camjax"] / ips[other], 3),
                     meaning=f"camjax images/sec divided by {other} images/sec, medians (> 1: camjax faster)",
+                    **{k: v for k, v in by_name[other].fields.items() if k == "torch_resnet"},
+                    load_avg_before=load_before,
                     peak_rss_mb=common.peak_rss_mb(),
                     compiles_after_warmup=None,
                 )
