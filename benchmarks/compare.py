@@ -363,15 +363,16 @@ def skipped(args, kwargs, framework: str, why: str) -> dict:
 
 
 def spread(times: list[float]) -> dict:
-    """Median, min, max and quartiles of step times, in ms."""
+    """Median, min, max and quartiles of step times, in ms, to 0.1 us: a tiny model's step
+    takes a tenth of a millisecond, where two decimals would move images/s by 3%."""
     ms = sorted(t * 1e3 for t in times)
     q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else ms * 3
     return {
-        "step_ms_median": common.rounded(statistics.median(ms), 2),
-        "step_ms_min": common.rounded(ms[0], 2),
-        "step_ms_q1": common.rounded(q1, 2),
-        "step_ms_q3": common.rounded(q3, 2),
-        "step_ms_max": common.rounded(ms[-1], 2),
+        "step_ms_median": common.rounded(statistics.median(ms), 4),
+        "step_ms_min": common.rounded(ms[0], 4),
+        "step_ms_q1": common.rounded(q1, 4),
+        "step_ms_q3": common.rounded(q3, 4),
+        "step_ms_max": common.rounded(ms[-1], 4),
     }
 
 
