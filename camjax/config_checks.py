@@ -89,6 +89,9 @@ def _problems(config, num_devices: int) -> list[str]:
     momentum = config.model.bn_momentum
     if momentum and not 0.0 < momentum < 1.0:
         problems.append(f"model.bn_momentum={momentum!r}: expected 0 (the family's default) or a value in (0, 1)")
+    clip = config.model.get("highpass_clip", 0.0)
+    if clip < 0 or (clip and config.model.highpass == "none"):
+        problems.append(f"model.highpass_clip={clip!r}: expected 0, or grey levels > 0 with a model.highpass")
     if config.optim.learning_rate < 0:  # 0 is allowed: it freezes the weights (a test of imported weights)
         problems.append(f"optim.learning_rate={config.optim.learning_rate!r}: expected >= 0")
     if not str(config.optim.plateau.metric).startswith("val/"):

@@ -36,6 +36,7 @@ def test_every_problem_is_named_in_one_error():
     config.nonfinite = "ignore"
     config.parallel = "dp"
     config.model.highpass = "srm"
+    config.model.highpass_clip = -1.0
     config.batch_size = 30
     config.grad_accum = 4
     config.data.patch = 60
@@ -50,6 +51,7 @@ def test_every_problem_is_named_in_one_error():
         "nonfinite='ignore'",
         "parallel='dp'",
         "model.highpass='srm'",
+        "model.highpass_clip=-1.0",
         "batch_size=30 must divide into grad_accum (4) x devices (1)",
         "data.patch=60: expected a multiple of 8",
     )

@@ -95,6 +95,28 @@ def test_highpass_matches_scipy(kind, kernel):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["tf", "torch", "caffe"])
+def test_highpass_clip_truncates_the_residual_at_grey_levels_in_every_preprocessing(mode):
+    """The residual of preprocessed pixels, clipped at +-2 grey levels, is the clipped residual
+    of the raw pixels (in the channel order preprocess returns) scaled to the backbone's units."""
+    x = np.random.default_rng(3).integers(0, 256, (2, 16, 16, 3)).astype(np.float32)
+    x[0, 4:, 8:] = 255.0  # a scene edge: a residual of tens of grey levels
+    got = layers.HighPass("box3", clip=2.0, pixel_mode=mode, rngs=nnx.Rngs(0))(layers.preprocess(jnp.asarray(x), mode))
+    raw = np.asarray(layers.box3_residual(jnp.asarray(x[..., ::-1] if mode == "caffe" else x)))
+    assert np.abs(raw).max() > 20 and (np.abs(raw) < 2).mean() > 0.05  # both sides of the bound occur
+    want = np.clip(raw, -2.0, 2.0) * layers.gray_level(mode)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    unclipped = layers.HighPass("box3", pixel_mode=mode, rngs=nnx.Rngs(0))(layers.preprocess(jnp.asarray(x), mode))
+    np.testing.assert_allclose(unclipped, raw * layers.gray_level(mode), rtol=1e-4, atol=1e-4)
+
+
+def test_highpass_clip_needs_a_highpass():
+    with pytest.raises(ValueError, match="clip 2.0 needs"):
+        layers.HighPass("none", clip=2.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="clip -1.0 needs"):
+        layers.HighPass("box3", clip=-1.0, rngs=nnx.Rngs(0))
+
+
 def _model_config(**overrides):
     c = ml_collections.ConfigDict(
         dict(

@@ -60,8 +60,8 @@ def create(
     bn_axis_name: str | None = None,
     seed: int = 0,
 ) -> Classifier:
-    """Builds the classifier described by `config.model` (name, kwargs, highpass, pooling,
-    jpeg_trace, head)."""
+    """Builds the classifier described by `config.model` (name, kwargs, highpass and its clip,
+    pooling, jpeg_trace, head)."""
     spec = get(model_config.name)
     rngs = nnx.Rngs(seed)
     compute = dtype_from_name(dtype)
@@ -77,6 +77,7 @@ def create(
         backbone,
         num_classes,
         highpass=model_config.get("highpass", "none"),
+        highpass_clip=float(model_config.get("highpass_clip", 0.0) or 0.0),
         space_to_depth=block,
         pooling=model_config.get("pooling", "avg"),
         jpeg_trace=int(model_config.get("jpeg_trace", 0) or 0),

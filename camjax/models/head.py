@@ -72,6 +72,7 @@ class Classifier(nnx.Module):
         num_classes: int,
         *,
         highpass: str = "none",
+        highpass_clip: float = 0.0,
         space_to_depth: int = 1,
         pooling: str = "avg",
         jpeg_trace: int = 0,
@@ -86,7 +87,7 @@ class Classifier(nnx.Module):
         preprocessing, which the trace undoes to read pixel values."""
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected avg, max or avgmax")
-        self.highpass = HighPass(highpass, rngs=rngs)
+        self.highpass = HighPass(highpass, clip=highpass_clip, pixel_mode=pixel_mode, rngs=rngs)
         self.space_to_depth = space_to_depth
         self.backbone = backbone
         self.pooling = pooling

@@ -42,6 +42,18 @@ def pixels_of(x: jax.Array, mode: str) -> jax.Array:
     raise ValueError(f"unknown preprocess mode {mode!r}; expected 'tf', 'torch' or 'caffe'")
 
 
+def gray_level(mode: str) -> np.ndarray:
+    """One 8-bit grey level in `preprocess(mode)` units, per channel (in the channel order
+    `preprocess` returns): the unit a residual clip is stated in whatever the backbone's scaling."""
+    if mode == "tf":
+        return np.full(3, 1 / 127.5, np.float32)
+    if mode == "torch":
+        return (1 / (255.0 * _TORCH_STD)).astype(np.float32)
+    if mode == "caffe":
+        return np.ones(3, np.float32)
+    raise ValueError(f"unknown preprocess mode {mode!r}; expected 'tf', 'torch' or 'caffe'")
+
+
 # The 5x5 "KV" high-pass kernel of the challenge's starter code (Fridrich/Kodovsky SRM).
 KV_KERNEL = (
     np.array(
@@ -223,23 +235,34 @@ HIGHPASS_KINDS = ("none", "box3", "kv5", "constrained")
 class HighPass(nnx.Module):
     """The forensic first stage, chosen by config: 'none', 'box3', 'kv5' or 'constrained'.
 
-    Keeps 3 channels, so an ImageNet backbone's first convolution still fits.
+    `clip` > 0 truncates the residual to +-clip grey levels, as SRM features and steganalysis
+    networks' truncation units do: a scene edge leaves a residual of tens of grey levels where
+    the sensor and demosaicing traces leave one or two, and unclipped the edges dominate every
+    statistic the first layers can form. `pixel_mode` is the backbone's preprocessing, which
+    sets what a grey level is. Keeps 3 channels, so an ImageNet backbone's first convolution
+    still fits.
     """
 
-    def __init__(self, kind: str, *, rngs: nnx.Rngs):
+    def __init__(self, kind: str, *, clip: float = 0.0, pixel_mode: str = "tf", rngs: nnx.Rngs):
         if kind not in HIGHPASS_KINDS:
             raise ValueError(f"unknown high-pass {kind!r}; expected none, box3, kv5 or constrained")
+        if clip < 0 or (clip and kind == "none"):
+            raise ValueError(f"high-pass clip {clip} needs clip >= 0 and a high-pass other than 'none'")
         self.kind = kind
         self.constrained = ConstrainedConv(3, 3, 5, rngs=rngs) if kind == "constrained" else None
+        self.bound = tuple(float(v) for v in clip * gray_level(pixel_mode)) if clip else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.kind == "box3":
-            return box3_residual(x)
-        if self.kind == "kv5":
-            return kv_residual(x)
-        if self.kind == "constrained":
-            return self.constrained(x)
-        return x
+            x = box3_residual(x)
+        elif self.kind == "kv5":
+            x = kv_residual(x)
+        elif self.kind == "constrained":
+            x = self.constrained(x)
+        if self.bound is None:
+            return x
+        bound = jnp.asarray(self.bound, x.dtype)
+        return jnp.clip(x, -bound, bound)
 
 
 def space_to_depth(x: jax.Array, block: int) -> jax.Array:
