@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet50"
     c.model.kwargs = ml_collections.ConfigDict()
     c.model.highpass = "none"  # none | box3 | kv5 | constrained
+    c.model.highpass_clip = 0.0  # > 0: the residual truncated to +- this many grey levels (models/layers.HighPass)
     c.model.space_to_depth = 1  # > 1: a lossless b x b space-to-depth before the backbone (keeps CFA phases)
     c.model.pooling = "avg"  # avg | max | avgmax
     c.model.jpeg_trace = 0  # > 0: that many head features read from the JPEG quantisation trace (models/jpeg_trace.py)
@@ -105,18 +106,18 @@ def cpu_quick(
     """The `quick` preset of a full-size model: small patches, f32, a fixed number of epochs
     (steps, not wall time: the 2-core machine is shared) on 2 CPU cores.
 
-    At its own few epochs it shows the loop end to end; given the steps it learns. Measured
-    (benchmarks/RESULTS.md, "Full-size backbones"; raw lines in benchmarks/learning_curves.jsonl):
-    MobileNet `quick` at this constant rate stays at chance for 4,500 steps, then crosses
-    validation weighted accuracy 0.2 at step 4,500 and 0.5 at step 8,460 (27 minutes on the
-    2-core VM shared with a test run; best 0.587), where every run with a decaying rate, a
-    stride-1 stem, a 4x4 space-to-depth front end, alpha 0.5 or 1.0, zero-initialised residuals
-    (MobileNetV2) or no augmentation stayed at chance through 1,440-4,800 steps. BatchNorm
-    momentum 0.9 keeps inference statistics in step with weights that a few hundred steps move
-    a lot. Longer: `--config.num_epochs=60 --config.steps_per_epoch=180`.
+    From scratch these networks sit at chance for thousands of steps before they start to
+    learn, and how long is set by the learning rate: at a constant 1e-3 MobileNet left chance
+    at step 4,500 and passed validation weighted accuracy 0.5 at step 8,460; at 3e-3 after a
+    one-epoch linear warmup it leaves chance at step 2,520 and passes 0.5 at step 5,220 (498 s
+    on the 2-core VM). A decaying rate is what kept them at chance before: a cosine horizon or
+    the plateau rule (halving after 5 flat epochs) cut the rate to nothing before the onset.
+    Measured: benchmarks/RESULTS.md, "Full-size backbones"; raw lines in
+    benchmarks/learning_curves.jsonl. BatchNorm momentum 0.9 keeps inference statistics in
+    step with weights that a few hundred steps move a lot.
 
     What these options do to ImageNet weight import (`model.init_from`): `model.highpass`
-    (box3, kv5, constrained: 3 channels in, 3 out), `model.kwargs.stem_stride`,
+    (box3, kv5, constrained: 3 channels in, 3 out) and its clip, `model.kwargs.stem_stride`,
     `model.kwargs.stem_pool`, `model.kwargs.zero_init_residual` (an initialisation the import
     replaces), `model.bn_momentum` and `depthwise_impl` keep every weight's shape, so conv1 and
     the rest import; `model.space_to_depth` > 1 gives conv1 3*b*b input channels, which the
@@ -128,11 +129,9 @@ def cpu_quick(
     c.data.val_crops = val_crops
     c.model.highpass = "box3"
     c.model.bn_momentum = 0.9
-    c.optim.learning_rate = 1e-3
-    # A constant rate and no plateau decay: from scratch these networks sit at chance for
-    # thousands of steps before they start to learn (MobileNet: 4,500), and both a cosine
-    # horizon and the plateau rule (which halves the rate after 5 flat epochs) had cut the rate
-    # to nothing before that point (benchmarks/RESULTS.md, "Full-size backbones").
+    # A high constant rate after a short warmup, and no plateau decay (see above).
+    c.optim.learning_rate = 3e-3
+    c.optim.warmup_epochs = 1.0
     c.optim.schedule = "constant"
     c.optim.plateau.patience = 10**6
     c.batch_size = batch_size
