@@ -178,6 +178,10 @@ class Assembled:
         """(state, batch) -> class probabilities [B, C], inference mode."""
         return self.dp.predict(functools.partial(steps.eval_step, model_def=self.model_def))
 
+    def embed(self):
+        """(state, batch) -> the head's input features [B, D], inference mode."""
+        return self.dp.predict(functools.partial(steps.embed_step, model_def=self.model_def))
+
     def tta_predict(self, view_ids):
         """(state, batch) -> class probabilities [B, V, C] under the D4 `view_ids`, one model call."""
         return self.dp.predict(tta_step(self.model_def, tuple(view_ids)))

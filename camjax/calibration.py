@@ -8,7 +8,10 @@ run's views and blended; one temperature T then rescales the blended log-probabi
 (p ** (1 / T), renormalised), minimising their negative log-likelihood. The same samples set
 the open-set thresholds: the value of each open-set score below which 5% (by default) of
 known-camera images fall. All of it is stored with the run (DIR/calibration.json) and read
-back by `evaluate` and `predict`.
+back by `evaluate` and `predict`. The same samples' embeddings (the head's input features)
+give a Gaussian per known camera with one shared covariance (DIR/feature_density.npz), whose
+distance score `evaluate` reports beside the probability scores when the test set holds
+cameras the run was not trained on.
 """
 
 from __future__ import annotations
@@ -134,6 +137,64 @@ def open_set_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
     return {name: fn(np.asarray(probs, np.float64)) for name, fn in OPEN_SET_SCORES.items()}
 
 
+FEATURE_SCORE = "feature_distance"  # the open-set score read from the embedding, not the probabilities
+FEATURE_FILE = "feature_density.npz"
+
+
+def oas_covariance(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """The Oracle Approximating Shrinkage estimate of the covariance of centred rows `x` [N, D]
+    (Chen et al. 2010, as scikit-learn's `OAS`): the sample covariance pulled towards a scaled
+    identity by a closed-form amount, so a few hundred samples of a 256-dimensional embedding
+    still give an invertible, well-conditioned matrix. Returns (covariance, shrinkage)."""
+    n, d = x.shape
+    emp = x.T @ x / n
+    mu = np.trace(emp) / d
+    alpha = np.mean(emp**2)
+    den = (n + 1.0) * (alpha - mu**2 / d)
+    shrinkage = 1.0 if den == 0 else min((alpha + mu**2) / den, 1.0)
+    return (1.0 - shrinkage) * emp + shrinkage * mu * np.eye(d), float(shrinkage)
+
+
+@dataclasses.dataclass
+class FeatureDensity:
+    """Class means of the embedding and one shared, shrunk covariance (a Gaussian per known
+    camera, Lee et al. 2018). The score is minus the squared Mahalanobis distance to the
+    nearest class mean: a camera the model never saw can get a confident softmax, yet leave
+    features (the JPEG trace among them) far from every known camera's."""
+
+    means: np.ndarray  # [C, D]
+    precision: np.ndarray  # [D, D]
+    shrinkage: float = 0.0
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray) -> FeatureDensity:
+        """Means of the classes present in `labels` (the score needs the nearest, not its name)."""
+        features = np.asarray(features, np.float64)
+        present = np.unique(labels)
+        means = np.stack([features[labels == c].mean(0) for c in present])
+        covariance, shrinkage = oas_covariance(features - means[np.searchsorted(present, labels)])
+        return cls(means, np.linalg.inv(covariance), shrinkage)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """-min over classes of the squared Mahalanobis distance (higher: more like a known camera)."""
+        diff = np.asarray(features, np.float64)[:, None, :] - self.means[None]  # [N, C, D]
+        return -np.einsum("ncd,de,nce->nc", diff, self.precision, diff).min(-1)
+
+    def save(self, workdir: str) -> str:
+        path = os.path.join(workdir, FEATURE_FILE)
+        with postprocess.atomic_write(path, "wb") as f:
+            np.savez(f, means=self.means, precision=self.precision, shrinkage=self.shrinkage)
+        return path
+
+    @classmethod
+    def load(cls, workdir: str) -> FeatureDensity | None:
+        path = os.path.join(workdir, FEATURE_FILE)
+        if not os.path.exists(path):
+            return None
+        with np.load(path) as z:
+            return cls(z["means"], z["precision"], float(z["shrinkage"]))
+
+
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
     """P(score of a known image > score of an unknown one), ties counted half (Mann-Whitney)."""
     known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
@@ -214,11 +275,17 @@ def test_report(uncalibrated: np.ndarray, calibrated: np.ndarray, labels: np.nda
     }
 
 
-def open_set_report(probs: np.ndarray, known: np.ndarray, calibration: Calibration | None, score: str) -> dict:
+def open_set_report(
+    probs: np.ndarray, known: np.ndarray, calibration: Calibration | None, score: str, feature_scores=None
+) -> dict:
     """Known-vs-unknown camera separation of every open-set score (AUROC), and the false
-    rejections of known cameras and false acceptances of unknown ones at the run's thresholds."""
+    rejections of known cameras and false acceptances of unknown ones at the run's thresholds.
+    `feature_scores` [N] are the `FeatureDensity` scores of the same images, when the run has one."""
     out = {"score": score, "known": int(known.sum()), "unknown": int((~known).sum()), "auroc": {}}
-    for name, values in open_set_scores(probs).items():
+    scores = open_set_scores(probs)
+    if feature_scores is not None:
+        scores[FEATURE_SCORE] = np.asarray(feature_scores, np.float64)
+    for name, values in scores.items():
         out["auroc"][name] = auroc(values[known], values[~known])
         if calibration is not None and name in calibration.thresholds:
             below = values < calibration.thresholds[name]
@@ -269,15 +336,20 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
         batch_size=dp.eval_batch_size(configured.get("batch_size", 64)),
         max_tiles=configured.get("max_tiles", 0) or None,
     )
-    probs, _ = evaluator.predict_tiles(
-        restored, dp, batches, len(images), tta.views(restored.run.trained_views), agg=agg, p=2.0
+    probs, _, features = evaluator.predict_tiles(
+        restored, dp, batches, len(images), tta.views(restored.run.trained_views), agg=agg, p=2.0, features=True
     )
     probs = postprocess.blend(probs, axis=1, agg=agg)
-    finite = np.isfinite(probs).all(-1)
+    finite = np.isfinite(probs).all(-1) & np.isfinite(features).all(-1)
     if not finite.any():
         raise ValueError(f"{workdir}: the model's validation predictions are not finite: nothing to calibrate")
-    probs, labels = probs[finite], labels[finite]
+    probs, labels, features = probs[finite], labels[finite], features[finite]
     result = fit(probs, labels, step=restored.step, false_rejection=false_rejection)
+    # The feature-space score's threshold comes from the same samples the means are fitted on,
+    # so it is the in-sample quantile: tighter than on new photos of the same cameras.
+    density = FeatureDensity.fit(features, labels)
+    result.thresholds[FEATURE_SCORE] = float(np.quantile(density.score(features), false_rejection))
+    density.save(workdir)
     result.save(workdir)
     log.info(
         "calibration on %d validation samples: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f",

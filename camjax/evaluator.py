@@ -68,36 +68,56 @@ class Predictions:
     probs: np.ndarray  # [N, V, C] per file and view, tiles blended (NaN: a skipped file)
     agreement: np.ndarray  # [N] share of a file's tiles whose own answer is the file's (NaN: skipped)
     skipped: list[str]  # unreadable files, already logged
+    features: np.ndarray | None = None  # [N, D] the head's input features, mean over tiles (when asked)
 
 
-def predict_tiles(restored: RestoredModel, dp: DataParallel, batches, num_files: int, view_ids, *, agg: str, p: float):
+def predict_tiles(
+    restored: RestoredModel,
+    dp: DataParallel,
+    batches,
+    num_files: int,
+    view_ids,
+    *,
+    agg: str,
+    p: float,
+    features: bool = False,
+):
     """Runs the model on a stream of tile batches (`camjax.data.eval_batches`) under the views
-    and blends each file's tiles, holding only the tiles of files still arriving."""
+    and blends each file's tiles, holding only the tiles of files still arriving. Returns
+    (probs [N, V, C], agreement [N], features [N, D] or None); `features` also runs the
+    embedding step on each batch (the identity view) and averages each file's tiles."""
     predict = restored.built.tta_predict(view_ids)
+    embed = restored.built.embed() if features else None
     num_classes = len(restored.run.classes)
     out = np.full((num_files, len(view_ids), num_classes), np.nan, np.float32)
     agreement = np.full(num_files, np.nan)
-    open_tiles: dict[int, list[np.ndarray]] = {}
+    embedded = None
+    open_tiles: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
 
     def close(files):
         for f in files:
-            tiles = np.stack(open_tiles.pop(f))  # [T, V, C]
+            rows = open_tiles.pop(f)
+            tiles = np.stack([probs for probs, _ in rows])  # [T, V, C]
             out[f] = postprocess.blend(tiles, axis=0, agg=agg, p=p)
             answer = postprocess.blend(out[f], axis=0, agg=agg, p=p).argmax()
             agreement[f] = np.mean(postprocess.blend(tiles, axis=1, agg=agg, p=p).argmax(-1) == answer)
+            if embedded is not None:
+                embedded[f] = np.mean([feats for _, feats in rows], axis=0)
 
     for batch in batches:
-        probs = dp.fetch_per_example(
-            predict(restored.state, dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]}))
-        )
-        for row, f, m in zip(probs, batch["file_index"], batch["mask"]):
+        inputs = dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]})
+        probs = dp.fetch_per_example(predict(restored.state, inputs))
+        feats = dp.fetch_per_example(embed(restored.state, inputs)) if embed else [None] * len(probs)
+        if embed and embedded is None:
+            embedded = np.full((num_files, feats.shape[-1]), np.nan, np.float32)
+        for row, feat, f, m in zip(probs, feats, batch["file_index"], batch["mask"]):
             if m > 0:
-                open_tiles.setdefault(int(f), []).append(row)
+                open_tiles.setdefault(int(f), []).append((row, feat))
         # Files arrive in order: those before the batch's last file are complete.
         last = int(batch["file_index"][batch["mask"] > 0].max()) if (batch["mask"] > 0).any() else -1
         close([f for f in list(open_tiles) if f < last])
     close(list(open_tiles))
-    return out, agreement
+    return out, agreement, embedded
 
 
 # Below this `jpeg_grid.locate_grid` confidence the pixels show no block grid (never
@@ -150,8 +170,10 @@ def predict_files(
     skip_bad: bool,
     read=read_bytes,
     phase=None,
+    features: bool = False,
 ) -> Predictions:
-    """Per-file probabilities under the views, tiles blended, streaming from the files."""
+    """Per-file probabilities under the views, tiles blended, streaming from the files (and
+    with `features`, each file's mean embedding)."""
     batches = eval_batches.make_test_batches(
         test_paths,
         patch=restored.run.patch,
@@ -162,8 +184,11 @@ def predict_files(
         read=read,
         phase=phase,
     )
-    probs, agreement = predict_tiles(restored, dp, batches, len(test_paths), view_ids, agg=agg, p=p)
-    return Predictions(probs, agreement, [path for path, _ in batches.skipped])  # (path, reason): already logged
+    probs, agreement, embedded = predict_tiles(
+        restored, dp, batches, len(test_paths), view_ids, agg=agg, p=p, features=features
+    )
+    skipped = [path for path, _ in batches.skipped]  # (path, reason): already logged
+    return Predictions(probs, agreement, skipped, embedded)
 
 
 def validation_records(restored: RestoredModel, data_root: str | None = None):
@@ -335,14 +360,26 @@ def evaluate(
     fnames = [os.path.basename(p_) for p_ in test_paths]
 
     view_sets = [views_of(r, w, tta_name) for r, w in zip(restored, workdirs)]
+    labels_path = os.path.join(root, "test_labels.csv")
+    labels = None
+    if os.path.exists(labels_path):
+        labels = {f: (camera, m) for f, camera, m in postprocess.read_labels(labels_path)}
+    # Test cameras outside the trained classes: the first run's embedding is read too, for the
+    # feature-space open-set score (when its calibration fitted one).
+    density = calibration.FeatureDensity.load(workdirs[0])
+    embed_first = density is not None and any(camera not in classes for camera, _ in (labels or {}).values())
 
-    def predict_all(reader):
+    def predict_all(reader, features=False):
         options = dict(agg=agg, p=p, batch_size=batch_size, max_tiles=max_tiles, pad=pad, skip_bad=skip_bad)
         options["phase"] = GridPhases(first.patch) if grid == "found" else None
-        predicted = [predict_files(r, dp, test_paths, v, read=reader, **options) for r, v in zip(restored, view_sets)]
-        return [pr.probs for pr in predicted], sorted({test_paths.index(s) for pr in predicted for s in pr.skipped})
+        predicted = [
+            predict_files(r, dp, test_paths, v, read=reader, features=features and i == 0, **options)
+            for i, (r, v) in enumerate(zip(restored, view_sets))
+        ]
+        skipped = sorted({test_paths.index(s) for pr in predicted for s in pr.skipped})
+        return [pr.probs for pr in predicted], skipped, predicted[0].features
 
-    per_model, skipped_idx = predict_all(read)
+    per_model, skipped_idx, first_features = predict_all(read, features=embed_first)
     blended = blend_models(restored, per_model, view_sets, agg, p, weights)
     clusters, before_prnu = None, blended
     if prnu_threshold is not None:
@@ -384,9 +421,7 @@ def evaluate(
         "steps": [r.step for r in restored],
         "skipped": [fnames[i] for i in skipped_idx],
     }
-    labels_path = os.path.join(root, "test_labels.csv")
-    if os.path.exists(labels_path):
-        labels = {f: (camera, m) for f, camera, m in postprocess.read_labels(labels_path)}
+    if labels is not None:
         missing = [f for f in fnames if f not in labels]
         if missing:
             raise ValueError(f"{labels_path} has no row for {len(missing)} test files, e.g. {missing[:3]}")
@@ -422,11 +457,18 @@ def evaluate(
             calibrated_runs=[r.calibration is not None for r in restored],
         )
         if not known.all():
+            feature_scores = None
+            if first_features is not None:
+                feature_scores = density.score(np.nan_to_num(first_features[good]))
             report["open_set"] = calibration.open_set_report(
-                before_prnu[good], known[good], restored[0].calibration, configured.get("open_set_score", "max_prob")
+                before_prnu[good],
+                known[good],
+                restored[0].calibration,
+                configured.get("open_set_score", "max_prob"),
+                feature_scores=feature_scores,
             )
         if shared:
-            per_shared, _ = predict_all(shared_photo_reader(read))
+            per_shared, _, _ = predict_all(shared_photo_reader(read))
             shared_probs = blend_models(restored, per_shared, view_sets, agg, p, weights)
             low, high = manipulations.SHARED_QUALITIES
             report["shared_online"] = {

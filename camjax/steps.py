@@ -153,3 +153,10 @@ def eval_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
         state.params, state.model_state, batch["image"], batch["is_manipulated"], model_def=model_def
     )
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def embed_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
+    """The head's input features (float32, inference mode) of a batch: the embedding the
+    feature-space open-set score measures distances in (`camjax.calibration.FeatureDensity`)."""
+    model = nnx.merge(model_def.eval, state.params, state.model_state, copy=True)
+    return model.features(preprocess(batch["image"], model_def.preprocess))

@@ -106,6 +106,36 @@ def test_keep_classes_relabels_and_keeps_the_test_files(tmp_path):
         sources.keep_classes(index, ("Nikon",))
 
 
+def test_oas_shrinkage_matches_scikit_learn():
+    from sklearn.covariance import OAS
+
+    x = np.random.default_rng(4).normal(size=(60, 40)) @ np.diag(np.linspace(0.1, 3.0, 40))
+    x = x - x.mean(0)
+    covariance, shrinkage = calibration.oas_covariance(x)
+    reference = OAS(assume_centered=True).fit(x)
+    assert shrinkage == pytest.approx(reference.shrinkage_, rel=1e-9)
+    np.testing.assert_allclose(covariance, reference.covariance_, rtol=1e-9, atol=1e-12)
+
+
+def test_feature_density_scores_its_own_cameras_above_an_unseen_one():
+    """Three known cameras as Gaussian clusters in 32 dimensions, fitted on 30 samples each (fewer
+    than the dimensions per class: the shrinkage keeps the precision finite); fresh samples of
+    the known cameras outscore samples of a fourth cluster, and a sample at a class mean scores 0."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(scale=3.0, size=(4, 32))
+
+    def draw(c, n):
+        return centres[c] + rng.normal(size=(n, 32))
+
+    labels = np.repeat(np.arange(3), 30)
+    density = calibration.FeatureDensity.fit(np.concatenate([draw(c, 30) for c in range(3)]), labels)
+    assert np.isfinite(density.precision).all() and 0 < density.shrinkage < 1
+    known = density.score(np.concatenate([draw(c, 50) for c in range(3)]))
+    unknown = density.score(draw(3, 50))
+    assert calibration.auroc(known, unknown) > 0.99
+    assert density.score(density.means[1:2])[0] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_config_check_names_a_bad_open_set_score():
     c = repo_config("configs/camnet.py:quick")
     c.eval.open_set_score = "energy"
@@ -146,14 +176,17 @@ def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
     stored = json.load(open(trained / calibration.CALIBRATION_FILE))
     # 2 classes x 1 validation frame each (val_fraction 0.1 of 5, at least one) x 9 manipulations
     assert stored["samples"] == 18 and stored["temperature"] > 0
-    assert set(stored["thresholds"]) == set(calibration.OPEN_SET_SCORES)
+    assert set(stored["thresholds"]) == {*calibration.OPEN_SET_SCORES, calibration.FEATURE_SCORE}
     assert stored["after"]["nll"] <= stored["before"]["nll"] + 1e-9
+    density = calibration.FeatureDensity.load(str(trained))
+    assert density.means.shape[0] == 2 and density.precision.shape == (density.means.shape[1],) * 2
 
     r = evaluator.evaluate([str(trained)], out=str(tmp_path / "sub.csv"), shared=True)
     o = r["open_set"]
     assert (o["known"], o["unknown"]) == (4, 2)  # 6 test files, every third one a Sony
-    assert set(o["auroc"]) == set(calibration.OPEN_SET_SCORES)
+    assert set(o["auroc"]) == {*calibration.OPEN_SET_SCORES, calibration.FEATURE_SCORE}
     assert 0.0 <= o["false_rejection"]["max_prob"] <= 1.0
+    assert 0.0 <= o["false_acceptance"][calibration.FEATURE_SCORE] <= 1.0
     assert r["calibration"]["runs_calibrated"] == [True]
     assert r["calibration"]["ece_if_calibrated"]["median"] > 0  # 4 images: a floor far above any target
     assert sum(r["confusion"][0]) + sum(r["confusion"][1]) == 4  # closed-set scores: known cameras only
