@@ -328,7 +328,7 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         [held_out] = r["held_out"]
         unknown = sum(camera == held_out for camera in truth.values())
         assert r["open_set"]["unknown"] == unknown and r["open_set"]["known"] == len(truth) - unknown
-        assert set(r["open_set"]["auroc"]) == {"max_prob", "neg_entropy", "margin"}
+        assert set(r["open_set"]["auroc"]) == {"max_prob", "neg_entropy", "margin", "feature_distance"}
         assert set(r["calibration"]) >= {"before", "after"}
         assert 0 <= r["shared_online"]["after"]["weighted_accuracy"] <= 1
     assert not any((tmp_path / "runs").iterdir())  # run folders go unless --keep
