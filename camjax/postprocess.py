@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import heapq
+import itertools
 import logging
 import os
 import tempfile
@@ -116,27 +117,7 @@ def balance(log_probs: np.ndarray, groups: np.ndarray, counts: Mapping[int, Sequ
     """
     assign = np.empty(len(np.asarray(groups)), dtype=np.int64)
     for rows, lp, cnt in _group_problems(log_probs, groups, counts):
-        try:
-            assign[rows] = assign_with_counts(lp, cnt)
-        except NegativeCycle:
-            # Seen on a held-out-camera test set whose probabilities sat at the floor in many
-            # places (exact ties): the flow's partial assignment had stopped being optimal. The
-            # dense Hungarian solve is exact, in n x n memory for this group only.
-            log.warning(
-                "balance: the flow solver met a negative cycle on a group of %d rows; solved densely", len(rows)
-            )
-            assign[rows] = assign_dense(lp, cnt)
-    return assign
-
-
-def assign_dense(log_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """`assign_with_counts` by scipy's Hungarian algorithm on one column per class slot."""
-    from scipy.optimize import linear_sum_assignment
-
-    slots = np.repeat(np.arange(len(counts)), counts)
-    rows, cols = linear_sum_assignment(np.asarray(log_probs, np.float64)[:, slots], maximize=True)
-    assign = np.empty(len(rows), np.int64)
-    assign[rows] = slots[cols]
+        assign[rows] = assign_with_counts(lp, cnt)
     return assign
 
 
@@ -147,10 +128,6 @@ def balance_probs(
     return balance(np.log(np.clip(probs, 1e-12, 1.0)), groups, counts)
 
 
-class NegativeCycle(RuntimeError):
-    """The augmenting path of `assign_with_counts` closed on itself (numerical trouble)."""
-
-
 def assign_with_counts(log_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """argmax over assignments with exactly counts[k] rows in class k of the summed log_probs.
 
@@ -158,9 +135,16 @@ def assign_with_counts(log_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
     enters class k0, a row of k0 moves to k1, ..., ending in a class with room" (Bellman-Ford
     over the C class nodes; the cheapest move out of each class to each other class comes from
     a heap per class pair). Each step keeps the partial assignment optimal, so the last is.
+
+    Every comparison uses one absolute tolerance. Within it the partial assignment is only
+    nearly optimal (ties at the probability floor leave cycles of moves worth a few times the
+    tolerance), and a search can close such a cycle: its moves are then made - they keep the
+    counts and gain more than the tolerance - and the search is repeated.
     """
     lp = np.asarray(log_probs, np.float64)
     n, num_classes = lp.shape
+    finite = np.abs(lp[np.isfinite(lp)])
+    tol = 1e-12 * (1.0 + (finite.max() if finite.size else 0.0))
     assign = np.full(n, -1, np.int64)
     load = np.zeros(num_classes, np.int64)
     moves: list[list[list[tuple[float, int]]]] = [[[] for _ in range(num_classes)] for _ in range(num_classes)]
@@ -178,35 +162,65 @@ def assign_with_counts(log_probs: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return heap[0] if heap else (np.inf, -1)
 
     for row in range(n):
-        cost = np.full((num_classes, num_classes), np.inf)
-        mover = np.full((num_classes, num_classes), -1, np.int64)
-        for k in np.flatnonzero(load):
-            for other in range(num_classes):
-                if other != k:
-                    cost[k, other], mover[k, other] = cheapest_move(k, other)
-        dist, came_from = -lp[row], np.full(num_classes, -1, np.int64)  # -1: the new row itself
-        for _ in range(num_classes - 1):
-            via = dist[:, None] + cost
-            best_from = via.argmin(0)
-            best = via[best_from, np.arange(num_classes)]
-            better = best < dist - 1e-12 * (1.0 + np.abs(dist))
-            if not better.any():
+        while True:
+            cost = np.full((num_classes, num_classes), np.inf)
+            mover = np.full((num_classes, num_classes), -1, np.int64)
+            for k in np.flatnonzero(load):
+                for other in range(num_classes):
+                    if other != k:
+                        cost[k, other], mover[k, other] = cheapest_move(k, other)
+            chains, cycle = _shortest_chains(-lp[row], cost, tol)
+            if cycle is None:
+                came_from, dist = chains
+                room = np.flatnonzero(load < counts)
+                end = room[dist[room].argmin()]
+                chain, cycle = _walk(came_from, end)
+            if cycle is None:
                 break
-            dist = np.where(better, best, dist)
-            came_from = np.where(better, best_from, came_from)
-        room = np.flatnonzero(load < counts)
-        end = room[dist[room].argmin()]
-        k, chain = end, []
-        while came_from[k] != -1:
-            chain.append((mover[came_from[k], k], k))
-            k = came_from[k]
-            if len(chain) > num_classes:
-                raise NegativeCycle("assign_with_counts: a cycle in the augmenting path (numerical trouble)")
-        for moved, to in chain:
-            place(moved, to)
-        place(row, k)
+            if not sum(cost[k, to] for k, to in cycle) < 0:  # each cancelled cycle gains: the loop ends
+                raise RuntimeError(f"assign_with_counts: a cycle of moves {cycle} that gains nothing")
+            for k, to in cycle:  # one row out of and one into each class on the cycle
+                place(mover[k, to], to)
+        for k, to in chain:
+            place(mover[k, to], to)
+        place(row, chain[-1][0] if chain else end)
         load[end] += 1
     return assign
+
+
+def _shortest_chains(dist: np.ndarray, cost: np.ndarray, tol: float):
+    """Bellman-Ford from every class at once (`dist`: the cost of the new row entering it).
+    Returns ((came_from, dist), None), came_from[k] = -1 where the new row enters k itself, or
+    (None, a cycle of moves [(k, to), ...]) met while the distances still fall."""
+    num_classes = len(dist)
+    came_from = np.full(num_classes, -1, np.int64)
+    for step in itertools.count(1):
+        via = dist[:, None] + cost
+        best_from = via.argmin(0)
+        best = via[best_from, np.arange(num_classes)]
+        better = best < dist - tol
+        if not better.any():
+            return (came_from, dist), None
+        dist = np.where(better, best, dist)
+        came_from = np.where(better, best_from, came_from)
+        if step >= num_classes:  # no convergence in C - 1 rounds: a gainful cycle of moves
+            for k in range(num_classes):
+                _, cycle = _walk(came_from, k)
+                if cycle is not None:
+                    return None, cycle
+
+
+def _walk(came_from: np.ndarray, end: int):
+    """(the moves [(k, to), ...] from where the new row enters to `end`, None), or (None, the
+    cycle of moves the walk ran into)."""
+    chain, seen, k = [], {}, end
+    while came_from[k] != -1:
+        if k in seen:
+            return None, chain[seen[k] :]
+        seen[k] = len(chain)
+        chain.append((int(came_from[k]), int(k)))
+        k = came_from[k]
+    return chain, None
 
 
 @contextlib.contextmanager
