@@ -146,3 +146,42 @@ def test_patch_too_small_for_the_backbone_is_a_clear_error():
     model = models.create(_model_config(space_to_depth=4), 3)
     with pytest.raises(ValueError, match="empty feature map .* use a larger data.patch"):
         model(jnp.zeros((1, 64, 64, 3)), jnp.zeros((1,)))
+
+
+def test_batchnorm_updates_like_flax_and_tracing_never_asks_a_tracer_for_its_sharding(monkeypatch):
+    """camjax's BatchNorm is flax's with statistics whose traced update skips the sharding
+    probe that made tracing quadratic in depth: same outputs and running statistics, eagerly
+    and under jit, and no tracer error message built while tracing a deep stack."""
+    from jax._src.interpreters import partial_eval
+
+    x = jnp.asarray(np.random.default_rng(0).normal(2.0, 3.0, size=(4, 5, 5, 6)), jnp.float32)
+    ours, theirs = (cls(6, momentum=0.9, rngs=nnx.Rngs(0)) for cls in (layers.BatchNorm, nnx.BatchNorm))
+    assert isinstance(ours, nnx.BatchNorm) and isinstance(ours.mean, nnx.BatchStat)
+
+    @nnx.jit
+    def step(bn, x):
+        return bn(x)
+
+    for bn in (ours, theirs):
+        bn(x)  # eager
+        step(bn, x + 1.0)  # traced
+    np.testing.assert_array_equal(np.asarray(ours(x)), np.asarray(theirs(x)))
+    for name in ("mean", "var"):
+        np.testing.assert_array_equal(np.asarray(getattr(ours, name).get_value()), getattr(theirs, name).get_value())
+        assert getattr(ours, name).get_value().dtype == jnp.float32
+    assert not np.allclose(np.asarray(ours.mean.get_value()), 0.0)  # the statistics did move
+
+    messages = []
+    original = partial_eval.DynamicJaxprTracer._origin_msg
+    monkeypatch.setattr(
+        partial_eval.DynamicJaxprTracer, "_origin_msg", lambda self: messages.append(1) or original(self)
+    )
+
+    def trace(cls):  # a train-mode forward of eight BatchNorms, traced as a train step is
+        graphdef, state = nnx.split(nnx.Sequential(*(cls(6, rngs=nnx.Rngs(0)) for _ in range(8))))
+        jax.eval_shape(lambda state, x: nnx.merge(graphdef, state)(x), state, x)
+
+    trace(layers.BatchNorm)
+    assert messages == []
+    trace(nnx.BatchNorm)
+    assert len(messages) >= 16  # the probe it guards against: flax asks at each statistic update
