@@ -178,24 +178,25 @@ class Assembled:
         """(state, batch) -> class probabilities [B, C], inference mode."""
         return self.dp.predict(functools.partial(steps.eval_step, model_def=self.model_def))
 
-    def embed(self):
-        """(state, batch) -> the head's input features [B, D], inference mode."""
-        return self.dp.predict(functools.partial(steps.embed_step, model_def=self.model_def))
-
-    def tta_predict(self, view_ids):
-        """(state, batch) -> class probabilities [B, V, C] under the D4 `view_ids`, one model call."""
-        return self.dp.predict(tta_step(self.model_def, tuple(view_ids)))
+    def tta_predict(self, view_ids, *, features: bool = False):
+        """(state, batch) -> class probabilities [B, V, C] under the D4 `view_ids`, one model
+        call; with `features`, (probs, the identity view's embedding [B, D]) from that call."""
+        return self.dp.predict(tta_step(self.model_def, tuple(view_ids), features=features))
 
 
-def tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...]):
-    """(state, batch) -> probs [B, V, C]: all views through one model call."""
+def tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...], *, features: bool = False):
+    """(state, batch) -> probs [B, V, C] (and the embedding [B, D] with `features`): all views
+    through one model call."""
 
     def step(state, batch):
         def apply(images, is_manipulated):
-            return steps.predict_logits(state.params, state.model_state, images, is_manipulated, model_def=model_def)
+            out = steps.predict_features_and_logits(
+                state.params, state.model_state, images, is_manipulated, model_def=model_def
+            )
+            return out if features else out[1]
 
-        probs = tta.make_tta_predict(apply, view_ids)(batch["image"], batch["is_manipulated"])
-        return probs.swapaxes(0, 1)
+        out = tta.make_tta_predict(apply, view_ids, features=features)(batch["image"], batch["is_manipulated"])
+        return (out[0].swapaxes(0, 1), out[1]) if features else out.swapaxes(0, 1)
 
     return step
 

@@ -84,10 +84,9 @@ def predict_tiles(
 ):
     """Runs the model on a stream of tile batches (`camjax.data.eval_batches`) under the views
     and blends each file's tiles, holding only the tiles of files still arriving. Returns
-    (probs [N, V, C], agreement [N], features [N, D] or None); `features` also runs the
-    embedding step on each batch (the identity view) and averages each file's tiles."""
-    predict = restored.built.tta_predict(view_ids)
-    embed = restored.built.embed() if features else None
+    (probs [N, V, C], agreement [N], features [N, D] or None); with `features` the same model
+    call also returns each tile's embedding (the identity view), averaged over a file's tiles."""
+    predict = restored.built.tta_predict(view_ids, features=features)
     num_classes = len(restored.run.classes)
     out = np.full((num_files, len(view_ids), num_classes), np.nan, np.float32)
     agreement = np.full(num_files, np.nan)
@@ -106,9 +105,11 @@ def predict_tiles(
 
     for batch in batches:
         inputs = dp.put_batch({"image": batch["image"], "is_manipulated": batch["is_manipulated"]})
-        probs = dp.fetch_per_example(predict(restored.state, inputs))
-        feats = dp.fetch_per_example(embed(restored.state, inputs)) if embed else [None] * len(probs)
-        if embed and embedded is None:
+        predicted = predict(restored.state, inputs)
+        probs, feats = predicted if features else (predicted, None)
+        probs = dp.fetch_per_example(probs)
+        feats = dp.fetch_per_example(feats) if features else [None] * len(probs)
+        if features and embedded is None:
             embedded = np.full((num_files, feats.shape[-1]), np.nan, np.float32)
         for row, feat, f, m in zip(probs, feats, batch["file_index"], batch["mask"]):
             if m > 0:

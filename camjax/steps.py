@@ -141,10 +141,18 @@ def train_step(state: TrainState, batch, *, model_def: ModelDef, tx, config, cla
     return new_state, metrics
 
 
+def predict_features_and_logits(params, model_state, images, is_manipulated, *, model_def: ModelDef):
+    """Inference (BatchNorm running statistics, no dropout): the head's input features
+    (float32), the embedding the feature-space open-set score measures distances in
+    (`camjax.calibration.FeatureDensity`), and the logits computed from them."""
+    model = nnx.merge(model_def.eval, params, model_state, copy=True)
+    features = model.features(preprocess(images, model_def.preprocess))
+    return features, model.head(features.astype(model.dtype), is_manipulated)["logits"]
+
+
 def predict_logits(params, model_state, images, is_manipulated, *, model_def: ModelDef):
     """Inference logits (BatchNorm running statistics, no dropout)."""
-    model = nnx.merge(model_def.eval, params, model_state, copy=True)
-    return model(preprocess(images, model_def.preprocess), is_manipulated)["logits"]
+    return predict_features_and_logits(params, model_state, images, is_manipulated, model_def=model_def)[1]
 
 
 def eval_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
@@ -153,10 +161,3 @@ def eval_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
         state.params, state.model_state, batch["image"], batch["is_manipulated"], model_def=model_def
     )
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-
-def embed_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
-    """The head's input features (float32, inference mode) of a batch: the embedding the
-    feature-space open-set score measures distances in (`camjax.calibration.FeatureDensity`)."""
-    model = nnx.merge(model_def.eval, state.params, state.model_state, copy=True)
-    return model.features(preprocess(batch["image"], model_def.preprocess))

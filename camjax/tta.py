@@ -12,6 +12,7 @@ model trained with the same views: `views_unseen` says which requested views it 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +104,9 @@ def transform_batch(x: jax.Array, ks: jax.Array) -> jax.Array:
     return jax.vmap(lambda img, k: lax.switch(k, branches, img))(x, jnp.asarray(ks, jnp.int32))
 
 
-def make_tta_predict(apply_fn: Callable[..., jax.Array], view_ids: tuple[int, ...]) -> Callable[..., jax.Array]:
+def make_tta_predict(
+    apply_fn: Callable[..., Any], view_ids: tuple[int, ...], *, features: bool = False
+) -> Callable[..., Any]:
     """Wraps `apply_fn(images, *args) -> logits [N, C]` into `fn(images, *args) -> probs [V, B, C]`.
 
     `args` are per-example arrays (e.g. the is_manipulated flags) with the batch axis first;
@@ -111,19 +114,28 @@ def make_tta_predict(apply_fn: Callable[..., jax.Array], view_ids: tuple[int, ..
     static permutations and the model runs once on all B * V view-images, laid out
     batch-major: a batch sharded over devices stays sharded (a `jax.vmap` over the view axis
     merges it view-major, and XLA then replicated every device's work). Softmax in float32.
-    The result is a pure function: wrap it in `jax.jit`.
+    With `features`, `apply_fn` returns (features [N, D], logits [N, C]) and `fn` returns
+    (probs, the identity view's features [B, D]): the embedding comes out of the same model
+    call, so the views must include the identity. The result is a pure function: wrap it in
+    `jax.jit`.
     """
     view_ids = tuple(int(k) for k in view_ids)
     for k in view_ids:
         _check(k)
     num_views = len(view_ids)
+    if features and 0 not in view_ids:
+        raise ValueError(f"features are read from the identity view, and the views {view_ids} lack it")
 
-    def predict(images: jax.Array, *args) -> jax.Array:
+    def predict(images: jax.Array, *args):
         b = images.shape[0]
         stacked = jnp.stack([transform(images, k) for k in view_ids], axis=1)  # [B, V, H, W, C]
         flat = stacked.reshape(b * num_views, *stacked.shape[2:])
-        logits = apply_fn(flat, *(jnp.repeat(a, num_views, axis=0) for a in args))
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        return probs.reshape(b, num_views, -1).swapaxes(0, 1)
+        out = apply_fn(flat, *(jnp.repeat(a, num_views, axis=0) for a in args))
+        logits = out[1] if features else out
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).reshape(b, num_views, -1).swapaxes(0, 1)
+        if not features:
+            return probs
+        embedded = out[0].reshape(b, num_views, -1)[:, view_ids.index(0)]
+        return probs, embedded.astype(jnp.float32)
 
     return predict

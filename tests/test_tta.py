@@ -129,3 +129,24 @@ def test_tta_predict_softmax_in_float32():
     predict = jax.jit(tta.make_tta_predict(lambda im: im.mean(axis=(1, 2)) * 40.0, tta.views("flips")))
     probs = predict(jnp.asarray(RNG.normal(size=(2, 4, 4, 3)), jnp.bfloat16))
     assert probs.shape == (4, 2, 3) and probs.dtype == jnp.float32
+
+
+def test_tta_predict_reads_the_identity_views_features_from_the_same_call():
+    calls = []
+
+    def apply_fn(images, flag):
+        calls.append(images.shape)
+        feats = images.mean(axis=(1, 2)) + flag[:, None]  # [N, 3], the same in every view
+        feats = jnp.concatenate([feats, images[:, 0, 0, :]], axis=-1)  # the corner pixel moves with the view
+        return feats, feats @ jnp.ones((6, 4))
+
+    view_ids = (2, 0, 5)  # the identity is not the first view
+    predict = jax.jit(tta.make_tta_predict(apply_fn, view_ids, features=True))
+    x = jnp.asarray(RNG.normal(size=(3, 8, 8, 3)).astype(np.float32))
+    flag = jnp.asarray([0.0, 1.0, 0.0])
+    probs, feats = predict(x, flag)
+    assert probs.shape == (3, 3, 4) and feats.shape == (3, 6) and feats.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(feats), np.asarray(apply_fn(x, flag)[0]), rtol=1e-6)
+    assert len(calls) == 2  # the reference call above, and one traced call for all views
+    with pytest.raises(ValueError, match="identity"):
+        tta.make_tta_predict(apply_fn, (1, 2), features=True)
