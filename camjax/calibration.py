@@ -139,6 +139,7 @@ def open_set_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
 
 FEATURE_SCORE = "feature_distance"  # the open-set score read from the embedding, not the probabilities
 FEATURE_FILE = "feature_density.npz"
+VERDICT_SCORES = (*OPEN_SET_SCORES, FEATURE_SCORE)  # what `eval.open_set_score` may name
 
 
 def oas_covariance(x: np.ndarray) -> tuple[np.ndarray, float]:
@@ -193,6 +194,32 @@ class FeatureDensity:
             return None
         with np.load(path) as z:
             return cls(z["means"], z["precision"], float(z["shrinkage"]))
+
+
+def cross_fitted_scores(features: np.ndarray, labels: np.ndarray, frames: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Each sample's `FeatureDensity` score under a density fitted without its frame.
+
+    A threshold read from the samples the means were fitted on is an in-sample quantile: new
+    photos of the same cameras sit farther from the means, and far more than the asked-for
+    share of them is rejected. Here every frame's samples (its manipulated copies together:
+    they are near-duplicates) are scored by a density fitted on the other folds; each
+    camera's frames go round-robin over the folds, so every fold leaves some of every camera
+    with at least two frames in the fit. With one frame per camera there is nothing to hold
+    out: the in-sample scores are returned, with a warning."""
+    features, labels, frames = np.asarray(features, np.float64), np.asarray(labels), np.asarray(frames)
+    fold_of_frame = {}
+    for label in np.unique(labels):
+        for i, frame in enumerate(np.unique(frames[labels == label])):
+            fold_of_frame[frame] = i % folds
+    fold = np.array([fold_of_frame[f] for f in frames])
+    if (fold == 0).all():
+        log.warning("one validation frame per camera: the feature_distance threshold is in-sample (too strict)")
+        return FeatureDensity.fit(features, labels).score(features)
+    scores = np.full(len(labels), np.nan)
+    for k in np.unique(fold):
+        held = fold == k
+        scores[held] = FeatureDensity.fit(features[~held], labels[~held]).score(features[held])
+    return scores
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
@@ -296,10 +323,10 @@ def open_set_report(
 
 def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
     """Each validation frame cut like a challenge test image: the `size` centre crop on the
-    crop grid under every manipulation. Returns (images, is_manipulated, labels); unreadable
-    files are skipped and logged."""
-    images, flags, labels = [], [], []
-    for rec in records:
+    crop grid under every manipulation. Returns (images, is_manipulated, labels, the index of
+    each sample's record); unreadable files are skipped and logged."""
+    images, flags, labels, frames = [], [], [], []
+    for index, rec in enumerate(records):
         loaded = eval_batches.load_or_skip(rec.path, 0, read)
         if loaded is None:
             continue
@@ -312,7 +339,8 @@ def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
             images.append(eval_batches.manipulated_at(frame, top, left, side, m))
             flags.append(float(m.id != 0))
             labels.append(rec.label)
-    return images, np.array(flags, np.float32), np.array(labels, np.int64)
+            frames.append(index)
+    return images, np.array(flags, np.float32), np.array(labels, np.int64), np.array(frames, np.int64)
 
 
 def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJECTION) -> Calibration:
@@ -324,7 +352,7 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
     dp = dp or DataParallel("sharded")
     restored = evaluator.restore(workdir, dp)
     records, read = evaluator.validation_records(restored)
-    images, flags, labels = test_like_samples(records, read, restored.config.data)
+    images, flags, labels, frames = test_like_samples(records, read, restored.config.data)
     if not len(labels):
         raise ValueError(f"{workdir}: no readable validation frame to calibrate on")
     configured = restored.config.get("eval", {})
@@ -343,13 +371,12 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
     finite = np.isfinite(probs).all(-1) & np.isfinite(features).all(-1)
     if not finite.any():
         raise ValueError(f"{workdir}: the model's validation predictions are not finite: nothing to calibrate")
-    probs, labels, features = probs[finite], labels[finite], features[finite]
+    probs, labels, features, frames = probs[finite], labels[finite], features[finite], frames[finite]
     result = fit(probs, labels, step=restored.step, false_rejection=false_rejection)
-    # The feature-space score's threshold comes from the same samples the means are fitted on,
-    # so it is the in-sample quantile: tighter than on new photos of the same cameras.
-    density = FeatureDensity.fit(features, labels)
-    result.thresholds[FEATURE_SCORE] = float(np.quantile(density.score(features), false_rejection))
-    density.save(workdir)
+    # The feature-space threshold is read from scores of frames the density did not see.
+    oof = cross_fitted_scores(features, labels, frames)
+    result.thresholds[FEATURE_SCORE] = float(np.quantile(oof, false_rejection))
+    FeatureDensity.fit(features, labels).save(workdir)
     result.save(workdir)
     log.info(
         "calibration on %d validation samples: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f",

@@ -31,7 +31,7 @@ CHOICES = {
     "optim.schedule": optim.SCHEDULES,
     "parallel": parallel.MODES,
     "eval.agg": postprocess.AGGREGATIONS,
-    "eval.open_set_score": tuple(calibration.OPEN_SET_SCORES),
+    "eval.open_set_score": calibration.VERDICT_SCORES,
     "eval.grid": grid.TEST_GRIDS,
 }
 

@@ -88,7 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
     # At the end of training, fit a temperature and the open-set thresholds on the validation
     # frames cut like test images (camjax.calibration); evaluate and predict then use them.
     c.eval.calibrate = True
-    c.eval.open_set_score = "max_prob"  # which score says "none of the known cameras": max_prob | neg_entropy | margin
+    # Which score says "none of the known cameras": max_prob | neg_entropy | margin (the calibrated
+    # probabilities) | feature_distance (the embedding's distance to the nearest camera's mean).
+    c.eval.open_set_score = "max_prob"
     c.eval.false_rejection = 0.05  # the share of known-camera validation images that threshold calls unknown
     return c
 
@@ -109,7 +111,7 @@ def cpu_quick(
     From scratch these networks sit at chance for thousands of steps before they start to
     learn, and how long is set by the learning rate: at a constant 1e-3 MobileNet left chance
     at step 4,500 and passed validation weighted accuracy 0.5 at step 8,460; at 3e-3 after a
-    one-epoch linear warmup it leaves chance at step 2,520 and passes 0.5 at step 5,220 (498 s
+    one-epoch linear warmup it leaves chance at step 2,520 and passes 0.5 at step 5,220 (459 s
     on the 2-core VM). A decaying rate is what kept them at chance before: a cosine horizon or
     the plateau rule (halving after 5 flat epochs) cut the rate to nothing before the onset.
     Measured: benchmarks/RESULTS.md, "Full-size backbones"; raw lines in

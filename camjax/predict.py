@@ -83,6 +83,10 @@ def predict_images(
     view_sets = [evaluator.views_of(r, w, tta_name) for r, w in zip(restored, workdirs)]
     bar = tqdm(total=len(files) * len(restored), desc="predict", unit="image", disable=not progress, file=sys.stderr)
     phases = evaluator.GridPhases(restored[0].run.patch, bar)
+    cal = restored[0].calibration
+    score_name = restored[0].config.get("eval", {}).get("open_set_score", "max_prob")
+    # The feature-space score reads the first run's embedding, from the same model call.
+    density = calibration.FeatureDensity.load(workdirs[0]) if score_name == calibration.FEATURE_SCORE else None
     predicted = [
         evaluator.predict_files(
             r,
@@ -96,24 +100,29 @@ def predict_images(
             pad=True,
             skip_bad=True,
             phase=phases,
+            features=density is not None and i == 0,
         )
-        for r, v in zip(restored, view_sets)
+        for i, (r, v) in enumerate(zip(restored, view_sets))
     ]
     bar.close()
     probs = evaluator.blend_models(restored, [pr.probs for pr in predicted], view_sets, agg, p, weights)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an unreadable file's NaNs stay NaN
         agreement = np.nanmean(np.stack([pr.agreement for pr in predicted]), axis=0)
-    cal = restored[0].calibration
-    score_name = restored[0].config.get("eval", {}).get("open_set_score", "max_prob")
+    threshold = None if cal is None else cal.thresholds.get(score_name)
+    if score_name != calibration.FEATURE_SCORE:
+        scores = calibration.OPEN_SET_SCORES[score_name](probs)
+    elif density is not None:
+        scores = density.score(np.nan_to_num(predicted[0].features))
+    else:  # a run calibrated before camjax stored the density: no verdict
+        scores, threshold = np.full(len(files), np.nan), None
     answers = []
     for i, path in enumerate(files):
         if not np.isfinite(probs[i]).all():
             problems.append((path, BAD_FILES.get(path, "unreadable")))
             continue
         order = np.argsort(-probs[i])[:top]
-        score = float(calibration.OPEN_SET_SCORES[score_name](probs[i][None])[0])
-        threshold = None if cal is None else cal.thresholds.get(score_name)
+        score = float(scores[i])
         answers.append(
             {
                 "path": path,

@@ -136,6 +136,31 @@ def test_feature_density_scores_its_own_cameras_above_an_unseen_one():
     assert density.score(density.means[1:2])[0] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_cross_fitted_threshold_keeps_its_false_rejection_on_new_frames():
+    """Three cameras, six frames each, nine near-duplicate samples per frame (its manipulated
+    copies). The 5% quantile of the samples' own scores rejects every new frame of a known
+    camera; the quantile of scores from densities fitted without the scored frame stays near
+    the asked-for 5%."""
+    rng = np.random.default_rng(6)
+    centres = rng.normal(scale=4.0, size=(3, 24))
+
+    def frames(c, n):
+        per_frame = centres[c] + rng.normal(size=(n, 24))
+        return np.repeat(per_frame, 9, axis=0) + 0.1 * rng.normal(size=(9 * n, 24))
+
+    features = np.concatenate([frames(c, 6) for c in range(3)])
+    labels, frame_ids = np.repeat(np.arange(3), 54), np.repeat(np.arange(18), 9)
+    density = calibration.FeatureDensity.fit(features, labels)
+    fresh = density.score(np.concatenate([frames(c, 200) for c in range(3)]))
+    in_sample = np.quantile(density.score(features), 0.05)
+    cross_fitted = np.quantile(calibration.cross_fitted_scores(features, labels, frame_ids), 0.05)
+    assert (fresh < in_sample).mean() > 0.5
+    assert (fresh < cross_fitted).mean() < 0.15
+    first = np.isin(frame_ids, (0, 6, 12))  # one frame per camera: nothing to hold out, in-sample scores
+    one_each = calibration.cross_fitted_scores(features[first], labels[first], frame_ids[first])
+    np.testing.assert_allclose(one_each, density.fit(features[first], labels[first]).score(features[first]))
+
+
 def test_config_check_names_a_bad_open_set_score():
     c = repo_config("configs/camnet.py:quick")
     c.eval.open_set_score = "energy"
@@ -192,6 +217,50 @@ def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
     assert sum(r["confusion"][0]) + sum(r["confusion"][1]) == 4  # closed-set scores: known cameras only
     assert set(r["shared_online"]) == {"long_side", "qualities", "before", "after"}
     assert json.load(open(tmp_path / "sub_report.json"))["open_set"] == o
+
+
+def test_predict_gives_the_feature_distance_verdict_when_the_run_asks_for_it(trained, tmp_path):
+    """`eval.open_set_score = "feature_distance"`: predict scores each image by the stored
+    density on the embedding of the same model call, against the calibrated threshold."""
+    import shutil
+
+    from camjax import predict
+    from camjax.parallel import DataParallel
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    config = json.load(open(run / "config.json"))
+    config["eval"]["open_set_score"] = calibration.FEATURE_SCORE
+    json.dump(config, open(run / "config.json", "w"))
+    photo = tmp_path / "photo.png"
+    Image.fromarray(manipulations.jpeg_compress(texture(96, 96, 8), 90)).save(photo)
+    answers, problems = predict.predict_images([str(run)], [str(photo)])
+    assert problems == [] and len(answers) == 1
+    answer = answers[0]
+    threshold = json.load(open(run / calibration.CALIBRATION_FILE))["thresholds"][calibration.FEATURE_SCORE]
+    assert answer["open_set_threshold"] == threshold
+    assert answer["verdict"] == ("unknown" if answer["open_set_score"] < threshold else "known")
+
+    dp = DataParallel("sharded")
+    restored = evaluator.restore(str(run), dp)
+    view_ids = evaluator.views_of(restored, str(run), None)
+    agg, batch_size, max_tiles = evaluator.prediction_settings(restored, None, None, None)
+    direct = evaluator.predict_files(
+        restored,
+        dp,
+        [str(photo)],
+        view_ids,
+        agg=agg,
+        p=2.0,
+        batch_size=batch_size,
+        max_tiles=max_tiles,
+        pad=True,
+        skip_bad=True,
+        phase=evaluator.GridPhases(restored.run.patch),
+        features=True,
+    )
+    expected = calibration.FeatureDensity.load(str(run)).score(direct.features)[0]
+    assert answer["open_set_score"] == pytest.approx(expected, rel=1e-5) and expected <= 0
 
 
 def test_evaluate_on_the_found_grid_reads_an_unaligned_crop_as_its_aligned_twin(trained, tmp_path):
