@@ -340,7 +340,7 @@ def _train(config, workdir: str) -> dict[str, float]:
     if compiles_after_first is not None:
         recompiles = compile_count() - compiles_after_first
         log.info(
-            "compilations after the first step: %d (validation included); persistent-cache misses: %d",
+            "compilations after the first step: %d (validation and calibration programs included); persistent-cache misses: %d",
             recompiles,
             cache_miss_count(),
         )

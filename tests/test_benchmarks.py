@@ -188,6 +188,12 @@ def test_depthwise_lowerings_agree(env):
         assert r["max_rel_diff"] < 1e-4  # the same convolution, summed in another order
 
 
+def test_trace_time_traces_and_lowers_the_train_step(env):
+    (rec,) = run("trace_time.py", env=env)
+    assert rec["model"] == "camnet" and rec["patch"] == 64 and len(rec["seconds"]) == 1
+    assert rec["median_s"] == rec["seconds"][0] > 0
+
+
 @pytest.mark.slow
 def test_eval_memory_streams_growing_test_sets(env, tmp_path):
     from camjax_testdata import make_challenge_tree
