@@ -14,7 +14,6 @@ the median and every repeat's seconds; each repeat traces afresh (the jit cache 
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import common
@@ -34,20 +33,13 @@ def trace_seconds(name: str, patch: int, batch: int, dtype: str, repeats: int) -
     import jax
     import jax.numpy as jnp
 
-    from camjax import assembly, steps
+    from camjax import assembly
     from camjax.models import default_config
     from camjax.parallel import DataParallel
 
     config = common.train_config(default_config(name), dtype=dtype, batch=batch, parallel="sharded")
     dp = DataParallel("sharded", devices=jax.devices()[:1])
-    made = {}
-
-    def make():  # traced: no parameter is allocated
-        made["built"] = assembly.build(config.model, 10, dp, dtype=config.dtype, optim_config=config.optim)
-        return made["built"].host_state
-
-    state = jax.eval_shape(make)
-    built = made["built"]
+    built = assembly.build_abstract(config.model, 10, dp, dtype=config.dtype, optim_config=config.optim)
     shapes = {
         "image": jax.ShapeDtypeStruct((batch, patch, patch, 3), jnp.uint8),
         "label": jax.ShapeDtypeStruct((batch,), jnp.int32),
@@ -57,11 +49,9 @@ def trace_seconds(name: str, patch: int, batch: int, dtype: str, repeats: int) -
     seconds = []
     for _ in range(repeats):
         jax.clear_caches()
-        step = built.dp.train_step(
-            functools.partial(steps.train_step, model_def=built.model_def, tx=built.tx, config=config)
-        )
+        step = built.train_step(config)
         start = time.perf_counter()
-        step.trace(state, shapes).lower()
+        step.trace(built.host_state, shapes).lower()
         seconds.append(time.perf_counter() - start)
     return seconds
 

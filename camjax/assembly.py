@@ -228,3 +228,17 @@ def build(
     tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
     model_def, host_state = steps.init_state(model, tx, models.get(model_config.name).preprocess, seed)
     return Assembled(dp, model_def, tx, host_state)
+
+
+def build_abstract(model_config, num_classes: int, dp: DataParallel, *, dtype: str, optim_config) -> Assembled:
+    """`build` traced, not run: the same model definition and optimizer, and an initial state
+    of `jax.ShapeDtypeStruct`s. Nothing is allocated, so a full-size model's steps lower in
+    seconds on any machine (the CUDA lowering test, `benchmarks/trace_time.py`)."""
+    made = {}
+
+    def make():
+        made["built"] = build(model_config, num_classes, dp, dtype=dtype, optim_config=optim_config)
+        return made["built"].host_state
+
+    state = jax.eval_shape(make)
+    return dataclasses.replace(made["built"], host_state=state)

@@ -18,10 +18,10 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
-    import functools, json, sys, time
+    import json, sys, time
     import jax, jax.numpy as jnp
     from jax import export
-    from camjax import assembly, steps, tta
+    from camjax import assembly, tta
     from camjax.defaults import get_config
     from camjax.models import BACKBONES, default_config
     from camjax.parallel import DataParallel
@@ -43,19 +43,11 @@ SCRIPT = textwrap.dedent(
             config.model.kwargs.depthwise_impl = "conv"  # what 'auto' picks on a GPU
         config.dtype, config.batch_size, config.parallel = "bfloat16", BATCH, mode
         dp = DataParallel(mode, devices=jax.devices()[:devices])
-        made = {}
-
-        def make():  # traced: no parameter is allocated
-            made["built"] = assembly.build(config.model, 10, dp, dtype=config.dtype, optim_config=config.optim)
-            return made["built"].host_state
-
-        state = jax.eval_shape(make)
-        built = made["built"]
+        built = assembly.build_abstract(config.model, 10, dp, dtype=config.dtype, optim_config=config.optim)
         lead = (devices,) if mode == "pmap" else ()
         rows = BATCH // devices if mode == "pmap" else BATCH
-        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(lead + x.shape, x.dtype), state)
-        train = built.dp.train_step(functools.partial(steps.train_step, model_def=built.model_def, tx=built.tx,
-                                                      config=config))
+        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(lead + x.shape, x.dtype), built.host_state)
+        train = built.train_step(config)
         predict = built.tta_predict(tta.views("d4"))
         out = {}
         tta_batch = {k: v for k, v in batch_shapes(lead, rows).items() if k in ("image", "is_manipulated")}
