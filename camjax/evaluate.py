@@ -56,7 +56,7 @@ def main(argv):
             line = f"open set ({o['known']} known, {o['unknown']} unknown): " + ", ".join(
                 f"AUROC[{k}]={v:.4f}" for k, v in o["auroc"].items()
             )
-            if "false_rejection" in o:
+            if o["score"] in o.get("false_rejection", {}):  # the verdict's score was calibrated
                 line += (
                     f"; at the {o['score']} threshold: false rejection {o['false_rejection'][o['score']]:.4f},"
                     f" false acceptance {o['false_acceptance'][o['score']]:.4f}"
