@@ -26,3 +26,10 @@ def require_reference(available: bool, what: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{what} is missing, and CI must run this comparison")
     pytest.skip(f"{what} is missing")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow (multi-process runs, kill-and-resume, whole-network comparisons:
+    one or two minutes each) go first, the rest keep their order: with two workers, a long test
+    that starts last leaves the other worker idle while it runs, and short ones fill the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
