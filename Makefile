@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINTED := camjax configs benchmarks tests launch
 
-.PHONY: demo test test-fast lint setup clean
+.PHONY: demo test test-fast lint setup peers clean
 
 setup: $(STAMP)
 
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The peer frameworks benchmarks/compare.py times and its tests check (CI installs them): the
+# CPU build of torch 2.13.0 (this workplace's machines hold its wheel; elsewhere pip downloads
+# it) and the torchvision of that release, whose Python model code is all compare.py loads.
+peers: $(STAMP)
+	$(PY) -m pip install -q 'torch==2.13.0' 'torchvision==0.28.*'
 
 demo: $(STAMP)
 	$(PY) -m camjax.demo --workdir runs/demo

@@ -8,6 +8,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import require_reference
 from test_benchmarks import BENCH, env, run  # noqa: F401  (env: fixture)
 
 SPREAD = ("step_ms_min", "step_ms_q1", "step_ms_median", "step_ms_q3", "step_ms_max")
@@ -134,10 +135,55 @@ def test_compare_same_network_in_camjax_and_keras(env):  # noqa: F811
         assert by_fw[f"camjax/{other}"]["ratio"] == pytest.approx(ratio, rel=0.01)
 
 
+def require_torch():
+    """torch and torchvision, or a skip (a failure under CI, whose .ci/run installs both)."""
+    require_reference(importlib.util.find_spec("torch") is not None, "torch")
+    require_reference(importlib.util.find_spec("torchvision") is not None, "torchvision")
+    import torch
+
+    return torch
+
+
+def test_torch_runners_train_and_report(compare, monkeypatch, capsys):
+    """Both torch runners, eager and `torch.compile`d, through compare's own loop on a tiny torch
+    CNN (BatchNorm included): each is measured, its weights move, and the ratio to camjax is
+    printed. The torchvision networks themselves are checked below without timing them."""
+    torch = require_torch()
+    built = []
+
+    def tiny_torch_model(args, kwargs):
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, stride=2, bias=False),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, compare.NUM_CLASSES),
+        )
+        built.append((model, [p.detach().clone() for p in model.parameters()]))
+        return model, {"torch": compare._version("torch")}
+
+    monkeypatch.setenv("CAMJAX_BENCH_SMOKE", "1")
+    monkeypatch.setattr(compare, "torch_model", tiny_torch_model)
+    compare.main(
+        ["--model", "camnet", "--model_kwargs", '{"widths": [4, 8], "blocks": 1}', "--frameworks", "camjax,torch"]
+    )
+    out, err = capsys.readouterr()
+    recs = {r["framework"]: r for r in map(json.loads, out.splitlines())}
+    assert set(recs) == {"camjax", "torch_eager", "torch_compile", "camjax/torch_eager", "camjax/torch_compile"}
+    for name in ("torch_eager", "torch_compile"):
+        check_measured(recs[name], steps=2)
+        assert recs[name]["torch"] == torch.__version__ and recs[name]["adam"] in ("fused", "default")
+        ratio = recs["camjax"]["images_per_sec"] / recs[name]["images_per_sec"]
+        assert recs[f"camjax/{name}"]["ratio"] == pytest.approx(ratio, rel=0.01)
+    assert "torch.compile" in recs["torch_compile"]["path"] and recs["torch_compile"]["torch_compile_mode"] == "default"
+    for model, before in built:  # warm-up plus timed steps moved every parameter
+        assert all(not torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+    assert "camjax/torch_compile:" in err
+
+
 def test_torch_resnet50_v1_has_the_stride_in_the_first_1x1(compare):
-    torch = pytest.importorskip("torch")
-    if importlib.util.find_spec("torchvision") is None:
-        pytest.skip("torchvision not installed")
+    torch = require_torch()
     from torch.utils.flop_counter import FlopCounterMode
 
     models, _ = compare.torchvision_models()
