@@ -18,8 +18,13 @@ per-core figure, and it holds up on a machine shared with other work. Then:
   on the same cores; the ratio of the two says whether a shortfall is Grain's or the host's.
 
 Each worker decodes `data.mix_files` frames before its first batch (a 12 MP frame is ~56 ms
-on one core: 32 of them are 8 batches of 32 patches at 8 patches per frame), so `--batches`
-must span several such groups per worker for a steady state.
+on one core: 32 of them are 8 batches of 32 patches at 8 patches per frame) and then runs
+ahead of the trainer by `READ_AHEAD_GROUPS` such groups plus its `--prefetch` batches: 640
+patches per worker at the defaults. A timed window must be long against that look-ahead, or
+it counts CPU spent on patches it never takes (with 2 workers, 64 batches of 32 are 1.6 times
+their look-ahead and showed 2 workers at 1.43x one; 512 batches show 1.81x). So, by default,
+each measurement first takes one look-ahead's worth of batches untimed, then times
+`max(64, 8 x look-ahead)` patches' worth (`--batches` sets the timed count instead).
 """
 
 from __future__ import annotations
@@ -44,7 +49,12 @@ def parse_args(argv=None):
     p.add_argument("--workers", default="0,1,2", help="Grain worker counts, comma-separated")
     p.add_argument("--manip_prob", default="0,0.5", help="manipulation probabilities, comma-separated")
     p.add_argument("--prefetch", type=int, default=4, help="batches buffered per worker (data.prefetch)")
-    p.add_argument("--batches", type=int, default=2 if smoke else 64, help="timed batches per measurement")
+    p.add_argument(
+        "--batches",
+        type=int,
+        default=2 if smoke else None,
+        help="timed batches per measurement (default: 8x the workers' look-ahead, at least 64)",
+    )
     p.add_argument(
         "--processes",
         default="1,2",
@@ -91,19 +101,34 @@ def cpu_seconds() -> tuple[float, float]:
     return sum(me.cpu_times()[:2]), children
 
 
+def lookahead_patches(args, data, workers: int) -> int:
+    """Patches a loader of `workers` processes (0: in process) decodes before they are asked for."""
+    from camjax.data.train_loader import READ_AHEAD_GROUPS
+
+    group = max(1, int(data.mix_files)) * data.patches_per_image
+    return max(1, workers) * (READ_AHEAD_GROUPS * group + (args.prefetch * args.batch if workers else 0))
+
+
+def window(args, data, workers: int) -> tuple[int, int]:
+    """(untimed, timed) batches of one measurement: see the module doc."""
+    ahead = -(-lookahead_patches(args, data, workers) // args.batch)
+    untimed = 2 * workers if common.smoke() else ahead  # smoke runs: started and delivered
+    return untimed, (max(64, 8 * ahead) if args.batches is None else args.batches)
+
+
 def measure_pipeline(args, index, *, workers: int, manip_prob: float) -> dict:
     from camjax.data import train_loader
 
-    loader = train_loader.make_train_loader(
-        index, data_config(args, workers=workers, manip_prob=manip_prob), batch_size=args.batch, seed=0
-    )
+    data = data_config(args, workers=workers, manip_prob=manip_prob)
+    untimed, timed = window(args, data, workers)
+    loader = train_loader.make_train_loader(index, data, batch_size=args.batch, seed=0)
     t0 = time.perf_counter()
     next(loader)
     first_batch_s = time.perf_counter() - t0
-    for _ in range(2 * workers):  # every worker has started and delivered
+    for _ in range(untimed):  # every worker has started, delivered and filled its look-ahead
         next(loader)
     (main0, workers0), t0 = cpu_seconds(), time.perf_counter()
-    for _ in range(args.batches):
+    for _ in range(timed):
         batch = next(loader)
     wall = time.perf_counter() - t0
     main1, workers1 = cpu_seconds()
@@ -112,7 +137,7 @@ def measure_pipeline(args, index, *, workers: int, manip_prob: float) -> dict:
     worker_rss = sorted(common.child_peak_rss_mb().values(), reverse=True)
     del loader
     gc.collect()
-    patches = args.batches * args.batch
+    patches = timed * args.batch
     if batch["image"].shape != (args.batch, args.patch, args.patch, 3):
         raise RuntimeError(f"the loader made batches of shape {batch['image'].shape}")
     return common.record(
@@ -124,7 +149,9 @@ def measure_pipeline(args, index, *, workers: int, manip_prob: float) -> dict:
         workers=workers,
         manip_prob=manip_prob,
         prefetch=args.prefetch,
-        timed_batches=args.batches,
+        lookahead_patches=lookahead_patches(args, data, workers),
+        untimed_batches=untimed,
+        timed_batches=timed,
         patches_per_sec=common.rounded(patches / wall, 2),
         cpu_seconds=common.rounded(cpu, 2),
         main_cpu_seconds=common.rounded(main_cpu, 2),
@@ -141,15 +168,16 @@ def _one_pipeline(args, index, manip_prob, start, out) -> None:
     """One independent process's in-process pipeline: patches/s over `--batches` once `start` opens."""
     from camjax.data import train_loader
 
-    loader = train_loader.make_train_loader(
-        index, data_config(args, workers=0, manip_prob=manip_prob), batch_size=args.batch, seed=0
-    )
-    next(loader)  # imports, first decode
+    data = data_config(args, workers=0, manip_prob=manip_prob)
+    untimed, timed = window(args, data, 0)
+    loader = train_loader.make_train_loader(index, data, batch_size=args.batch, seed=0)
+    for _ in range(1 + untimed):  # imports, first decodes, the read-ahead filled
+        next(loader)
     start.wait()
     t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(args.batches):
+    for _ in range(timed):
         next(loader)
-    out.put((args.batches * args.batch, time.perf_counter() - t0, time.process_time() - c0))
+    out.put((timed * args.batch, time.perf_counter() - t0, time.process_time() - c0))
 
 
 def measure_scaling(args, index, processes: int, manip_prob: float) -> dict:
@@ -174,7 +202,7 @@ def measure_scaling(args, index, processes: int, manip_prob: float) -> dict:
         patches_per_image=args.patches_per_image,
         processes=processes,
         manip_prob=manip_prob,
-        timed_batches=args.batches,
+        timed_batches=window(args, data_config(args, workers=0, manip_prob=manip_prob), 0)[1],
         patches_per_sec=common.rounded(sum(per_process), 2),
         per_process_patches_per_sec=[common.rounded(v, 2) for v in per_process],
         patches_per_cpu_sec=common.rounded(sum(n for n, _, _ in results) / sum(c for _, _, c in results), 2),

@@ -117,6 +117,27 @@ def test_input_pipeline_workers_scaling_split_and_baseline(env):
     assert base["baseline_patches_per_cpu_sec"] > 0 and base["ratio"] > 0
 
 
+def test_input_pipeline_times_a_window_long_against_the_workers_lookahead(monkeypatch):
+    """Workers decode ahead of the consumer; a window not much longer than that look-ahead bills
+    patches it never takes (2 workers read 1.43x one worker over 64 batches, 1.81x over 512)."""
+    monkeypatch.setenv("CAMJAX_BENCH_SMOKE", "0")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import input_pipeline
+
+    from camjax.data.train_loader import READ_AHEAD_GROUPS
+
+    args = input_pipeline.parse_args(["--patch", "512"])
+    for workers in (0, 1, 2, 16):
+        data = input_pipeline.data_config(args, workers=workers, manip_prob=0.0)
+        group = data.mix_files * data.patches_per_image
+        ahead = input_pipeline.lookahead_patches(args, data, workers)
+        assert ahead == max(1, workers) * (READ_AHEAD_GROUPS * group + (args.prefetch * args.batch if workers else 0))
+        untimed, timed = input_pipeline.window(args, data, workers)
+        assert untimed * args.batch >= ahead and timed * args.batch >= 8 * ahead and timed >= 64
+    args = input_pipeline.parse_args(["--patch", "512", "--batches", "10"])
+    assert input_pipeline.window(args, data, 16)[1] == 10
+
+
 @pytest.mark.slow
 def test_end_to_end_ratio(env):
     (r,) = run(

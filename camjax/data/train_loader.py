@@ -33,6 +33,10 @@ MANIPULATE_ON = ("host", "device")  # data.manipulate_on: Grain workers, or the 
 UNKNOWN_MANIPULATION = -1  # its one-hot is all zeros: no auxiliary-loss target; the device ops treat it as none
 
 log = logging.getLogger(__name__)
+# Slot groups a reader decodes ahead of the one being batched (its read thread keeps decoding
+# while the group before is cut into batches and sent). With the worker's output buffer this is
+# how far a loader runs ahead of its consumer: a throughput window must be much longer.
+READ_AHEAD_GROUPS = 2
 
 
 def _feasible_manipulations(height: int, width: int, patch: int) -> list[int]:
@@ -265,7 +269,7 @@ def make_train_dataset(
         records, data_config, seed=seed, shard_index=shard_index, views=views(data_config.d4), group=group, read=read
     )
     ds = grain.MapDataset.range(sys.maxsize).map(plan.group_of_slots)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=READ_AHEAD_GROUPS))
     return RebatchIterDataset(ds, batch_size, drop_remainder=True)
 
 
