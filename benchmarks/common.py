@@ -77,6 +77,7 @@ def machine() -> dict:
         "platform": devices[0].platform,
         "device": devices[0].device_kind,
         "num_devices": len(devices),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # XLA:CPU's library choices change the speed
     }
 
 
