@@ -46,16 +46,20 @@ def check_measured(r, steps: int):
     assert r["images_per_sec"] == pytest.approx(r["batch"] / (r["step_ms_median"] / 1e3), rel=0.02)
 
 
+def smoke_run(compare, monkeypatch, capsys, frameworks: str) -> tuple[dict, str]:
+    """compare.main in this process at the smoke defaults (2 rounds of 1 step, 1 warm-up), camjax's
+    side a tiny camnet: (records by framework, stderr)."""
+    monkeypatch.setenv("CAMJAX_BENCH_SMOKE", "1")
+    compare.main(["--model", "camnet", "--model_kwargs", '{"widths": [4, 8], "blocks": 1}', "--frameworks", frameworks])
+    out, err = capsys.readouterr()
+    return {r["framework"]: r for r in map(json.loads, out.splitlines())}, err
+
+
 def test_camjax_and_keras_fast_records(compare, monkeypatch, capsys):
     """The smoke defaults (2 rounds of 1 step, 1 warm-up) through camjax and the Keras fast path,
     a tiny camnet against a tiny Keras CNN, in this process: seconds."""
-    monkeypatch.setenv("CAMJAX_BENCH_SMOKE", "1")
     monkeypatch.setattr(compare, "keras_model", tiny_keras_model)
-    compare.main(
-        ["--model", "camnet", "--model_kwargs", '{"widths": [4, 8], "blocks": 1}', "--frameworks", "camjax,keras_fast"]
-    )
-    out, err = capsys.readouterr()
-    recs = {r["framework"]: r for r in map(json.loads, out.splitlines())}
+    recs, err = smoke_run(compare, monkeypatch, capsys, "camjax,keras_fast")
     assert set(recs) == {"camjax", "keras_fast", "camjax/keras_fast"}
     for name in ("camjax", "keras_fast"):
         check_measured(recs[name], steps=2)
@@ -163,13 +167,8 @@ def test_torch_runners_train_and_report(compare, monkeypatch, capsys):
         built.append((model, [p.detach().clone() for p in model.parameters()]))
         return model, {"torch": compare._version("torch")}
 
-    monkeypatch.setenv("CAMJAX_BENCH_SMOKE", "1")
     monkeypatch.setattr(compare, "torch_model", tiny_torch_model)
-    compare.main(
-        ["--model", "camnet", "--model_kwargs", '{"widths": [4, 8], "blocks": 1}', "--frameworks", "camjax,torch"]
-    )
-    out, err = capsys.readouterr()
-    recs = {r["framework"]: r for r in map(json.loads, out.splitlines())}
+    recs, err = smoke_run(compare, monkeypatch, capsys, "camjax,torch")
     assert set(recs) == {"camjax", "torch_eager", "torch_compile", "camjax/torch_eager", "camjax/torch_compile"}
     for name in ("torch_eager", "torch_compile"):
         check_measured(recs[name], steps=2)
