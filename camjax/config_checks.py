@@ -82,10 +82,15 @@ def _problems(config, num_devices: int) -> list[str]:
             )
     if not 0.0 < config.eval.false_rejection < 1.0:
         problems.append(f"eval.false_rejection={config.eval.false_rejection!r}: expected a value in (0, 1)")
-    for field in ("data.manip_prob", "data.val_fraction"):
+    for field in ("data.manip_prob", "data.shared_prob", "data.val_fraction"):
         value = _get(config, field)
         if not 0.0 <= value <= 1.0:
             problems.append(f"{field}={value!r}: expected a value in [0, 1]")
+    if config.data.shared_prob and config.data.manipulate_on == "device":
+        problems.append(
+            f"data.shared_prob={config.data.shared_prob!r}: the shared-photo recompression runs on the host only; "
+            "expected data.manipulate_on='host'"
+        )
     momentum = config.model.bn_momentum
     if momentum and not 0.0 < momentum < 1.0:
         problems.append(f"model.bn_momentum={momentum!r}: expected 0 (the family's default) or a value in (0, 1)")

@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.mix_files = 32  # files whose patches are shuffled together (per worker) before batching
     c.data.crop_step = 0  # 0 -> 8 px for JPEG sources (DCT grid), 2 px otherwise (CFA phase)
     c.data.manip_prob = 0.5  # probability of one of the eight challenge manipulations
+    # probability that an unaltered patch is re-encoded as a photo shared online (JPEG 75-85),
+    # labelled unaltered all the same; host only. See README, "Forensic use".
+    c.data.shared_prob = 0.0
     c.data.manipulate_on = "host"  # host (Grain workers) | device (in the jitted step: camjax.data.device_ops)
     c.data.d4 = "d4"  # dihedral augmentation in training: none | flips | rot90 | d4
     c.data.d4_exempt_classes = ()  # classes whose orientation is meaningful: never rotated

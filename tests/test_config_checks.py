@@ -40,6 +40,7 @@ def test_every_problem_is_named_in_one_error():
     config.batch_size = 30
     config.grad_accum = 4
     config.data.patch = 60
+    config.data.shared_prob = 1.5
     with pytest.raises(ConfigError) as e:
         validate(config, num_devices=1)
     message = str(e.value)
@@ -54,10 +55,20 @@ def test_every_problem_is_named_in_one_error():
         "model.highpass_clip=-1.0",
         "batch_size=30 must divide into grad_accum (4) x devices (1)",
         "data.patch=60: expected a multiple of 8",
+        "data.shared_prob=1.5: expected a value in [0, 1]",
     )
     for problem in expected:
         assert problem in message
     assert len(message.splitlines()) == 1 + len(expected)  # the header, then one line per problem
+
+
+def test_the_shared_photo_augmentation_is_checked_against_the_device_path():
+    config = repo_config("configs/camnet.py:quick")
+    config.data.shared_prob = 0.3
+    validate(config, num_devices=1, shapes=False)
+    config.data.manipulate_on = "device"
+    with pytest.raises(ConfigError, match="data.shared_prob=0.3: the shared-photo recompression runs on the host only"):
+        validate(config, num_devices=1, shapes=False)
 
 
 def test_devices_count_in_the_batch_check():

@@ -110,6 +110,37 @@ def test_manipulated_patches_match_the_reference():
         np.testing.assert_array_equal(img, grid.d4_host(expected, int(k)))
 
 
+def test_shared_photo_augmentation_recompresses_only_unaltered_patches():
+    frame = texture(200, 170, 3)
+    kw = dict(patch=64, count=60, step=8, manip_prob=0.5, views=tta.views("d4"))
+    plain = train_loader.cut_train_patches(frame, np.random.default_rng(0), **kw)
+    assert "shared" not in plain  # and, unasked, the draws are those of a run without the option
+    out = train_loader.cut_train_patches(frame, np.random.default_rng(0), shared_prob=1.0, **kw)
+    low, high = manipulations.SHARED_QUALITIES
+    unaltered = out["manipulation"] == 0
+    assert unaltered.any() and (~unaltered).any()
+    assert np.all((out["shared"][unaltered] >= low) & (out["shared"][unaltered] <= high))
+    assert not out["shared"][~unaltered].any()
+    assert len(set(out["shared"][unaltered])) > 3  # the quality is drawn per patch
+    for img, m, k, q, (y, x) in zip(out["image"], out["manipulation"], out["d4"], out["shared"], out["origin"]):
+        size = manipulations.source_size(64, MANIPULATIONS[m])
+        source = frame[y : y + size, x : x + size]
+        if m:
+            expected = manipulations.manipulate_patch(source, 64, MANIPULATIONS[m])
+        else:  # the label stays 'none': a photo off the web carries no flag
+            expected = manipulations.jpeg_compress(np.ascontiguousarray(source), int(q))
+            assert not np.array_equal(expected, source)
+        np.testing.assert_array_equal(img, grid.d4_host(expected, int(k)))
+
+
+def test_shared_photo_augmentation_is_refused_on_the_device_path(jpeg_root):
+    index = sources.scan_root(jpeg_root, val_fraction=0)
+    with pytest.raises(ValueError, match="data.shared_prob needs data.manipulate_on='host'"):
+        train_loader.make_train_loader(
+            index, data_config(shared_prob=0.3, manipulate_on="device"), batch_size=8, seed=0
+        )
+
+
 def test_manipulations_that_do_not_fit_are_not_drawn():
     out = train_loader.cut_train_patches(
         texture(100, 120, 4), np.random.default_rng(0), patch=64, count=80, step=2, manip_prob=1.0, views=(0,)

@@ -54,12 +54,19 @@ def cut_train_patches(
     manip_prob: float,
     views: Sequence[int],
     raw_size: int = 0,
+    shared_prob: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """`count` random patches of one frame, each possibly manipulated, then D4-transformed.
 
     A manipulation m crops `source_size(patch, m)` at a random grid offset and turns it into
     a `patch`-sized result; manipulations whose source would not fit the frame are not drawn.
     `origin` is the top-left corner of each source crop in the frame.
+
+    With `shared_prob`, an unaltered patch is re-encoded as a photo shared online is (JPEG at
+    a quality drawn from `manipulations.SHARED_QUALITIES`, `shared` holds it, 0 otherwise) and
+    keeps the label 'none': nothing tells a user that a photo off the web was recompressed, so
+    the model must learn that the last encoder's tables need not be the camera's. The draw is
+    made only when `shared_prob` > 0, so runs without it see the patches they always saw.
 
     With `raw_size` (data.manipulate_on='device'), the same draws are made but nothing is
     applied: `raw` holds the raw_size-square region centred on each source crop (zeros where
@@ -73,6 +80,8 @@ def cut_train_patches(
     manip = np.zeros(count, np.int32)
     d4 = np.zeros(count, np.int32)
     origin = np.zeros((count, 2), np.int32)
+    shared = np.zeros(count, np.int32)
+    low, high = manipulations.SHARED_QUALITIES
     for i in range(count):
         m = 0
         if feasible and rng.random() < manip_prob:
@@ -87,9 +96,15 @@ def cut_train_patches(
             crop = frame[top : top + size, left : left + size]
             if m:
                 crop = manipulations.manipulate_patch(crop, patch, MANIPULATIONS[m])
+            elif shared_prob > 0 and rng.random() < shared_prob:
+                shared[i] = int(rng.integers(low, high + 1))
+                crop = manipulations.jpeg_compress(np.ascontiguousarray(crop), shared[i])
             images[i] = d4_host(crop, k)
         manip[i], d4[i], origin[i] = m, k, (top, left)
-    return {"raw" if raw_size else "image": images, "manipulation": manip, "d4": d4, "origin": origin}
+    out = {"raw" if raw_size else "image": images, "manipulation": manip, "d4": d4, "origin": origin}
+    if shared_prob > 0:
+        out["shared"] = shared
+    return out
 
 
 def _paste_region(frame: np.ndarray, out: np.ndarray, top: int, left: int) -> None:
@@ -137,6 +152,9 @@ class _TrainPlan:
         where = data_config.get("manipulate_on", "host")
         if where not in MANIPULATE_ON:
             raise ValueError(f"data.manipulate_on must be host | device, got {where!r}")
+        self.shared_prob = float(data_config.get("shared_prob", 0.0))
+        if self.shared_prob and where == "device":
+            raise ValueError("data.shared_prob needs data.manipulate_on='host' (no device version of it yet)")
         self.raw_size = manipulations.max_source_size(self.patch) if where == "device" else 0
         self._order_cache: tuple[int, np.ndarray] | None = None
 
@@ -208,10 +226,12 @@ class _TrainPlan:
             manip_prob=0.0 if self.premanipulated[i] else self.manip_prob,
             views=(0,) if self.exempt[i] else self.views,
             raw_size=self.raw_size,
+            shared_prob=0.0 if self.premanipulated[i] else self.shared_prob,
         )
         if self.premanipulated[i]:  # flagged as manipulated; which manipulation is unknown
             out["manipulation"][:] = UNKNOWN_MANIPULATION
         del out["origin"]
+        out.pop("shared", None)
         out["label"] = np.full(self.count, self.labels[i], np.int32)
         out["is_manipulated"] = (out["manipulation"] != 0).astype(np.float32)
         out["skipped"] = np.zeros(self.count, np.int32)
