@@ -215,6 +215,36 @@ def test_trace_time_traces_and_lowers_the_train_step(env):
     assert rec["median_s"] == rec["seconds"][0] > 0
 
 
+def test_xla_cpu_kernels_finds_each_convolutions_library(env):
+    off = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+    args = ["--model", "camnet", "--patch", "64", "--batch", "4", "--flags=none", f"--flags={off}"]
+    default, ynn_off = run("xla_cpu_kernels.py", *args, env=env)
+    assert default["xla_flags"] == "" and ynn_off["xla_flags"] == off
+    for r in (default, ynn_off):
+        assert r["total"] == sum(r["convolutions"].values()) > 0
+    assert "ynnpack" not in ynn_off["convolutions"]  # the flag that turns YNNPACK's convolutions off
+
+
+def test_xla_cpu_kernels_attributes_a_convolution_to_the_fusion_that_holds_it():
+    sys.path.insert(0, str(BENCH))
+    from xla_cpu_kernels import convolution_libraries
+
+    hlo = """
+%fused_computation (p0: f32[8,32,32,64], p1: f32[3,3,64,64]) -> f32[8,32,32,64] {
+  ROOT %c.1 = f32[8,32,32,64]{3,2,1,0} convolution(%p0, %p1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+}
+
+ENTRY %main (x: f32[8,32,32,64], w: f32[3,3,64,64]) -> (f32[8,32,32,64], f32[8,32,32,64]) {
+  %ynn_fusion = f32[8,32,32,64]{3,2,1,0} fusion(%x, %w), kind=kCustom, calls=%fused_computation, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  %c.2 = f32[8,32,32,64]{3,2,1,0} convolution(%x, %w), window={size=1x1 lhs_dilate=2x2}, dim_labels=b01f_01io->b01f
+  ROOT %t = (f32[8,32,32,64]{3,2,1,0}, f32[8,32,32,64]{3,2,1,0}) tuple(%ynn_fusion, %c.2)
+}
+"""
+    counts, xla_windows = convolution_libraries(hlo)
+    assert counts == {"ynnpack": 1, "xla (unfused)": 1}
+    assert xla_windows == {"size=1x1 lhs_dilate=2x2": 1}
+
+
 @pytest.mark.slow
 def test_eval_memory_streams_growing_test_sets(env, tmp_path):
     from camjax_testdata import make_challenge_tree
