@@ -9,9 +9,10 @@ run's views and blended; one temperature T then rescales the blended log-probabi
 the open-set thresholds: the value of each open-set score below which 5% (by default) of
 known-camera images fall. All of it is stored with the run (DIR/calibration.json) and read
 back by `evaluate` and `predict`. The same samples' embeddings (the head's input features)
-give a Gaussian per known camera with one shared covariance (DIR/feature_density.npz), whose
-distance score `evaluate` reports beside the probability scores when the test set holds
-cameras the run was not trained on.
+give a Gaussian per known camera and manipulation, with one covariance for the unaltered and
+one for the manipulated samples (DIR/feature_density.npz), whose distance score `evaluate`
+reports beside the probability scores when the test set holds cameras the run was not
+trained on.
 """
 
 from __future__ import annotations
@@ -158,33 +159,110 @@ def oas_covariance(x: np.ndarray) -> tuple[np.ndarray, float]:
 
 @dataclasses.dataclass
 class FeatureDensity:
-    """Class means of the embedding and one shared, shrunk covariance (a Gaussian per known
-    camera, Lee et al. 2018). The score is minus the squared Mahalanobis distance to the
-    nearest class mean: a camera the model never saw can get a confident softmax, yet leave
-    features (the JPEG trace among them) far from every known camera's."""
+    """A Gaussian per known camera and manipulation in the embedding, the feature-space
+    open-set score (after Lee et al. 2018, one mean per component, shared shrunk covariances).
 
-    means: np.ndarray  # [C, D]
-    precision: np.ndarray  # [D, D]
-    shrinkage: float = 0.0
+    The embedding of a camera's patches is not one cluster: each manipulation moves it (a
+    resize or a second JPEG rewrites the traces the network reads), so one mean per camera
+    sits between clusters, and an unknown camera's unaltered patch can be nearer to it than
+    a known camera's manipulated one. So there is one mean per (camera, manipulation) seen in
+    the fit, and the unaltered and the manipulated samples each get their own covariance (the
+    spread of a second JPEG's traces is not that of a camera's own). A test image is scored
+    against the components of its own group, which its file name gives as it gives the model's
+    flag: minus the squared Mahalanobis distance to the nearest. The groups' scores are then
+    put on one scale (`standardise`): 0 at the median of the group's cross-fitted validation
+    scores, -1 at their `false_rejection` quantile, so one threshold asks the same of both."""
+
+    means: np.ndarray  # [K, D] one per (camera, manipulation) component
+    group_of_mean: np.ndarray  # [K] 0: unaltered, 1: manipulated
+    precisions: np.ndarray  # [G, D, D] per group present in the fit (index: `groups`)
+    groups: np.ndarray  # [G] the groups fitted, ascending
+    shrinkage: np.ndarray  # [G]
+    centre: np.ndarray  # [G] subtracted from a group's raw score
+    spread: np.ndarray  # [G] divides it
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray) -> FeatureDensity:
-        """Means of the classes present in `labels` (the score needs the nearest, not its name)."""
-        features = np.asarray(features, np.float64)
-        present = np.unique(labels)
-        means = np.stack([features[labels == c].mean(0) for c in present])
-        covariance, shrinkage = oas_covariance(features - means[np.searchsorted(present, labels)])
-        return cls(means, np.linalg.inv(covariance), shrinkage)
+    def fit(cls, features: np.ndarray, labels: np.ndarray, manipulations: np.ndarray | None = None) -> FeatureDensity:
+        """Component means of the (label, manipulation id) pairs present; `manipulations` None:
+        every sample unaltered (one group, one mean per camera). Unstandardised (centre 0,
+        spread 1) until `standardise`."""
+        features, labels = np.asarray(features, np.float64), np.asarray(labels)
+        manipulations = np.zeros(len(labels), np.int64) if manipulations is None else np.asarray(manipulations)
+        sample_group = (manipulations != 0).astype(np.int64)
+        means, group_of_mean, precisions, shrinkage = [], [], [], []
+        groups = np.unique(sample_group)
+        for g in groups:
+            rows = sample_group == g
+            keys = labels[rows] * (int(manipulations.max()) + 1) + manipulations[rows]
+            present = np.unique(keys)
+            group_means = np.stack([features[rows][keys == k].mean(0) for k in present])
+            residuals = features[rows] - group_means[np.searchsorted(present, keys)]
+            if not residuals.any():  # one sample per component: no spread around the means to read
+                log.warning(
+                    "one validation sample per camera and manipulation: feature distances use the overall spread"
+                )
+                residuals = features[rows] - features[rows].mean(0)
+                if not residuals.any():
+                    residuals = np.eye(features.shape[1])
+            covariance, shrunk = oas_covariance(residuals)
+            means.append(group_means)
+            group_of_mean += [g] * len(present)
+            precisions.append(np.linalg.inv(covariance))
+            shrinkage.append(shrunk)
+        ones = np.ones(len(groups))
+        return cls(
+            np.concatenate(means),
+            np.array(group_of_mean),
+            np.stack(precisions),
+            groups,
+            np.array(shrinkage),
+            0 * ones,
+            ones,
+        )
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """-min over classes of the squared Mahalanobis distance (higher: more like a known camera)."""
-        diff = np.asarray(features, np.float64)[:, None, :] - self.means[None]  # [N, C, D]
-        return -np.einsum("ncd,de,nce->nc", diff, self.precision, diff).min(-1)
+    def _group_index(self, manipulated) -> np.ndarray:
+        """Each image's fitted group: its own, or the only one fitted."""
+        wanted = np.asarray(manipulated, np.int64).astype(bool).astype(np.int64)
+        return (
+            np.searchsorted(self.groups, wanted).clip(0, len(self.groups) - 1) if len(self.groups) > 1 else 0 * wanted
+        )
+
+    def raw(self, features: np.ndarray, manipulated) -> np.ndarray:
+        """-min over the image's group's components of the squared Mahalanobis distance."""
+        features = np.asarray(features, np.float64)
+        index = self._group_index(manipulated)
+        out = np.full(len(features), np.nan)
+        for i, g in enumerate(self.groups):
+            rows = index == i
+            if rows.any():
+                diff = features[rows][:, None, :] - self.means[self.group_of_mean == g][None]  # [N, K_g, D]
+                out[rows] = -np.einsum("ncd,de,nce->nc", diff, self.precisions[i], diff).min(-1)
+        return out
+
+    def score(self, features: np.ndarray, manipulated) -> np.ndarray:
+        """The standardised score (higher: more like a known camera; -1: the threshold's quantile)."""
+        return self.on_scale(self.raw(features, manipulated), manipulated)
+
+    def on_scale(self, raw_scores: np.ndarray, manipulated) -> np.ndarray:
+        """Raw scores of images in groups `manipulated`, standardised."""
+        index = self._group_index(manipulated)
+        return (np.asarray(raw_scores, np.float64) - self.centre[index]) / self.spread[index]
+
+    def standardise(self, raw_scores: np.ndarray, manipulated, false_rejection: float = FALSE_REJECTION):
+        """Sets each group's centre and spread from `raw_scores` (cross-fitted, see
+        `cross_fitted_scores`) of samples of known cameras: median -> 0, quantile -> -1."""
+        index = self._group_index(manipulated)
+        for i in range(len(self.groups)):
+            group_scores = np.asarray(raw_scores)[index == i]
+            if len(group_scores):
+                median, low = np.median(group_scores), np.quantile(group_scores, false_rejection)
+                self.centre[i], self.spread[i] = median, max(median - low, 1e-12 * max(abs(median), 1.0))
+        return self
 
     def save(self, workdir: str) -> str:
         path = os.path.join(workdir, FEATURE_FILE)
         with postprocess.atomic_write(path, "wb") as f:
-            np.savez(f, means=self.means, precision=self.precision, shrinkage=self.shrinkage)
+            np.savez(f, **dataclasses.asdict(self))
         return path
 
     @classmethod
@@ -193,11 +271,20 @@ class FeatureDensity:
         if not os.path.exists(path):
             return None
         with np.load(path) as z:
-            return cls(z["means"], z["precision"], float(z["shrinkage"]))
+            if "groups" not in z:  # stored by camjax before the per-manipulation components
+                log.warning("%s: a density from an older camjax (one mean per camera); refit it with calibrate", path)
+                return None
+            return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
 
 
-def cross_fitted_scores(features: np.ndarray, labels: np.ndarray, frames: np.ndarray, folds: int = 5) -> np.ndarray:
-    """Each sample's `FeatureDensity` score under a density fitted without its frame.
+def cross_fitted_scores(
+    features: np.ndarray,
+    labels: np.ndarray,
+    frames: np.ndarray,
+    manipulations: np.ndarray | None = None,
+    folds: int = 5,
+) -> np.ndarray:
+    """Each sample's raw `FeatureDensity` score under a density fitted without its frame.
 
     A threshold read from the samples the means were fitted on is an in-sample quantile: new
     photos of the same cameras sit farther from the means, and far more than the asked-for
@@ -207,6 +294,8 @@ def cross_fitted_scores(features: np.ndarray, labels: np.ndarray, frames: np.nda
     with at least two frames in the fit. With one frame per camera there is nothing to hold
     out: the in-sample scores are returned, with a warning."""
     features, labels, frames = np.asarray(features, np.float64), np.asarray(labels), np.asarray(frames)
+    manipulations = np.zeros(len(labels), np.int64) if manipulations is None else np.asarray(manipulations)
+    manipulated = manipulations != 0
     fold_of_frame = {}
     for label in np.unique(labels):
         for i, frame in enumerate(np.unique(frames[labels == label])):
@@ -214,11 +303,12 @@ def cross_fitted_scores(features: np.ndarray, labels: np.ndarray, frames: np.nda
     fold = np.array([fold_of_frame[f] for f in frames])
     if (fold == 0).all():
         log.warning("one validation frame per camera: the feature_distance threshold is in-sample (too strict)")
-        return FeatureDensity.fit(features, labels).score(features)
+        return FeatureDensity.fit(features, labels, manipulations).raw(features, manipulated)
     scores = np.full(len(labels), np.nan)
     for k in np.unique(fold):
         held = fold == k
-        scores[held] = FeatureDensity.fit(features[~held], labels[~held]).score(features[held])
+        density = FeatureDensity.fit(features[~held], labels[~held], manipulations[~held])
+        scores[held] = density.raw(features[held], manipulated[held])
     return scores
 
 
@@ -323,9 +413,9 @@ def open_set_report(
 
 def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
     """Each validation frame cut like a challenge test image: the `size` centre crop on the
-    crop grid under every manipulation. Returns (images, is_manipulated, labels, the index of
-    each sample's record); unreadable files are skipped and logged."""
-    images, flags, labels, frames = [], [], [], []
+    crop grid under every manipulation. Returns (images, is_manipulated, manipulation ids,
+    labels, the index of each sample's record); unreadable files are skipped and logged."""
+    images, flags, manipulation_ids, labels, frames = [], [], [], [], []
     for index, rec in enumerate(records):
         loaded = eval_batches.load_or_skip(rec.path, 0, read)
         if loaded is None:
@@ -338,9 +428,11 @@ def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
         for m in MANIPULATIONS:
             images.append(eval_batches.manipulated_at(frame, top, left, side, m))
             flags.append(float(m.id != 0))
+            manipulation_ids.append(m.id)
             labels.append(rec.label)
             frames.append(index)
-    return images, np.array(flags, np.float32), np.array(labels, np.int64), np.array(frames, np.int64)
+    arrays = (np.array(manipulation_ids, np.int64), np.array(labels, np.int64), np.array(frames, np.int64))
+    return images, np.array(flags, np.float32), *arrays
 
 
 def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJECTION) -> Calibration:
@@ -352,7 +444,7 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
     dp = dp or DataParallel("sharded")
     restored = evaluator.restore(workdir, dp)
     records, read = evaluator.validation_records(restored)
-    images, flags, labels, frames = test_like_samples(records, read, restored.config.data)
+    images, flags, manipulation_ids, labels, frames = test_like_samples(records, read, restored.config.data)
     if not len(labels):
         raise ValueError(f"{workdir}: no readable validation frame to calibrate on")
     configured = restored.config.get("eval", {})
@@ -371,12 +463,15 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
     finite = np.isfinite(probs).all(-1) & np.isfinite(features).all(-1)
     if not finite.any():
         raise ValueError(f"{workdir}: the model's validation predictions are not finite: nothing to calibrate")
-    probs, labels, features, frames = probs[finite], labels[finite], features[finite], frames[finite]
+    probs, labels, features = probs[finite], labels[finite], features[finite]
+    frames, manipulation_ids = frames[finite], manipulation_ids[finite]
     result = fit(probs, labels, step=restored.step, false_rejection=false_rejection)
-    # The feature-space threshold is read from scores of frames the density did not see.
-    oof = cross_fitted_scores(features, labels, frames)
-    result.thresholds[FEATURE_SCORE] = float(np.quantile(oof, false_rejection))
-    FeatureDensity.fit(features, labels).save(workdir)
+    # The feature-space scale and threshold are read from scores of frames the density did not see.
+    oof = cross_fitted_scores(features, labels, frames, manipulation_ids)
+    manipulated = manipulation_ids != 0
+    density = FeatureDensity.fit(features, labels, manipulation_ids).standardise(oof, manipulated, false_rejection)
+    result.thresholds[FEATURE_SCORE] = float(np.quantile(density.on_scale(oof, manipulated), false_rejection))
+    density.save(workdir)
     result.save(workdir)
     log.info(
         "calibration on %d validation samples: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f",

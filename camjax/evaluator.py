@@ -460,7 +460,7 @@ def evaluate(
         if not known.all():
             feature_scores = None
             if first_features is not None:
-                feature_scores = density.score(np.nan_to_num(first_features[good]))
+                feature_scores = density.score(np.nan_to_num(first_features[good]), groups[good])
             report["open_set"] = calibration.open_set_report(
                 before_prnu[good],
                 known[good],

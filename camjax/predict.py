@@ -113,7 +113,8 @@ def predict_images(
     if score_name != calibration.FEATURE_SCORE:
         scores = calibration.OPEN_SET_SCORES[score_name](probs)
     elif density is not None:
-        scores = density.score(np.nan_to_num(predicted[0].features))
+        manipulated = evaluator.manipulation_groups([os.path.basename(f) for f in files])  # as the model's flag
+        scores = density.score(np.nan_to_num(predicted[0].features), manipulated)
     else:  # a run calibrated before camjax stored the density: no verdict
         scores, threshold = np.full(len(files), np.nan), None
     answers = []

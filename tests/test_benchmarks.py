@@ -331,8 +331,23 @@ def test_learning_curve_records_validation_against_seconds_and_steps(env, tmp_pa
     assert (tmp_path / "run" / "metrics.jsonl").exists()  # a named workdir is kept
 
 
-@pytest.mark.slow
-def test_recipe_trains_and_scores_each_seed(env, tmp_path):
+TINY_RECIPE = [
+    "data.workers=0",
+    "data.patch=32",
+    "data.patches_per_image=4",
+    "batch_size=8",
+    "steps_per_epoch=2",
+    "num_epochs=1",
+    "data.val_crops=1",
+    "model.kwargs.widths=(8, 16)",
+    "model.head.hidden=(16, 8)",
+    "eval.max_tiles=2",
+    "compilation_cache=''",
+]
+
+
+def labelled_challenge_tree(tmp_path):
+    """A three-camera tree whose test labels are known: {file name: camera}."""
     import csv
 
     from camjax_testdata import make_challenge_tree
@@ -346,20 +361,13 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         for i, name in enumerate(sorted(p.name for p in (root / "test").iterdir())):
             truth[name] = classes[i % 3]
             w.writerow([name, truth[name], "jpeg70" if "manip" in name else "none"])
-    tiny = [
-        "data.workers=0",
-        "data.patch=32",
-        "data.patches_per_image=4",
-        "batch_size=8",
-        "steps_per_epoch=2",
-        "num_epochs=1",
-        "data.val_crops=1",
-        "model.kwargs.widths=(8, 16)",
-        "model.head.hidden=(16, 8)",
-        "eval.max_tiles=2",
-        "compilation_cache=''",
-    ]
-    sets = [arg for item in tiny for arg in ("--set", item)]
+    return root, truth
+
+
+@pytest.mark.slow
+def test_recipe_trains_and_scores_each_seed(env, tmp_path):
+    root, truth = labelled_challenge_tree(tmp_path)
+    sets = [arg for item in TINY_RECIPE for arg in ("--set", item)]
     records = run(
         "recipe.py",
         "--root",
@@ -389,6 +397,36 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         assert set(r["calibration"]) >= {"before", "after"}
         assert 0 <= r["shared_online"]["after"]["weighted_accuracy"] <= 1
     assert not any((tmp_path / "runs").iterdir())  # run folders go unless --keep
+
+
+@pytest.mark.slow
+def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path):
+    root, _ = labelled_challenge_tree(tmp_path)
+    sets = [arg for item in TINY_RECIPE for arg in ("--set", item)]
+    runs = tmp_path / "runs"
+    [trained] = run(
+        "recipe.py",
+        "--root",
+        str(root),
+        "--seeds",
+        "0",
+        "--runs",
+        str(runs),
+        "--keep",
+        "--hold_out",
+        "1",
+        *sets,
+        env=env,
+    )
+    [workdir] = list(runs.iterdir())
+    density = workdir / "feature_density.npz"
+    density.unlink()  # rescore must write it again, not read the old one
+    [again] = run("rescore.py", str(workdir), "--name", "again", env=env)
+    assert again["benchmark"] == "rescore" and again["name"] == "again" and density.exists()
+    # The same model and the same code: the same scores as the run's own evaluation.
+    assert again["test_weighted_accuracy"] == trained["test_weighted_accuracy"]
+    assert again["open_set"]["auroc"] == pytest.approx(trained["open_set"]["auroc"])
+    assert again["calibration"]["after"]["ece"] == pytest.approx(trained["calibration"]["after"]["ece"], abs=1e-6)
 
 
 def test_every_figure_in_a_results_table_has_its_raw_line(tmp_path):

@@ -129,11 +129,84 @@ def test_feature_density_scores_its_own_cameras_above_an_unseen_one():
 
     labels = np.repeat(np.arange(3), 30)
     density = calibration.FeatureDensity.fit(np.concatenate([draw(c, 30) for c in range(3)]), labels)
-    assert np.isfinite(density.precision).all() and 0 < density.shrinkage < 1
-    known = density.score(np.concatenate([draw(c, 50) for c in range(3)]))
-    unknown = density.score(draw(3, 50))
+    assert np.isfinite(density.precisions).all() and 0 < density.shrinkage[0] < 1
+    unaltered = np.zeros(150)
+    known = density.score(np.concatenate([draw(c, 50) for c in range(3)]), unaltered)
+    unknown = density.score(draw(3, 50), unaltered[:50])
     assert calibration.auroc(known, unknown) > 0.99
-    assert density.score(density.means[1:2])[0] == pytest.approx(0.0, abs=1e-9)
+    assert density.score(density.means[1:2], [0])[0] == pytest.approx(0.0, abs=1e-9)
+
+
+def clustered_cameras(rng, cameras=4, manipulations=3, frames=6, dim=24):
+    """Embeddings with a cluster per (camera, manipulation): manipulation 0 unaltered, the
+    others manipulated, each a shift shared by every camera plus a camera-specific part; nine
+    near-duplicate copies of each frame would be overkill here, so one sample per frame and
+    manipulation. Returns a sampler and the fitted-set arrays."""
+    shift = rng.normal(scale=6.0, size=(manipulations, dim))
+    own = rng.normal(scale=1.5, size=(cameras, manipulations, dim))
+    noise = np.array([1.0] + [1.5] * (manipulations - 1))  # a second JPEG spreads the traces more
+
+    def draw(camera, m, n):
+        return shift[m] + own[camera, m] + noise[m] * rng.normal(size=(n, dim))
+
+    return draw
+
+
+def test_feature_density_has_a_component_per_camera_and_manipulation():
+    """Each camera's embedding is a cluster per manipulation. The density with a component per
+    (camera, manipulation) and a covariance per group separates an unknown camera from the
+    known ones, unaltered and manipulated alike, far better than one mean per camera does (a
+    mean between the clusters, a covariance stretched over all of them)."""
+    rng = np.random.default_rng(7)
+    draw = clustered_cameras(rng)
+    known_cams, unknown_cam, manips = (0, 1, 2), 3, (0, 1, 2)
+    feats, labels, m_ids = [], [], []
+    for c in known_cams:
+        for m in manips:
+            feats.append(draw(c, m, 12))
+            labels += [c] * 12
+            m_ids += [m] * 12
+    feats, labels, m_ids = np.concatenate(feats), np.array(labels), np.array(m_ids)
+    components = calibration.FeatureDensity.fit(feats, labels, m_ids)
+    per_camera = calibration.FeatureDensity.fit(feats, labels)
+    assert components.means.shape[0] == 9 and list(components.groups) == [0, 1]
+    assert list(components.group_of_mean) == [0] * 3 + [1] * 6
+
+    by_component, by_camera = [], []
+    for m in manips:
+        known = np.concatenate([draw(c, m, 40) for c in known_cams])
+        unknown = draw(unknown_cam, m, 40)
+        flag = np.full(40, m != 0)
+        for density, out in ((components, by_component), (per_camera, by_camera)):
+            out.append(calibration.auroc(density.score(known, np.tile(flag, 3)), density.score(unknown, flag)))
+    assert min(by_component) > 0.95 and np.mean(by_component) > np.mean(by_camera) + 0.05, (by_component, by_camera)
+
+
+def test_standardised_groups_reject_the_asked_share_of_new_frames_in_each():
+    """Unaltered and manipulated samples (one component each per camera against two, another
+    spread): standardised by cross-fitted scores, each group's quantile sits at -1 and its
+    median at 0, and new known-camera frames of every manipulation are rejected at about the
+    asked-for 5% under that one threshold."""
+    rng = np.random.default_rng(8)
+    draw = clustered_cameras(rng, cameras=3, manipulations=3)
+    feats, labels, m_ids, frames = [], [], [], []
+    for c in range(3):
+        for f in range(10):
+            for m in range(3):
+                feats.append(draw(c, m, 1))
+                labels.append(c)
+                m_ids.append(m)
+                frames.append(c * 10 + f)
+    feats, labels, m_ids, frames = np.concatenate(feats), np.array(labels), np.array(m_ids), np.array(frames)
+    oof = calibration.cross_fitted_scores(feats, labels, frames, m_ids)
+    density = calibration.FeatureDensity.fit(feats, labels, m_ids).standardise(oof, m_ids != 0, 0.05)
+    np.testing.assert_allclose(np.quantile(density.on_scale(oof, m_ids != 0)[m_ids == 0], 0.05), -1.0)
+    np.testing.assert_allclose(np.median(density.on_scale(oof, m_ids != 0)[m_ids != 0]), 0.0, atol=1e-12)
+    for m in range(3):
+        fresh = np.concatenate([draw(c, m, 300) for c in range(3)])
+        flag = np.full(len(fresh), m != 0)
+        rejected = (density.score(fresh, flag) < -1.0).mean()
+        assert 0.01 < rejected < 0.15, (m, rejected)
 
 
 def test_cross_fitted_threshold_keeps_its_false_rejection_on_new_frames():
@@ -151,14 +224,16 @@ def test_cross_fitted_threshold_keeps_its_false_rejection_on_new_frames():
     features = np.concatenate([frames(c, 6) for c in range(3)])
     labels, frame_ids = np.repeat(np.arange(3), 54), np.repeat(np.arange(18), 9)
     density = calibration.FeatureDensity.fit(features, labels)
-    fresh = density.score(np.concatenate([frames(c, 200) for c in range(3)]))
-    in_sample = np.quantile(density.score(features), 0.05)
+    new_frames = np.concatenate([frames(c, 200) for c in range(3)])
+    fresh = density.raw(new_frames, np.zeros(len(new_frames)))
+    in_sample = np.quantile(density.raw(features, np.zeros(len(labels))), 0.05)
     cross_fitted = np.quantile(calibration.cross_fitted_scores(features, labels, frame_ids), 0.05)
     assert (fresh < in_sample).mean() > 0.5
     assert (fresh < cross_fitted).mean() < 0.15
     first = np.isin(frame_ids, (0, 6, 12))  # one frame per camera: nothing to hold out, in-sample scores
     one_each = calibration.cross_fitted_scores(features[first], labels[first], frame_ids[first])
-    np.testing.assert_allclose(one_each, density.fit(features[first], labels[first]).score(features[first]))
+    in_sample_first = density.fit(features[first], labels[first]).raw(features[first], np.zeros(first.sum()))
+    np.testing.assert_allclose(one_each, in_sample_first)
 
 
 def test_config_check_names_a_bad_open_set_score():
@@ -204,7 +279,9 @@ def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
     assert set(stored["thresholds"]) == {*calibration.OPEN_SET_SCORES, calibration.FEATURE_SCORE}
     assert stored["after"]["nll"] <= stored["before"]["nll"] + 1e-9
     density = calibration.FeatureDensity.load(str(trained))
-    assert density.means.shape[0] == 2 and density.precision.shape == (density.means.shape[1],) * 2
+    # a component per trained camera and manipulation: 2 unaltered, 2 x 8 manipulated; a covariance per group
+    assert density.means.shape[0] == 18 and list(density.group_of_mean).count(0) == 2
+    assert density.precisions.shape == (2, density.means.shape[1], density.means.shape[1])
 
     r = evaluator.evaluate([str(trained)], out=str(tmp_path / "sub.csv"), shared=True)
     o = r["open_set"]
@@ -259,7 +336,7 @@ def test_predict_gives_the_feature_distance_verdict_when_the_run_asks_for_it(tra
         phase=evaluator.GridPhases(restored.run.patch),
         features=True,
     )
-    expected = calibration.FeatureDensity.load(str(run)).score(direct.features)[0]
+    expected = calibration.FeatureDensity.load(str(run)).score(direct.features, [0])[0]  # photo.png: unaltered
     assert answer["open_set_score"] == pytest.approx(expected, rel=1e-5) and expected <= 0
 
 
