@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from camjax import convert
-from camjax.models import create, default_config, layers, mobilenet, registry
+from camjax.models import create, default_config, layers, mobilenet, registry, resnet
 
 KERAS_PARAMS = {  # include_top=False, BatchNorm statistics included (docs/design.md)
     "resnet50": 23_587_712,
@@ -261,3 +261,40 @@ def test_zero_init_residual_starts_blocks_as_their_shortcuts(name, kwargs):
         residual = [b for b in model.blocks if b.residual]
         assert residual and all((np.asarray(b.project_bn.scale[...]) == 0).all() for b in residual)
         assert all((np.asarray(b.project_bn.scale[...]) == 1).all() for b in model.blocks if not b.residual)
+
+
+def test_strided_bottleneck_equals_strided_convolutions_in_value_and_gradients():
+    """The block subsamples once and runs its 1x1 convolutions at stride 1: exactly what the
+    strided 1x1 convolutions of Keras' block compute, forward and backward, on odd sizes too."""
+    make = layers.Layers(rngs=nnx.Rngs(0), conv_bias=True, conv_padding="VALID", bn_epsilon=resnet.BN_EPSILON)
+    block = fill(resnet.Bottleneck("conv3_block1", 8, 4, 2, True, make=make))
+    block.eval()
+
+    def strided(conv, x):  # Keras' Conv2D(kernel 1, strides 2)
+        dims = ("NHWC", "HWIO", "NHWC")
+        return (
+            jax.lax.conv_general_dilated(x, conv.kernel[...], (2, 2), "VALID", dimension_numbers=dims) + conv.bias[...]
+        )
+
+    def reference(b, x):
+        y = nnx.relu(b.bn1(strided(b.conv1, x)))
+        y = b.bn3(b.conv3(nnx.relu(b.bn2(b.conv2(y)))))
+        return nnx.relu(b.bn0(strided(b.conv0, x)) + y)
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 11, 8)).astype(np.float32))
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=(2, 5, 6, 16)).astype(np.float32))
+    loss = lambda f: lambda b, x: (f(b, x) * cotangent).sum()  # noqa: E731
+    got = nnx.grad(loss(lambda b, x: b(x)), argnums=(0, 1))(block, x)
+    want = nnx.grad(loss(reference), argnums=(0, 1))(block, x)
+    np.testing.assert_allclose(np.asarray(block(x)), np.asarray(reference(block, x)), rtol=1e-5, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_train_step_has_no_convolution_over_a_dilated_input():
+    """A strided convolution's input gradient is a convolution over the gradient dilated by the
+    stride (`lhs_dilate`), which XLA:CPU leaves to its generic loop; ResNet50 has none."""
+    graphdef, state = nnx.split(abstract("resnet50"))
+    loss = lambda state, x: nnx.merge(graphdef, state)(x).sum()  # noqa: E731
+    hlo = jax.jit(jax.grad(loss)).lower(state, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)).compile().as_text()
+    assert "convolution(" in hlo and "lhs_dilate" not in hlo.replace("lhs_dilate=1x1", "")

@@ -31,13 +31,22 @@ def zero_pad(x: jax.Array, pad: int) -> jax.Array:
 
 
 class Bottleneck(nnx.Module):
-    """Keras' `block1`: 1x1 (stride) -> 3x3 -> 1x1 (x4), plus identity or projected shortcut."""
+    """Keras' `block1`: 1x1 (stride) -> 3x3 -> 1x1 (x4), plus identity or projected shortcut.
+
+    A strided 1x1 convolution reads every `stride`-th pixel and nothing else, so the block
+    takes those pixels once (`x[:, ::s, ::s]`) and runs both 1x1 convolutions at stride 1: the
+    same outputs and gradients, the same kernels (Keras weights import as before). XLA:CPU
+    runs the input gradient of a strided convolution through its generic loop over the
+    dilated input; a stride-1 1x1 convolution goes to YNNPACK both ways
+    (benchmarks/RESULTS.md, "Strided 1x1 convolutions").
+    """
 
     def __init__(self, name: str, cin: int, filters: int, stride: int, project: bool, *, make: Layers):
         self.name = name
-        self.conv0 = make.conv(cin, 4 * filters, 1, strides=stride) if project else None
+        self.stride = stride
+        self.conv0 = make.conv(cin, 4 * filters, 1) if project else None
         self.bn0 = make.bn(4 * filters) if project else None
-        self.conv1 = make.conv(cin, filters, 1, strides=stride)
+        self.conv1 = make.conv(cin, filters, 1)
         self.bn1 = make.bn(filters)
         self.conv2 = make.conv(filters, filters, 3, padding="SAME")
         self.bn2 = make.bn(filters)
@@ -63,6 +72,8 @@ class Bottleneck(nnx.Module):
         ]
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if self.stride > 1:  # only projecting blocks stride, so the identity shortcut never sees it
+            x = x[:, :: self.stride, :: self.stride]
         shortcut = x if self.conv0 is None else self.bn0(self.conv0(x))
         y = nnx.relu(self.bn1(self.conv1(x)))
         y = nnx.relu(self.bn2(self.conv2(y)))
