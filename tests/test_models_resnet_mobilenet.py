@@ -289,6 +289,8 @@ def test_strided_bottleneck_equals_strided_convolutions_in_value_and_gradients()
     np.testing.assert_allclose(np.asarray(block(x)), np.asarray(reference(block, x)), rtol=1e-5, atol=1e-5)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="projected shortcut"):
+        resnet.Bottleneck("conv3_block2", 16, 4, 2, False, make=make)
 
 
 def test_resnet_train_step_has_no_convolution_over_a_dilated_input():

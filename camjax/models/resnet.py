@@ -42,6 +42,8 @@ class Bottleneck(nnx.Module):
     """
 
     def __init__(self, name: str, cin: int, filters: int, stride: int, project: bool, *, make: Layers):
+        if stride > 1 and not project:  # the identity shortcut cannot subsample
+            raise ValueError(f"{name}: a block with stride {stride} needs a projected shortcut")
         self.name = name
         self.stride = stride
         self.conv0 = make.conv(cin, 4 * filters, 1) if project else None
@@ -72,7 +74,7 @@ class Bottleneck(nnx.Module):
         ]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.stride > 1:  # only projecting blocks stride, so the identity shortcut never sees it
+        if self.stride > 1:  # a projecting block (see __init__): both branches read these pixels
             x = x[:, :: self.stride, :: self.stride]
         shortcut = x if self.conv0 is None else self.bn0(self.conv0(x))
         y = nnx.relu(self.bn1(self.conv1(x)))
