@@ -1,4 +1,4 @@
-"""Depthwise 3x3 convolutions, the two lowerings of camjax.models.layers.depthwise_lowering:
+"""Depthwise 3x3 convolutions, the two lowerings of camjax.models.layers.conv_lowering:
 XLA's grouped convolution ('conv') against strided slices multiplied and summed, with their
 own gradient ('shifts'). Forward and forward+backward, median milliseconds per call.
 
@@ -56,7 +56,7 @@ def main(argv=None) -> None:
         weights = jnp.asarray(rng.normal(size=(args.batch, out_side, out_side, channels)), jnp.float32)
         results = {}
         for impl in ("conv", "shifts"):
-            lowering = layers.depthwise_lowering(impl)
+            lowering = layers.conv_lowering(impl)
             conv = functools.partial(
                 lowering,
                 window_strides=(stride, stride),

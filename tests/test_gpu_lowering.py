@@ -1,7 +1,7 @@
 """Every GPU program lowers for CUDA on this CPU-only machine (`jax.export`, abstract shapes).
 
 The real train step of every registered model at the GPU workload (patch 512, bf16 compute,
-batch 64, `depthwise_impl` resolved as on a GPU) under `sharded` on 8 devices; for ResNet50
+batch 64, `conv_impl` and `depthwise_impl` resolved as on a GPU) under `sharded` on 8 devices; for ResNet50
 and MobileNet (a dense and a depthwise family) the train and the D4 TTA steps under `sharded`
 on 8 and 1 devices and `pmap` on 8. Nothing is compiled: each program is traced and emitted as
 StableHLO for the CUDA platform, which is where a CPU-only lowering, a host callback or a dtype
@@ -39,8 +39,9 @@ SCRIPT = textwrap.dedent(
     def lower(name, mode, devices, programs):
         config = get_config()
         config.model = default_config(name)
+        config.model.kwargs.conv_impl = "conv"  # what 'auto' picks on a GPU
         if name in ("mobilenet", "mobilenet_v2"):
-            config.model.kwargs.depthwise_impl = "conv"  # what 'auto' picks on a GPU
+            config.model.kwargs.depthwise_impl = "conv"
         config.dtype, config.batch_size, config.parallel = "bfloat16", BATCH, mode
         dp = DataParallel(mode, devices=jax.devices()[:devices])
         built = assembly.build_abstract(config.model, 10, dp, dtype=config.dtype, optim_config=config.optim)

@@ -1,4 +1,4 @@
-"""The forensic input layers and the depthwise lowering against references (lax, scipy)."""
+"""The forensic input layers and the convolution lowerings against references (lax, scipy)."""
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,7 @@ def _depthwise_conv(impl, channels=4, groups=None):
         (3, 3),
         feature_group_count=groups or channels,
         use_bias=False,
-        conv_general_dilated=layers.depthwise_lowering(impl),
+        conv_general_dilated=layers.conv_lowering(impl),
         rngs=nnx.Rngs(0),
     )
 
@@ -78,10 +78,112 @@ def test_depthwise_lowering_choices_agree(groups):
     np.testing.assert_allclose(outs[2], outs[0], rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_lowering_is_one_function_per_choice_and_checks_its_name():
-    assert layers.depthwise_lowering("shifts") is layers.depthwise_lowering("shifts")
+def test_conv_lowering_is_one_function_per_choice_and_checks_its_names():
+    assert layers.conv_lowering("shifts") is layers.conv_lowering("shifts")
+    assert layers.conv_lowering("auto", "gather") is not layers.conv_lowering("auto", "conv")
     with pytest.raises(ValueError, match="unknown depthwise lowering 'fast'"):
-        layers.depthwise_lowering("fast")
+        layers.conv_lowering("fast")
+    with pytest.raises(ValueError, match="unknown dense convolution lowering 'im2col'"):
+        layers.conv_lowering("auto", "im2col")
+
+
+def lax_conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+DENSE_CASES = [  # size, cin, cout, kernel (h, w), strides, padding
+    (6, 5, 7, (1, 1), (1, 1), "VALID"),
+    (7, 5, 4, (1, 1), (2, 2), "VALID"),
+    (2, 6, 3, (3, 3), (1, 1), "SAME"),  # ResNet50's last stage at patch 64: the kernel overhangs the map
+    (9, 3, 4, (3, 3), (2, 2), "SAME"),
+    (10, 3, 5, (7, 7), (2, 2), ((3, 3), (3, 3))),  # a ResNet stem, padded by hand as Keras does
+    (8, 4, 4, (1, 7), (1, 1), "SAME"),  # InceptionResNetV2's factorised 7x7
+    (8, 4, 4, (3, 1), (1, 1), ((1, 1), (0, 0))),
+    (11, 2, 3, (3, 3), (1, 2), "VALID"),
+]
+
+
+@pytest.mark.parametrize("size,cin,cout,k,strides,padding", DENSE_CASES)
+def test_gathered_taps_conv_matches_lax_forward_and_gradients(size, cin, cout, k, strides, padding):
+    rng = np.random.default_rng(size * 10 + cout)
+    x = jnp.asarray(rng.normal(size=(2, size, size + 1, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*k, cin, cout)), jnp.float32)
+    want = lax_conv(x, kernel, strides, padding)
+    got = layers.gathered_taps_conv(x, kernel, strides, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    weights = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+
+    def loss(conv):
+        return lambda x, kernel: jnp.sum(conv(x, kernel, strides, padding) * weights)
+
+    for got_grad, want_grad in zip(
+        jax.grad(loss(layers.gathered_taps_conv), (0, 1))(x, kernel), jax.grad(loss(lax_conv), (0, 1))(x, kernel)
+    ):
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_gathered_taps_conv_keeps_bfloat16():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 8, 8)), jnp.float32)
+    want = lax_conv(x, kernel, (1, 1), "SAME")
+    got = layers.gathered_taps_conv(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME")
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.3)
+
+
+def _dense_conv(dense, k=3, strides=1, padding="SAME"):
+    return nnx.Conv(
+        4,
+        6,
+        (k, k),
+        strides=strides,
+        padding=padding,
+        conv_general_dilated=layers.conv_lowering(dense=dense),
+        rngs=nnx.Rngs(0),
+    )
+
+
+def _has_convolution(fn, *args) -> bool:
+    return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize(
+    "side,k,auto_gathers",
+    [
+        (20, 1, True),  # a 1x1 convolution is a product on any map
+        (4, 3, True),  # 16 output positions: the largest map gathered
+        (5, 3, False),  # 25: left to XLA's convolution
+    ],
+)
+def test_conv_lowering_auto_gathers_pointwise_and_small_maps_on_the_cpu(side, k, auto_gathers):
+    assert layers.GATHER_MAX_POSITIONS == 16
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, side, side, 4)), jnp.float32)
+    outs = {}
+    for dense in ("conv", "gather", "auto"):
+        conv = _dense_conv(dense, k)
+        outs[dense] = np.asarray(conv(x))
+        grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2))(conv)
+        outs[dense + " kernel grad"] = np.asarray(grads.kernel.get_value())
+        gathered = not _has_convolution(lambda x, conv=conv: conv(x), x)
+        assert gathered == {"conv": False, "gather": True, "auto": auto_gathers}[dense], dense
+    for name in ("gather", "auto"):
+        np.testing.assert_allclose(outs[name], outs["conv"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(outs[name + " kernel grad"], outs["conv kernel grad"], rtol=1e-4, atol=1e-3)
+
+
+def test_conv_lowering_leaves_dilated_and_grouped_convolutions_to_xla():
+    x = jnp.ones((1, 6, 6, 4), jnp.float32)
+    dilated = nnx.Conv(
+        4, 4, (3, 3), kernel_dilation=2, conv_general_dilated=layers.conv_lowering(dense="gather"), rngs=nnx.Rngs(0)
+    )
+    grouped = nnx.Conv(
+        4, 4, (3, 3), feature_group_count=2, conv_general_dilated=layers.conv_lowering(dense="gather"), rngs=nnx.Rngs(0)
+    )
+    for conv in (dilated, grouped):
+        assert _has_convolution(lambda x, conv=conv: conv(x), x)
 
 
 @pytest.mark.parametrize("kind,kernel", [("box3", np.full((3, 3), 1 / 9)), ("kv5", layers.KV_KERNEL)])

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers, space_to_depth
+from camjax.models.layers import Layers, conv_lowering, space_to_depth
 from camjax.models.registry import register
 
 
@@ -37,6 +37,7 @@ class CamNet(nnx.Module):
         widths: Sequence[int] = (64, 128, 256),
         blocks: int = 2,
         in_channels: int = 3,
+        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -44,7 +45,13 @@ class CamNet(nnx.Module):
     ):
         self.stem = stem
         make = Layers(
-            rngs=rngs, dtype=dtype, param_dtype=param_dtype, bn_axis_name=bn_axis_name, bn_momentum=0.9, bn_epsilon=1e-5
+            rngs=rngs,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            bn_axis_name=bn_axis_name,
+            bn_momentum=0.9,
+            bn_epsilon=1e-5,
+            conv_general_dilated=conv_lowering(dense=conv_impl),
         )
         layers = []
         cin = in_channels * stem * stem

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers
+from camjax.models.layers import Layers, conv_lowering
 from camjax.models.registry import register
 
 _BN_EPSILON = 1.001e-5
@@ -72,6 +72,7 @@ class DenseNet(nnx.Module):
         stem_stride: int = 2,  # the 7x7 stem convolution's stride (Keras: 2)
         stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
         in_channels: int = 3,
+        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -86,6 +87,7 @@ class DenseNet(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.99,
             bn_epsilon=_BN_EPSILON,
+            conv_general_dilated=conv_lowering(dense=conv_impl),
         )
         if stem_stride not in (1, 2):
             raise ValueError(f"DenseNet needs stem_stride 1 or 2, got {stem_stride}")

@@ -143,17 +143,63 @@ def _taps_conv_bwd(strides, residuals, g):
 _taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
 
 
+# Output maps up to this many positions (4x4) run as one matrix product over gathered taps on
+# the CPU, as every 1x1 convolution does. There XLA:CPU's convolutions lose to a product: a 3x3
+# convolution over ResNet50's 2x2 maps at patch 64 is left to Eigen and takes 30-50x the
+# product, forward and backward, and a 1x1 convolution is 1.3-2.7x slower than the same
+# product on any map. On larger maps the convolution holds its own and the gathered taps
+# would cost kh*kw times the activation memory: gathering camnet's 8x8 and 16x16 maps too made
+# its step 17% slower. Measured: benchmarks/conv_lowering.py, benchmarks/RESULTS.md
+# "Convolutions as matrix products on the CPU".
+GATHER_MAX_POSITIONS = 16
+
+
+def gathered_taps_conv(lhs, rhs, window_strides, padding, precision=None, preferred_element_type=None):
+    """An ungrouped, undilated NHWC x HWIO convolution as one matrix product: every kernel tap's
+    (strided) slice of the padded input side by side in the channels, times the kernel reshaped
+    to (kh*kw*cin, cout). A 1x1 stride-1 convolution is the product alone."""
+    kh, kw, cin, cout = rhs.shape
+    n, h, w, _ = lhs.shape
+    sh, sw = window_strides
+    pads = jax.lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding) if isinstance(padding, str) else padding
+    (pt, pb), (pl, pr) = pads
+    if pt or pb or pl or pr:
+        lhs = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    hp, wp = lhs.shape[1:3]
+    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    taps = [
+        jax.lax.slice(lhs, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    out = jax.lax.dot_general(
+        cols.reshape(n * oh * ow, kh * kw * cin),
+        rhs.reshape(kh * kw * cin, cout),
+        (((1,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return out.reshape(n, oh, ow, cout)
+
+
 @functools.cache  # one function per choice: equal static attributes, equal graph definitions
-def depthwise_lowering(impl: str = "auto"):
-    """A `lax.conv_general_dilated` stand-in for nnx.Conv(conv_general_dilated=...).
+def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
+    """A `lax.conv_general_dilated` stand-in for nnx.Conv(conv_general_dilated=...), choosing per
+    convolution what runs fastest on the CPU.
 
     Depthwise (one input channel per group), undilated NHWC convolutions go through
-    `shifted_depthwise` when `impl` is 'shifts', or 'auto' on the CPU backend; everything
-    else, and 'conv', through XLA's convolution. The kernel parameter is the same either way,
-    so checkpoints and imported Keras weights do not depend on the choice.
+    `shifted_depthwise` when `depthwise` is 'shifts', or 'auto' on the CPU backend. Ungrouped,
+    undilated NHWC convolutions go through `gathered_taps_conv` when `dense` is 'gather', or
+    'auto' on the CPU backend for a 1x1 kernel or an output map of at most
+    GATHER_MAX_POSITIONS positions. Everything else, and 'conv', goes through XLA's
+    convolution. The kernel parameter is the same either way, so checkpoints and imported Keras
+    weights do not depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
     """
-    if impl not in ("auto", "shifts", "conv"):
-        raise ValueError(f"unknown depthwise lowering {impl!r}; expected auto, shifts or conv")
+    if depthwise not in ("auto", "shifts", "conv"):
+        raise ValueError(f"unknown depthwise lowering {depthwise!r}; expected auto, shifts or conv")
+    if dense not in ("auto", "gather", "conv"):
+        raise ValueError(f"unknown dense convolution lowering {dense!r}; expected auto, gather or conv")
 
     def conv_general_dilated(
         lhs,
@@ -166,11 +212,27 @@ def depthwise_lowering(impl: str = "auto"):
         feature_group_count=1,
         **kwargs,
     ):
-        use_shifts = impl == "shifts" or (impl == "auto" and jax.default_backend() == "cpu")
-        nhwc = dimension_numbers is None or tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
-        undilated = all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-        if use_shifts and nhwc and undilated and lhs.ndim == 4 and feature_group_count == lhs.shape[-1] > 1:
-            return shifted_depthwise(lhs, rhs, tuple(window_strides), padding)
+        on_cpu = jax.default_backend() == "cpu"
+        nhwc = dimension_numbers is None or (
+            tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+            and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+            and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2)
+        )
+        plain = nhwc and lhs.ndim == 4 and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        if plain and feature_group_count == lhs.shape[-1] > 1:
+            if depthwise == "shifts" or (depthwise == "auto" and on_cpu):
+                return shifted_depthwise(lhs, rhs, tuple(window_strides), padding)
+        elif plain and feature_group_count == 1 and kwargs.get("out_sharding") is None:
+            kh, kw = rhs.shape[:2]
+            if dense == "gather" or (dense == "auto" and on_cpu and _gather_wins(lhs.shape, kh, kw, window_strides)):
+                return gathered_taps_conv(
+                    lhs,
+                    rhs,
+                    tuple(window_strides),
+                    padding,
+                    precision=kwargs.get("precision"),
+                    preferred_element_type=kwargs.get("preferred_element_type"),
+                )
         return jax.lax.conv_general_dilated(
             lhs,
             rhs,
@@ -184,6 +246,13 @@ def depthwise_lowering(impl: str = "auto"):
         )
 
     return conv_general_dilated
+
+
+def _gather_wins(lhs_shape, kh: int, kw: int, strides) -> bool:
+    if kh == kw == 1:
+        return True
+    _, h, w, _ = lhs_shape
+    return -(-h // strides[0]) * -(-w // strides[1]) <= GATHER_MAX_POSITIONS
 
 
 def _fixed_filter(x: jax.Array, kernel: np.ndarray) -> jax.Array:
@@ -328,7 +397,7 @@ class Layers:
     bn_epsilon: float = 1e-3
     conv_bias: bool = False
     conv_padding: typing.Any = "SAME"
-    conv_general_dilated: typing.Callable | None = None  # e.g. depthwise_lowering(impl)
+    conv_general_dilated: typing.Callable = conv_lowering()  # a family's choice: conv_lowering(...)
 
     def conv(self, cin: int, cout: int, kernel, **overrides) -> nnx.Conv:
         kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
@@ -339,8 +408,7 @@ class Layers:
             param_dtype=self.param_dtype,
             rngs=self.rngs,
         )
-        if self.conv_general_dilated is not None:
-            kw["conv_general_dilated"] = self.conv_general_dilated
+        kw["conv_general_dilated"] = self.conv_general_dilated
         kw.update(overrides)
         return nnx.Conv(cin, cout, kernel, **kw)
 

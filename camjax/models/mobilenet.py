@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers, depthwise_lowering
+from camjax.models.layers import Layers, conv_lowering
 from camjax.models.registry import register
 
 
@@ -85,7 +85,8 @@ class MobileNet(nnx.Module):
         *,
         alpha: float = 1.0,
         depth_multiplier: int = 1,
-        depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.depthwise_lowering
+        depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
         stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
         in_channels: int = 3,
         dtype=jnp.float32,
@@ -102,7 +103,7 @@ class MobileNet(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.99,
             bn_epsilon=1e-3,
-            conv_general_dilated=depthwise_lowering(depthwise_impl),  # only depthwise convs change
+            conv_general_dilated=conv_lowering(depthwise_impl, conv_impl),
         )
         cin = int(32 * alpha)
         if stem_stride not in (1, 2):
@@ -182,7 +183,8 @@ class MobileNetV2(nnx.Module):
         self,
         *,
         alpha: float = 1.0,
-        depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.depthwise_lowering
+        depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
         stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
         zero_init_residual: bool = False,  # residual blocks' projection BatchNorm scale starts at 0
         in_channels: int = 3,
@@ -200,7 +202,7 @@ class MobileNetV2(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.999,
             bn_epsilon=1e-3,
-            conv_general_dilated=depthwise_lowering(depthwise_impl),  # only depthwise convs change
+            conv_general_dilated=conv_lowering(depthwise_impl, conv_impl),
         )
         cin = make_divisible(32 * alpha)
         if stem_stride not in (1, 2):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers
+from camjax.models.layers import Layers, conv_lowering
 from camjax.models.registry import register
 
 BN_EPSILON = 1.001e-5
@@ -95,6 +95,7 @@ class ResNet50(nnx.Module):
         stem_stride: int = 2,  # the 7x7 stem convolution's stride (Keras: 2)
         stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
         zero_init_residual: bool = False,  # each block's last BatchNorm scale starts at 0 (Goyal et al.)
+        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -109,6 +110,7 @@ class ResNet50(nnx.Module):
             bn_epsilon=BN_EPSILON,
             conv_bias=True,
             conv_padding="VALID",
+            conv_general_dilated=conv_lowering(dense=conv_impl),
         )
         if stem_stride not in (1, 2):
             raise ValueError(f"ResNet50 needs stem_stride 1 or 2, got {stem_stride}")

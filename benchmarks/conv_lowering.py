@@ -1,0 +1,166 @@
+"""Dense convolutions on the CPU: XLA's convolution ('conv') against the matrix product over
+gathered taps of camjax.models.layers.conv_lowering ('gather'), and the rule 'auto' applies
+(a product for 1x1 kernels and for output maps of at most GATHER_MAX_POSITIONS positions).
+
+    python benchmarks/conv_lowering.py --layers [--shapes 8x2x512x3,4x56x64x3,...]
+    python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...
+
+`--layers`: one convolution (stride 1, 'SAME'), forward plus both gradients, median ms per
+call, each lowering in turn; the shapes are batch x side x channels x kernel, with as many
+output channels as input channels (ResNet50's 3x3 layers at patch 64 and 224) unless a
+fifth field gives them. `--models`: the train step `camjax.train` runs (as in compare.py: the
+registry model, plain head, Adam, state donated, batch resident) built once per
+`model.kwargs.conv_impl` choice in one process and timed in alternating rounds, so the
+choices share the machine's state; images/sec medians and each choice's ratio to 'conv'.
+Each record gives the largest relative difference between the choices' outputs (`--layers`)
+or first losses (`--models`): summation order only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import common
+import numpy as np
+
+DEFAULT_SHAPES = "8x2x512x3,8x4x256x3,8x8x128x3,8x16x64x3,4x14x256x3,4x28x128x3,4x56x64x3,8x16x64x1x256,4x56x64x1x256"
+DEFAULT_MODELS = "resnet50:64:8,resnet50:224:4"
+CHOICES = ("conv", "auto", "gather")
+
+
+def parse_args(argv=None):
+    smoke = common.smoke()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--layers", action="store_true", help="time single convolutions (--shapes)")
+    what.add_argument("--models", help="model:patch:batch,... - time whole train steps")
+    p.add_argument("--shapes", default="2x4x8x3,2x12x8x1x4" if smoke else DEFAULT_SHAPES)
+    p.add_argument("--choices", default=",".join(CHOICES), help="conv_impl values to compare")
+    p.add_argument("--repeats", type=int, default=2 if smoke else 7, help="timed calls per layer (median)")
+    p.add_argument("--steps", type=int, default=2 if smoke else 5, help="timed steps per round (--models)")
+    p.add_argument("--rounds", type=int, default=2 if smoke else 4, help="alternating rounds (--models)")
+    p.add_argument("--warmup", type=int, default=1 if smoke else 3, help="untimed steps per choice (--models)")
+    return p.parse_args(argv)
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int, int]:
+    fields = [int(v) for v in text.split("x")]
+    if len(fields) not in (4, 5):
+        raise ValueError(f"shape {text!r}: expected batch x side x channels x kernel[x out_channels]")
+    batch, side, channels, kernel = fields[:4]
+    return batch, side, channels, kernel, fields[4] if len(fields) == 5 else channels
+
+
+def time_layers(args, choices) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from camjax.models import layers
+    from camjax.parallel import compile_count
+
+    numbers = jax.lax.conv_dimension_numbers
+    for spec in common.csv_strs(args.shapes):
+        batch, side, cin, k, cout = parse_shape(spec)
+        rng = np.random.default_rng(side * 1000 + cin)
+        x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
+        weights = jnp.asarray(rng.normal(size=(batch, side, side, cout)), jnp.float32)
+        dims = numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
+        results = {}
+        for choice in choices:
+            lowering = layers.conv_lowering(dense=choice)
+
+            def loss(x, kernel, lowering=lowering, dims=dims, weights=weights):
+                return jnp.vdot(lowering(x, kernel, (1, 1), "SAME", dimension_numbers=dims), weights)
+
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            outputs = jax.block_until_ready(step(x, kernel))
+            before = compile_count()
+            ms = 1e3 * common.median(
+                common.time_calls(
+                    lambda step=step, x=x, kernel=kernel: jax.block_until_ready(step(x, kernel)), args.repeats
+                )
+            )
+            results[choice] = (ms, jax.tree.leaves(outputs), compile_count() - before)
+        reference = results[choices[0]][1]
+        for choice, (ms, outputs, compiles) in results.items():
+            diff = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-12)) for a, b in zip(outputs, reference))
+            common.emit(
+                common.record(
+                    "conv_lowering",
+                    model=f"conv{k}x{k} {side}x{side}x{cin}->{cout}",
+                    positions=side * side,
+                    gathered_by_auto=k == 1 or side * side <= layers.GATHER_MAX_POSITIONS,
+                    impl=choice,
+                    batch=batch,
+                    train_ms=common.rounded(ms, 3),
+                    speedup_vs_first=common.rounded(results[choices[0]][0] / ms, 2),
+                    max_rel_diff=diff,
+                    peak_rss_mb=common.peak_rss_mb(),
+                    compiles_after_warmup=compiles,
+                )
+            )
+
+
+def time_models(args, choices) -> None:
+    import compare
+    import jax
+
+    from camjax.parallel import compile_count
+
+    for spec in common.csv_strs(args.models):
+        model, patch, batch = spec.split(":")
+        cargs = compare.parse_args(["--model", model, "--patch", patch, "--batch", batch])
+        host = common.synthetic_batch(cargs.batch, cargs.patch, num_classes=compare.NUM_CLASSES)
+        runners = {}
+        for choice in choices:
+            runner = compare.CamjaxRunner(cargs, {"conv_impl": choice}, host)
+            runner.setup.state, metrics = runner.setup.train_step(runner.setup.state, runner.batch)  # compiles once
+            runner.first_loss = float(jax.device_get(metrics["train/loss"]))
+            for _ in range(args.warmup - 1):
+                runner.step()
+            runner.times, runner.compiles = [], 0
+            runners[choice] = runner
+        load_before = common.load_average()
+        order = list(runners.values())
+        for i in range(args.rounds):
+            for r in order[i % len(order) :] + order[: i % len(order)]:
+                before = compile_count()
+                r.times += common.time_calls(r.step, args.steps)
+                r.compiles += compile_count() - before
+        ips = {c: cargs.batch / common.median(r.times) for c, r in runners.items()}
+        first = choices[0]
+        for choice, r in runners.items():
+            common.emit(
+                common.record(
+                    "conv_lowering",
+                    model=model,
+                    patch=cargs.patch,
+                    batch=cargs.batch,
+                    impl=choice,
+                    images_per_sec=common.rounded(ips[choice], 3),
+                    ratio_to_first=common.rounded(ips[choice] / ips[first], 3),
+                    first_loss=r.first_loss,
+                    loss_rel_diff=abs(r.first_loss - runners[first].first_loss) / abs(runners[first].first_loss),
+                    **compare.spread(r.times),
+                    timed_steps=len(r.times),
+                    load_avg_before=load_before,
+                    peak_rss_mb=common.peak_rss_mb(),
+                    compiles_after_warmup=r.compiles,
+                )
+            )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    choices = tuple(common.csv_strs(args.choices))
+    if not choices or any(c not in CHOICES for c in choices):
+        raise SystemExit(f"conv_lowering.py: --choices takes some of {', '.join(CHOICES)}, got {args.choices!r}")
+    if args.layers:
+        time_layers(args, choices)
+    else:
+        time_models(args, choices)
+
+
+if __name__ == "__main__":
+    main()
