@@ -1,6 +1,6 @@
 """Dense convolutions on the CPU: XLA's convolution ('conv') against the matrix product over
 gathered taps of camjax.models.layers.conv_lowering ('gather'), and the rule 'auto' applies
-(a product for 1x1 kernels and for output maps of at most GATHER_MAX_POSITIONS positions).
+(a product for 1x1 kernels and for kernels larger than their input map).
 
     python benchmarks/conv_lowering.py --layers [--shapes 8x2x512x3,4x56x64x3,...]
     python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--layers", action="store_true", help="time single convolutions (--shapes)")
     what.add_argument("--models", help="model:patch:batch,... - time whole train steps")
-    p.add_argument("--shapes", default="2x4x8x3,2x12x8x1x4" if smoke else DEFAULT_SHAPES)
+    p.add_argument("--shapes", default="2x2x8x3,2x6x8x3,2x12x8x1x4" if smoke else DEFAULT_SHAPES)
     p.add_argument("--choices", default=",".join(CHOICES), help="conv_impl values to compare")
     p.add_argument("--repeats", type=int, default=2 if smoke else 7, help="timed calls per layer (median)")
     p.add_argument("--steps", type=int, default=2 if smoke else 5, help="timed steps per round (--models)")
@@ -90,7 +90,7 @@ def time_layers(args, choices) -> None:
                     "conv_lowering",
                     model=f"conv{k}x{k} {side}x{side}x{cin}->{cout}",
                     positions=side * side,
-                    gathered_by_auto=k == 1 or side * side <= layers.GATHER_MAX_POSITIONS,
+                    gathered_by_auto=k == 1 or k > side,
                     impl=choice,
                     batch=batch,
                     train_ms=common.rounded(ms, 3),

@@ -209,6 +209,20 @@ def test_depthwise_lowerings_agree(env):
         assert r["max_rel_diff"] < 1e-4  # the same convolution, summed in another order
 
 
+def test_conv_lowering_choices_agree_per_layer_and_per_train_step(env):
+    recs = run("conv_lowering.py", "--layers", env=env)
+    assert {r["impl"] for r in recs} == {"conv", "auto", "gather"}
+    by_layer = {r["model"]: r["gathered_by_auto"] for r in recs}
+    assert by_layer == {"conv3x3 2x2x8->8": True, "conv3x3 6x6x8->8": False, "conv1x1 12x12x8->4": True}
+    for r in recs:
+        assert r["train_ms"] > 0 and r["compiles_after_warmup"] == 0
+        assert r["max_rel_diff"] < 1e-4  # the same convolution, summed in another order
+    steps = run("conv_lowering.py", "--models", "camnet:32:4", "--choices", "conv,gather", env=env)
+    assert [(r["model"], r["impl"]) for r in steps] == [("camnet", "conv"), ("camnet", "gather")]
+    assert steps[0]["ratio_to_first"] == 1.0 and steps[1]["loss_rel_diff"] < 1e-4
+    assert all(r["images_per_sec"] > 0 and r["compiles_after_warmup"] == 0 for r in steps)
+
+
 def test_trace_time_traces_and_lowers_the_train_step(env):
     (rec,) = run("trace_time.py", env=env)
     assert rec["model"] == "camnet" and rec["patch"] == 64 and len(rec["seconds"]) == 1

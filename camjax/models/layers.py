@@ -143,17 +143,6 @@ def _taps_conv_bwd(strides, residuals, g):
 _taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
 
 
-# Output maps up to this many positions (4x4) run as one matrix product over gathered taps on
-# the CPU, as every 1x1 convolution does. There XLA:CPU's convolutions lose to a product: a 3x3
-# convolution over ResNet50's 2x2 maps at patch 64 is left to Eigen and takes 30-50x the
-# product, forward and backward, and a 1x1 convolution is 1.3-2.7x slower than the same
-# product on any map. On larger maps the convolution holds its own and the gathered taps
-# would cost kh*kw times the activation memory: gathering camnet's 8x8 and 16x16 maps too made
-# its step 17% slower. Measured: benchmarks/conv_lowering.py, benchmarks/RESULTS.md
-# "Convolutions as matrix products on the CPU".
-GATHER_MAX_POSITIONS = 16
-
-
 def gathered_taps_conv(lhs, rhs, window_strides, padding, precision=None, preferred_element_type=None):
     """An ungrouped, undilated NHWC x HWIO convolution as one matrix product: every kernel tap's
     (strided) slice of the padded input side by side in the channels, times the kernel reshaped
@@ -191,8 +180,8 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     Depthwise (one input channel per group), undilated NHWC convolutions go through
     `shifted_depthwise` when `depthwise` is 'shifts', or 'auto' on the CPU backend. Ungrouped,
     undilated NHWC convolutions go through `gathered_taps_conv` when `dense` is 'gather', or
-    'auto' on the CPU backend for a 1x1 kernel or an output map of at most
-    GATHER_MAX_POSITIONS positions. Everything else, and 'conv', goes through XLA's
+    'auto' on the CPU backend for a 1x1 kernel or a kernel larger than its input map
+    (`_gather_wins`). Everything else, and 'conv', goes through XLA's
     convolution. The kernel parameter is the same either way, so checkpoints and imported Keras
     weights do not depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
     """
@@ -224,7 +213,7 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
                 return shifted_depthwise(lhs, rhs, tuple(window_strides), padding)
         elif plain and feature_group_count == 1 and kwargs.get("out_sharding") is None:
             kh, kw = rhs.shape[:2]
-            if dense == "gather" or (dense == "auto" and on_cpu and _gather_wins(lhs.shape, kh, kw, window_strides)):
+            if dense == "gather" or (dense == "auto" and on_cpu and _gather_wins(lhs.shape, kh, kw)):
                 return gathered_taps_conv(
                     lhs,
                     rhs,
@@ -248,11 +237,15 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     return conv_general_dilated
 
 
-def _gather_wins(lhs_shape, kh: int, kw: int, strides) -> bool:
-    if kh == kw == 1:
-        return True
+def _gather_wins(lhs_shape, kh: int, kw: int) -> bool:
+    """Where XLA:CPU's convolution loses to the product (benchmarks/conv_lowering.py; RESULTS,
+    "Convolutions as matrix products on the CPU"): a 1x1 convolution is 1.8-2.4x slower than the
+    same product on any map, and a kernel larger than its map (ResNet50's 3x3 layers on the 2x2
+    maps of patch 64) is left to Eigen and takes about 40x the product. On other maps the
+    convolution holds its own, and the gathered taps would cost kh*kw times the activation
+    memory."""
     _, h, w, _ = lhs_shape
-    return -(-h // strides[0]) * -(-w // strides[1]) <= GATHER_MAX_POSITIONS
+    return kh == kw == 1 or kh > h or kw > w
 
 
 def _fixed_filter(x: jax.Array, kernel: np.ndarray) -> jax.Array:
