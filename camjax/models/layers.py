@@ -1,5 +1,6 @@
-"""Layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth, the fast
-depthwise lowering, and `Layers`, the one factory every family builds its convolutions with."""
+"""Layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth, the CPU
+convolution lowerings (depthwise as shifted slices, dense as gathered-tap products), and
+`Layers`, the one factory every family builds its convolutions with."""
 
 from __future__ import annotations
 

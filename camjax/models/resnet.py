@@ -37,8 +37,8 @@ class Bottleneck(nnx.Module):
     takes those pixels once (`x[:, ::s, ::s]`) and runs both 1x1 convolutions at stride 1: the
     same outputs and gradients, the same kernels (Keras weights import as before). XLA:CPU
     runs the input gradient of a strided convolution through its generic loop over the
-    dilated input; a stride-1 1x1 convolution goes to YNNPACK both ways
-    (benchmarks/RESULTS.md, "Strided 1x1 convolutions").
+    dilated input; a stride-1 1x1 convolution is a plain product both ways (on the CPU
+    `conv_lowering` runs it as one; benchmarks/RESULTS.md, "Strided 1x1 convolutions").
     """
 
     def __init__(self, name: str, cin: int, filters: int, stride: int, project: bool, *, make: Layers):
