@@ -18,6 +18,23 @@ def lax_depthwise(x, kernel, strides, padding):
     )
 
 
+def assert_equal_in_value_and_gradients(conv, reference, x, kernel, strides, padding, rng):
+    """conv equals reference in its output and in both gradients of a loss that weighs every output."""
+    want = reference(x, kernel, strides, padding)
+    got = conv(x, kernel, strides, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    weights = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+
+    def loss(fn):
+        return lambda x, kernel: jnp.sum(fn(x, kernel, strides, padding) * weights)
+
+    for got_grad, want_grad in zip(
+        jax.grad(loss(conv), (0, 1))(x, kernel), jax.grad(loss(reference), (0, 1))(x, kernel)
+    ):
+        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
 CASES = [  # size, channels, multiplier, kernel, strides, padding
     (9, 3, 1, 3, (1, 1), "SAME"),
     (10, 4, 1, 3, (2, 2), "SAME"),
@@ -32,20 +49,7 @@ def test_shifted_depthwise_matches_lax_forward_and_gradients(size, channels, mul
     rng = np.random.default_rng(size)
     x = jnp.asarray(rng.normal(size=(2, size, size + 1, channels)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(k, k, 1, channels * multiplier)), jnp.float32)
-    want = lax_depthwise(x, kernel, strides, padding)
-    got = layers.shifted_depthwise(x, kernel, strides, padding)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-    weights = jnp.asarray(rng.normal(size=want.shape), jnp.float32)  # a loss that weighs every output
-
-    def loss(conv):
-        return lambda x, kernel: jnp.sum(conv(x, kernel, strides, padding) * weights)
-
-    for got_grad, want_grad in zip(
-        jax.grad(loss(layers.shifted_depthwise), (0, 1))(x, kernel), jax.grad(loss(lax_depthwise), (0, 1))(x, kernel)
-    ):
-        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+    assert_equal_in_value_and_gradients(layers.shifted_depthwise, lax_depthwise, x, kernel, strides, padding, rng)
 
 
 def test_shifted_depthwise_bfloat16_close_to_float32():
@@ -108,20 +112,7 @@ def test_gathered_taps_conv_matches_lax_forward_and_gradients(size, cin, cout, k
     rng = np.random.default_rng(size * 10 + cout)
     x = jnp.asarray(rng.normal(size=(2, size, size + 1, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*k, cin, cout)), jnp.float32)
-    want = lax_conv(x, kernel, strides, padding)
-    got = layers.gathered_taps_conv(x, kernel, strides, padding)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-    weights = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
-
-    def loss(conv):
-        return lambda x, kernel: jnp.sum(conv(x, kernel, strides, padding) * weights)
-
-    for got_grad, want_grad in zip(
-        jax.grad(loss(layers.gathered_taps_conv), (0, 1))(x, kernel), jax.grad(loss(lax_conv), (0, 1))(x, kernel)
-    ):
-        np.testing.assert_allclose(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+    assert_equal_in_value_and_gradients(layers.gathered_taps_conv, lax_conv, x, kernel, strides, padding, rng)
 
 
 def test_gathered_taps_conv_keeps_bfloat16():
