@@ -305,7 +305,7 @@ def test_resnet_train_step_has_no_convolution_over_a_dilated_input():
 
 def test_resnet_train_step_on_the_cpu_runs_pointwise_and_overhanging_convolutions_as_products():
     """At patch 64 with `conv_impl='auto'` every 1x1 convolution and the last stage's 3x3 ones
-    (their kernel overhangs the 2x2 maps, where XLA:CPU's convolution is about 40x slower than
+    (their kernel overhangs the 2x2 maps, where XLA:CPU's convolution is about 36x slower than
     the product) are matrix products; the other 3x3 ones and the 7x7 stem stay convolutions:
     forward, and for the 3x3 ones both gradients (the stem's input needs none)."""
 

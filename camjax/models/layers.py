@@ -240,9 +240,9 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
 
 def _gather_wins(lhs_shape, kh: int, kw: int) -> bool:
     """Where XLA:CPU's convolution loses to the product (benchmarks/conv_lowering.py; RESULTS,
-    "Convolutions as matrix products on the CPU"): a 1x1 convolution is 1.8-2.4x slower than the
+    "Convolutions as matrix products on the CPU"): a 1x1 convolution is 2.0-2.3x slower than the
     same product on any map, and a kernel larger than its map (ResNet50's 3x3 layers on the 2x2
-    maps of patch 64) is left to Eigen and takes about 40x the product. On other maps the
+    maps of patch 64) is left to Eigen and takes about 36x the product. On other maps the
     convolution holds its own, and the gathered taps would cost kh*kw times the activation
     memory."""
     _, h, w, _ = lhs_shape
