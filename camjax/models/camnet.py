@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers, conv_lowering, space_to_depth
+from camjax.models.layers import Layers, space_to_depth
 from camjax.models.registry import register
 
 
@@ -51,7 +51,7 @@ class CamNet(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.9,
             bn_epsilon=1e-5,
-            conv_general_dilated=conv_lowering(dense=conv_impl),
+            conv_impl=conv_impl,
         )
         layers = []
         cin = in_channels * stem * stem

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers, conv_lowering
+from camjax.models.layers import Layers
 from camjax.models.registry import register
 
 _BN_EPSILON = 1.001e-5
@@ -87,7 +87,7 @@ class DenseNet(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.99,
             bn_epsilon=_BN_EPSILON,
-            conv_general_dilated=conv_lowering(dense=conv_impl),
+            conv_impl=conv_impl,
         )
         if stem_stride not in (1, 2):
             raise ValueError(f"DenseNet needs stem_stride 1 or 2, got {stem_stride}")

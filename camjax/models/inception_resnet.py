@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers, conv_lowering
+from camjax.models.layers import Layers
 from camjax.models.registry import register
 
 MIN_SIZE = 75
@@ -152,7 +152,7 @@ class InceptionResNetV2(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.99,
             bn_epsilon=1e-3,
-            conv_general_dilated=conv_lowering(dense=conv_impl),
+            conv_impl=conv_impl,
         )
         stem = []
         c = in_channels

@@ -378,8 +378,8 @@ class Layers:
     """The convolutions and BatchNorms of one network, made with what all of them share.
 
     Each family makes one (`make`) and builds every layer through it, so a family's Keras
-    settings - BatchNorm momentum and epsilon, conv biases and default padding, the depthwise
-    lowering - are stated once; a layer that differs passes its own keyword (`use_scale=False`,
+    settings - BatchNorm momentum and epsilon, conv biases and default padding, the convolution
+    lowerings (`conv_lowering`) - are stated once; a layer that differs passes its own keyword (`use_scale=False`,
     `padding=...`).
     """
 
@@ -391,7 +391,8 @@ class Layers:
     bn_epsilon: float = 1e-3
     conv_bias: bool = False
     conv_padding: typing.Any = "SAME"
-    conv_general_dilated: typing.Callable = conv_lowering()  # a family's choice: conv_lowering(...)
+    depthwise_impl: str = "auto"  # auto | shifts | conv: see conv_lowering
+    conv_impl: str = "auto"  # auto | gather | conv: see conv_lowering
 
     def conv(self, cin: int, cout: int, kernel, **overrides) -> nnx.Conv:
         kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
@@ -402,7 +403,7 @@ class Layers:
             param_dtype=self.param_dtype,
             rngs=self.rngs,
         )
-        kw["conv_general_dilated"] = self.conv_general_dilated
+        kw["conv_general_dilated"] = conv_lowering(self.depthwise_impl, self.conv_impl)
         kw.update(overrides)
         return nnx.Conv(cin, cout, kernel, **kw)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers, conv_lowering
+from camjax.models.layers import Layers
 from camjax.models.registry import register
 
 
@@ -103,7 +103,8 @@ class MobileNet(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.99,
             bn_epsilon=1e-3,
-            conv_general_dilated=conv_lowering(depthwise_impl, conv_impl),
+            depthwise_impl=depthwise_impl,
+            conv_impl=conv_impl,
         )
         cin = int(32 * alpha)
         if stem_stride not in (1, 2):
@@ -202,7 +203,8 @@ class MobileNetV2(nnx.Module):
             bn_axis_name=bn_axis_name,
             bn_momentum=0.999,
             bn_epsilon=1e-3,
-            conv_general_dilated=conv_lowering(depthwise_impl, conv_impl),
+            depthwise_impl=depthwise_impl,
+            conv_impl=conv_impl,
         )
         cin = make_divisible(32 * alpha)
         if stem_stride not in (1, 2):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers, conv_lowering
+from camjax.models.layers import Layers
 from camjax.models.registry import register
 
 BN_EPSILON = 1.001e-5
@@ -110,7 +110,7 @@ class ResNet50(nnx.Module):
             bn_epsilon=BN_EPSILON,
             conv_bias=True,
             conv_padding="VALID",
-            conv_general_dilated=conv_lowering(dense=conv_impl),
+            conv_impl=conv_impl,
         )
         if stem_stride not in (1, 2):
             raise ValueError(f"ResNet50 needs stem_stride 1 or 2, got {stem_stride}")
