@@ -336,6 +336,20 @@ RUNNERS = {
 }
 
 
+def time_in_rounds(runners, rounds: int, steps: int) -> None:
+    """`steps` timed calls of each runner's step per round, each round starting one runner
+    later, so no runner always runs first or right after the same neighbour; appends to each
+    runner's `times` and counts compilations into its `compiles`."""
+    from camjax.parallel import compile_count
+
+    for i in range(rounds):
+        first = i % len(runners) if runners else 0
+        for r in runners[first:] + runners[:first]:
+            before = compile_count()
+            r.times += common.time_calls(r.step, steps)
+            r.compiles += compile_count() - before
+
+
 def base_record(args, kwargs, framework: str, **fields) -> dict:
     return common.record(
         "compare",
@@ -378,8 +392,6 @@ def spread(times: list[float]) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from camjax.parallel import compile_count
-
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     host = common.synthetic_batch(args.batch, args.patch, num_classes=NUM_CLASSES)
     runners = []
@@ -395,12 +407,7 @@ def main(argv=None) -> None:
         for _ in range(args.warmup):
             r.step()
     load_before = common.load_average()
-    for i in range(args.rounds):
-        first = i % len(runners) if runners else 0
-        for r in runners[first:] + runners[:first]:
-            before = compile_count()
-            r.times += common.time_calls(r.step, args.steps)
-            r.compiles += compile_count() - before
+    time_in_rounds(runners, args.rounds, args.steps)
     ips, by_name = {}, {r.name: r for r in runners}
     for r in runners:
         ips[r.name] = args.batch / common.median(r.times)

@@ -106,8 +106,6 @@ def time_models(args, choices) -> None:
     import compare
     import jax
 
-    from camjax.parallel import compile_count
-
     for spec in common.csv_strs(args.models):
         model, patch, batch = spec.split(":")
         cargs = compare.parse_args(["--model", model, "--patch", patch, "--batch", batch])
@@ -122,12 +120,7 @@ def time_models(args, choices) -> None:
             runner.times, runner.compiles = [], 0
             runners[choice] = runner
         load_before = common.load_average()
-        order = list(runners.values())
-        for i in range(args.rounds):
-            for r in order[i % len(order) :] + order[: i % len(order)]:
-                before = compile_count()
-                r.times += common.time_calls(r.step, args.steps)
-                r.compiles += compile_count() - before
+        compare.time_in_rounds(list(runners.values()), args.rounds, args.steps)
         ips = {c: cargs.batch / common.median(r.times) for c, r in runners.items()}
         first = choices[0]
         for choice, r in runners.items():
