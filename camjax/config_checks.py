@@ -99,6 +99,13 @@ def _problems(config, num_devices: int) -> list[str]:
         problems.append(f"model.highpass_clip={clip!r}: expected 0, or grey levels > 0 with a model.highpass")
     if config.optim.learning_rate < 0:  # 0 is allowed: it freezes the weights (a test of imported weights)
         problems.append(f"optim.learning_rate={config.optim.learning_rate!r}: expected >= 0")
+    warmup, decay = config.optim.warmup_epochs, config.optim.get("decay_epochs", 0.0)
+    if decay < 0 or (decay and config.optim.schedule == "cosine"):
+        problems.append(f"optim.decay_epochs={decay!r}: expected 0, or epochs > 0 with a constant or plateau schedule")
+    elif isinstance(config.num_epochs, int) and warmup + decay > config.num_epochs:
+        problems.append(
+            f"optim.warmup_epochs={warmup!r} + optim.decay_epochs={decay!r}: expected at most num_epochs={config.num_epochs}"
+        )
     if not str(config.optim.plateau.metric).startswith("val/"):
         problems.append(f"optim.plateau.metric={config.optim.plateau.metric!r}: expected a validation metric (val/...)")
     problems += assembly.data_source_problems(config.data)

@@ -73,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.0
     c.optim.schedule = "plateau"  # plateau | cosine | constant
     c.optim.warmup_epochs = 0.0
+    c.optim.decay_epochs = 0.0  # > 0: the last this many epochs take the rate linearly to 0 (constant, plateau)
     c.optim.plateau = ml_collections.ConfigDict(
         dict(patience=5, factor=0.5, cooldown=0, min_lr=1e-7, min_delta=1e-4, metric="val/weighted_accuracy")
     )

@@ -19,16 +19,28 @@ SCHEDULES = ("plateau", "cosine", "constant")  # optim.schedule (the plateau sca
 
 
 def learning_rate_schedule(optim_config, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-    """Base schedule (before the plateau scale): linear warmup, then constant or cosine."""
+    """Base schedule (before the plateau scale): linear warmup, then constant or cosine.
+
+    `decay_epochs` > 0 (constant and plateau only) ends a constant rate with a linear decay to
+    zero over that many final epochs (warmup-stable-decay). A from-scratch backbone needs the
+    high rate until it leaves chance, which a cosine from the start cuts short; the final
+    decay then settles the weights the high rate keeps shaking (benchmarks/RESULTS.md).
+    """
     lr = optim_config.learning_rate
     warmup = int(round(optim_config.get("warmup_epochs", 0.0) * steps_per_epoch))
+    decay = int(round(optim_config.get("decay_epochs", 0.0) * steps_per_epoch))
     kind = optim_config.schedule
     if kind not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {kind!r}; expected plateau, cosine or constant")
-    if kind in ("plateau", "constant"):
-        after = optax.constant_schedule(lr)
-    else:
+    if decay and kind == "cosine":
+        raise ValueError("optim.decay_epochs applies to the constant and plateau schedules; cosine decays already")
+    if kind == "cosine":
         after = optax.cosine_decay_schedule(lr, max(1, total_steps - warmup))
+    elif decay > 0:
+        stable = max(0, total_steps - warmup - decay)
+        after = optax.join_schedules([optax.constant_schedule(lr), optax.linear_schedule(lr, 0.0, decay)], [stable])
+    else:
+        after = optax.constant_schedule(lr)
     if warmup <= 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])

@@ -71,6 +71,19 @@ def test_the_shared_photo_augmentation_is_checked_against_the_device_path():
         validate(config, num_devices=1, shapes=False)
 
 
+def test_the_final_decay_is_checked_against_the_schedule_and_the_run():
+    config = repo_config("configs/camnet.py:quick")
+    config.optim.schedule, config.optim.warmup_epochs = "constant", 1.0
+    config.optim.decay_epochs = config.num_epochs - 1.0
+    validate(config, num_devices=1, shapes=False)
+    config.optim.decay_epochs = float(config.num_epochs)
+    with pytest.raises(ConfigError, match=f"expected at most num_epochs={config.num_epochs}"):
+        validate(config, num_devices=1, shapes=False)
+    config.optim.schedule, config.optim.decay_epochs = "cosine", 2.0
+    with pytest.raises(ConfigError, match="optim.decay_epochs=2.0: expected 0, or epochs > 0 with a constant"):
+        validate(config, num_devices=1, shapes=False)
+
+
 def test_devices_count_in_the_batch_check():
     config = repo_config("configs/camnet.py:quick")  # batch 32
     validate(config, num_devices=8, shapes=False)

@@ -96,3 +96,14 @@ def test_warmup_and_cosine_schedules():
     with pytest.raises(ValueError, match="schedule"):
         optim.learning_rate_schedule(_optim_config(schedule="step"), 10, 100)
     assert isinstance(optim.make_optimizer(_optim_config(weight_decay=1e-4), 10, 100), optax.GradientTransformation)
+
+
+def test_constant_rate_with_a_final_linear_decay():
+    """Warmup 1 epoch, constant, then the last 2 epochs of 10 go linearly to zero."""
+    s = optim.learning_rate_schedule(_optim_config(schedule="constant", warmup_epochs=1.0, decay_epochs=2.0), 10, 100)
+    rates = np.array([float(s(i)) for i in range(101)])
+    np.testing.assert_allclose(rates[[0, 5, 10, 50, 80]], [0.0, 0.05, 0.1, 0.1, 0.1], atol=1e-7)
+    np.testing.assert_allclose(rates[[90, 95, 100]], [0.05, 0.025, 0.0], atol=1e-7)
+    assert np.all(np.diff(rates[80:]) <= 0) and np.all(np.diff(rates[:11]) >= 0)
+    with pytest.raises(ValueError, match="decay_epochs"):
+        optim.learning_rate_schedule(_optim_config(schedule="cosine", decay_epochs=1.0), 10, 100)
