@@ -121,7 +121,9 @@ def cpu_quick(
     the plateau rule (halving after 5 flat epochs) cut the rate to nothing before the onset.
     Measured: benchmarks/RESULTS.md, "Full-size backbones"; raw lines in
     benchmarks/learning_curves.jsonl. BatchNorm momentum 0.9 keeps inference statistics in
-    step with weights that a few hundred steps move a lot.
+    step with weights that a few hundred steps move a lot (Keras' 0.99 scored lower on the same
+    36-epoch MobileNetV2 steps). Neither a final linear decay (`optim.decay_epochs`) nor
+    camnet's lossless 4x4 space-to-depth stem brought them further in the same steps.
 
     What these options do to ImageNet weight import (`model.init_from`): `model.highpass`
     (box3, kv5, constrained: 3 channels in, 3 out) and its clip, `model.kwargs.stem_stride`,
