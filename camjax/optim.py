@@ -22,9 +22,11 @@ def learning_rate_schedule(optim_config, steps_per_epoch: int, total_steps: int)
     """Base schedule (before the plateau scale): linear warmup, then constant or cosine.
 
     `decay_epochs` > 0 (constant and plateau only) ends a constant rate with a linear decay to
-    zero over that many final epochs (warmup-stable-decay). A from-scratch backbone needs the
-    high rate until it leaves chance, which a cosine from the start cuts short; the final
-    decay then settles the weights the high rate keeps shaking (benchmarks/RESULTS.md).
+    zero over that many final epochs (warmup-stable-decay): a from-scratch backbone needs the
+    high rate until it leaves chance, which a cosine from the start cuts short. The decay is
+    an option, not a preset's: on MobileNetV2 `quick` it did not end above the constant rate
+    (benchmarks/RESULTS.md, "Full-size backbones on a Zen 5 VM"). A run stopped early by
+    `max_train_seconds` never reaches it.
     """
     lr = optim_config.learning_rate
     warmup = int(round(optim_config.get("warmup_epochs", 0.0) * steps_per_epoch))
