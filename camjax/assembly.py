@@ -191,7 +191,7 @@ def tta_step(model_def: steps.ModelDef, view_ids: tuple[int, ...], *, features: 
     def step(state, batch):
         def apply(images, is_manipulated):
             out = steps.predict_features_and_logits(
-                state.params, state.model_state, images, is_manipulated, model_def=model_def
+                *steps.inference_weights(state), images, is_manipulated, model_def=model_def
             )
             return out if features else out[1]
 
@@ -226,7 +226,9 @@ def build(
 
         pretrained.restore_backbone(model.backbone, init_from)
     tx = optim.make_optimizer(optim_config, steps_per_epoch, total_steps)
-    model_def, host_state = steps.init_state(model, tx, models.get(model_config.name).preprocess, seed)
+    model_def, host_state = steps.init_state(
+        model, tx, models.get(model_config.name).preprocess, seed, ema=optim_config.get("ema_decay", 0.0) > 0
+    )
     return Assembled(dp, model_def, tx, host_state)
 
 

@@ -106,6 +106,11 @@ def _problems(config, num_devices: int) -> list[str]:
         problems.append(
             f"optim.warmup_epochs={warmup!r} + optim.decay_epochs={decay!r}: expected at most num_epochs={config.num_epochs}"
         )
+    clip_norm, ema = config.optim.get("clip_norm", 0.0), config.optim.get("ema_decay", 0.0)
+    if clip_norm < 0:
+        problems.append(f"optim.clip_norm={clip_norm!r}: expected 0 (no clipping) or a global norm > 0")
+    if not 0.0 <= ema < 1.0:
+        problems.append(f"optim.ema_decay={ema!r}: expected 0 (no weight average) or a decay in (0, 1)")
     if not str(config.optim.plateau.metric).startswith("val/"):
         problems.append(f"optim.plateau.metric={config.optim.plateau.metric!r}: expected a validation metric (val/...)")
     problems += assembly.data_source_problems(config.data)

@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.schedule = "plateau"  # plateau | cosine | constant
     c.optim.warmup_epochs = 0.0
     c.optim.decay_epochs = 0.0  # > 0: the last this many epochs take the rate linearly to 0 (constant, plateau)
+    c.optim.clip_norm = 0.0  # > 0: gradients scaled down to this global norm at most, before Adam
+    # > 0: an exponential moving average of the weights (and BatchNorm statistics) with this
+    # decay per step; validation, the checkpoints' evaluation and predict use the average.
+    c.optim.ema_decay = 0.0
     c.optim.plateau = ml_collections.ConfigDict(
         dict(patience=5, factor=0.5, cooldown=0, min_lr=1e-7, min_delta=1e-4, metric="val/weighted_accuracy")
     )

@@ -49,8 +49,13 @@ def learning_rate_schedule(optim_config, steps_per_epoch: int, total_steps: int)
 
 
 def make_optimizer(optim_config, steps_per_epoch: int, total_steps: int) -> optax.GradientTransformation:
+    """Adam (with decoupled weight decay when asked) on the schedule times the plateau scale;
+    `clip_norm` > 0 first scales the whole gradient down to that global norm at most."""
     schedule = learning_rate_schedule(optim_config, steps_per_epoch, total_steps)
-    parts = [optax.scale_by_adam(b1=optim_config.b1, b2=optim_config.b2)]
+    parts = []
+    if optim_config.get("clip_norm", 0.0) > 0:
+        parts.append(optax.clip_by_global_norm(optim_config.clip_norm))
+    parts.append(optax.scale_by_adam(b1=optim_config.b1, b2=optim_config.b2))
     if optim_config.weight_decay > 0:
         parts.append(optax.add_decayed_weights(optim_config.weight_decay))
     parts += [

@@ -25,7 +25,6 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags
-from flax import nnx
 
 from camjax import assembly, evaluator, plots, steps
 from camjax import metrics as scoring
@@ -34,7 +33,6 @@ from camjax.data import eval_batches, grid
 from camjax.data.decode import BadImageError
 from camjax.evaluator import RestoredModel, restore
 from camjax.extras import saliency
-from camjax.models import preprocess
 from camjax.parallel import DataParallel
 
 log = logging.getLogger("camjax")
@@ -58,9 +56,9 @@ def _forward_step(model_def: steps.ModelDef):
     """(state, batch) -> class probabilities and pooled features, in one model call."""
 
     def step(state, batch):
-        model = nnx.merge(model_def.eval, state.params, state.model_state, copy=True)
-        feats = model.features(preprocess(batch["image"], model_def.preprocess))
-        logits = model.head(feats.astype(model.dtype), batch["is_manipulated"])["logits"]
+        feats, logits = steps.predict_features_and_logits(
+            *steps.inference_weights(state), batch["image"], batch["is_manipulated"], model_def=model_def
+        )
         return {"probs": jax.nn.softmax(logits.astype(np.float32), -1), "features": feats}
 
     return step
@@ -126,8 +124,7 @@ def saliency_maps(restored: RestoredModel, picks: list[dict]) -> dict[str, np.nd
         )
     )
     out = fn(
-        restored.state.params,
-        restored.state.model_state,
+        *steps.inference_weights(restored.state),
         np.stack([p["image"] for p in picks]),
         np.array([p["is_manipulated"] for p in picks], np.float32),
         np.array([p["label"] for p in picks], np.int32),

@@ -26,6 +26,9 @@ class TrainState:
     model_state: nnx.State  # BatchNorm statistics and any other non-parameter variables
     opt_state: Any
     rng: jax.Array
+    # optim.ema_decay > 0: {"params", "model_state"} averaged over the steps, which validation,
+    # checkpoints' evaluation and predict use (`inference_weights`); None otherwise.
+    ema: Any = None
 
 
 @struct.dataclass
@@ -37,8 +40,11 @@ class ModelDef:
     preprocess: str = struct.field(pytree_node=False)
 
 
-def init_state(model: Classifier, tx: optax.GradientTransformation, preprocess_mode: str, seed: int):
-    """Splits a freshly built model into its static ModelDef and a TrainState."""
+def init_state(
+    model: Classifier, tx: optax.GradientTransformation, preprocess_mode: str, seed: int, *, ema: bool = False
+):
+    """Splits a freshly built model into its static ModelDef and a TrainState (with `ema`, an
+    average of the weights that starts as a copy of them)."""
     model.train()
     train_def, params, model_state = nnx.split(model, nnx.Param, ...)
     model.eval()
@@ -50,8 +56,36 @@ def init_state(model: Classifier, tx: optax.GradientTransformation, preprocess_m
         model_state=model_state,
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)),
+        # Copies, not aliases: the train step donates the state, and one buffer cannot be donated twice.
+        ema=jax.tree.map(jnp.copy, {"params": params, "model_state": model_state}) if ema else None,
     )
     return ModelDef(train_def, eval_def, preprocess_mode), state
+
+
+def inference_weights(state: TrainState) -> tuple[nnx.State, nnx.State]:
+    """(params, model_state) to predict with: the weight average when the run keeps one."""
+    if state.ema is not None:
+        return state.ema["params"], state.ema["model_state"]
+    return state.params, state.model_state
+
+
+def ema_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The average's decay at `step`: `decay`, but never above (1 + step) / (10 + step), so the
+    first steps' random weights leave the average quickly (TensorFlow's ExponentialMovingAverage
+    with num_updates)."""
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def update_ema(ema, new, decay: jax.Array):
+    """ema <- decay * ema + (1 - decay) * new, leaf by leaf (any non-float leaf takes the new value)."""
+
+    def mix(old, value):
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            return value
+        return (decay * old + (1.0 - decay) * value).astype(value.dtype)
+
+    return jax.tree.map(mix, ema, new)
 
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0, weights=None):
@@ -130,6 +164,9 @@ def train_step(state: TrainState, batch, *, model_def: ModelDef, tx, config, cla
     params = optax.apply_updates(state.params, updates)
     metrics["train/grad_norm"] = optax.global_norm(grads)
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state)
+    if state.ema is not None:
+        decay = ema_decay(config.optim.ema_decay, state.step)
+        new_state = new_state.replace(ema=update_ema(state.ema, {"params": params, "model_state": model_state}, decay))
     if config.nonfinite == "skip":
         # A non-finite loss or gradient leaves the state as it was (the step counter moves on,
         # so the next batch draws fresh dropout); the host counts these steps.
@@ -157,7 +194,5 @@ def predict_logits(params, model_state, images, is_manipulated, *, model_def: Mo
 
 def eval_step(state: TrainState, batch, *, model_def: ModelDef, axis_name=None):
     """Class probabilities (float32) of a batch, no TTA; evaluation adds views via camjax.tta."""
-    logits = predict_logits(
-        state.params, state.model_state, batch["image"], batch["is_manipulated"], model_def=model_def
-    )
+    logits = predict_logits(*inference_weights(state), batch["image"], batch["is_manipulated"], model_def=model_def)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)

@@ -84,6 +84,16 @@ def test_the_final_decay_is_checked_against_the_schedule_and_the_run():
         validate(config, num_devices=1, shapes=False)
 
 
+def test_clip_norm_and_weight_average_are_checked():
+    config = repo_config("configs/camnet.py:quick")
+    config.optim.clip_norm, config.optim.ema_decay = 1.0, 0.999
+    validate(config, num_devices=1, shapes=False)
+    config.optim.clip_norm, config.optim.ema_decay = -1.0, 1.0
+    with pytest.raises(ConfigError) as e:
+        validate(config, num_devices=1, shapes=False)
+    assert "optim.clip_norm=-1.0: expected 0" in str(e.value) and "optim.ema_decay=1.0: expected 0" in str(e.value)
+
+
 def test_devices_count_in_the_batch_check():
     config = repo_config("configs/camnet.py:quick")  # batch 32
     validate(config, num_devices=8, shapes=False)

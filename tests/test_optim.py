@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -107,3 +108,25 @@ def test_constant_rate_with_a_final_linear_decay():
     assert np.all(np.diff(rates[80:]) <= 0) and np.all(np.diff(rates[:11]) >= 0)
     with pytest.raises(ValueError, match="decay_epochs"):
         optim.learning_rate_schedule(_optim_config(schedule="cosine", decay_epochs=1.0), 10, 100)
+
+
+def test_clip_norm_scales_a_large_gradient_down_to_the_norm_before_adam():
+    """A gradient of global norm 10 clipped to 1 makes exactly the update of that gradient / 10;
+    one already under the norm is left as it is."""
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(2)}
+    grads = {"w": jnp.array([6.0, 0.0, 0.0]), "b": jnp.array([0.0, 8.0])}  # global norm 10
+    clipped = optim.make_optimizer(_optim_config(clip_norm=1.0), 10, 100)
+    plain = optim.make_optimizer(_optim_config(), 10, 100)
+    state_c, state_p = clipped.init(params), plain.init(params)
+    for _ in range(3):  # Adam's moments carry the scale: several steps, not only the first
+        up_c, state_c = clipped.update(grads, state_c, params)
+        up_p, state_p = plain.update(jax.tree.map(lambda g: g / 10.0, grads), state_p, params)
+        for a, b in zip(jax.tree.leaves(up_c), jax.tree.leaves(up_p)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    small = jax.tree.map(lambda g: g / 20.0, grads)  # norm 0.5: unchanged
+    up_c, _ = clipped.update(small, clipped.init(params), params)
+    up_p, _ = plain.update(small, plain.init(params), params)
+    for a, b in zip(jax.tree.leaves(up_c), jax.tree.leaves(up_p)):
+        np.testing.assert_array_equal(a, b)
+    # and the plateau scale is still found in the clipped chain
+    assert optim.get_plateau_scale(optim.set_plateau_scale(state_c, 0.5)) == 0.5

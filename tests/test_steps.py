@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent(
     config.model.head.dropout = (0.0, 0.0)  # dropout masks legitimately differ between layouts
     config.grad_accum = accum
     config.optim.learning_rate = 1e-2
+    config.optim.ema_decay = 0.9  # the weight average rides along in the donated state of both layouts
     dp = DataParallel(mode)
     built = assembly.build(config.model, 4, dp, dtype=config.dtype, optim_config=config.optim, steps_per_epoch=10,
                            total_steps=100, seed=0)
@@ -53,7 +54,9 @@ SCRIPT = textwrap.dedent(
         compiles.append(compile_count())
     host = dp.get_state(state)
     stats = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host.model_state)))
-    print(json.dumps({"devices": dp.num_devices, "losses": losses, "compiles": compiles, "bn_stats": stats}))
+    average = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host.ema)))
+    print(json.dumps({"devices": dp.num_devices, "losses": losses, "compiles": compiles, "bn_stats": stats,
+                      "average": average}))
     """
 )
 
@@ -79,6 +82,7 @@ def test_pmap_and_sharded_agree_on_8_devices():
     # Global BatchNorm statistics in both layouts -> the same loss curve and running stats.
     assert sharded["losses"] == pytest.approx(pmapped["losses"], rel=2e-4)
     assert sharded["bn_stats"] == pytest.approx(pmapped["bn_stats"], rel=2e-4)
+    assert sharded["average"] == pytest.approx(pmapped["average"], rel=2e-4)
     assert sharded["losses"][-1] < sharded["losses"][0]
     for r in (sharded, pmapped):
         assert r["compiles"][1] == r["compiles"][-1], f"recompiled after the first step: {r['compiles']}"
@@ -98,13 +102,20 @@ def test_single_device_matches_8_devices_and_grad_accum():
 class _NoBatchNorm(nnx.Module):
     """Conv -> ReLU -> mean pool -> Dense: per-example losses independent of the batch."""
 
+    dtype = jnp.float32
+
     def __init__(self, classes, rngs):
         self.conv = nnx.Conv(3, 8, (3, 3), strides=2, rngs=rngs)
         self.dense = nnx.Linear(8 + 1, classes, rngs=rngs)
 
-    def __call__(self, x, is_manipulated, rngs=None):
-        features = nnx.relu(self.conv(x)).mean((1, 2))
+    def features(self, x):
+        return nnx.relu(self.conv(x)).mean((1, 2))
+
+    def head(self, features, is_manipulated):
         return {"logits": self.dense(jnp.concatenate([features, is_manipulated[:, None]], -1))}
+
+    def __call__(self, x, is_manipulated, rngs=None):
+        return self.head(self.features(x), is_manipulated)
 
 
 def _sgd_steps(accum, batches):
@@ -140,3 +151,58 @@ def test_grad_accumulation_makes_the_full_batch_update():
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         assert metrics["train/loss"] == pytest.approx(float(full_metrics["train/loss"]), rel=1e-5)
         assert metrics["train/grad_norm"] == pytest.approx(float(full_metrics["train/grad_norm"]), rel=1e-5)
+
+
+def _ema_steps(batches, decay):
+    config = ml_collections.ConfigDict(
+        dict(
+            grad_accum=1,
+            label_smoothing=0.0,
+            aux_loss_weight=0.0,
+            nonfinite="stop",
+            data=dict(patch=16),
+            optim=dict(ema_decay=decay),
+        )
+    )
+    tx = optax.sgd(0.5)
+    model_def, state = steps.init_state(_NoBatchNorm(4, nnx.Rngs(0)), tx, "tf", 0, ema=decay > 0)
+    step = jax.jit(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config), donate_argnums=0)
+    trail = [jax.tree.map(np.array, state.params)]
+    for batch in batches:
+        state, _ = step(state, batch)
+        trail.append(jax.tree.map(np.array, state.params))
+    return model_def, state, trail
+
+
+def test_weight_average_follows_the_steps_and_is_what_inference_uses():
+    rng = np.random.default_rng(1)
+    batches = [
+        {
+            "image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+            "label": rng.integers(0, 4, 8).astype(np.int32),
+            "is_manipulated": (rng.random(8) < 0.5).astype(np.float32),
+            "manipulation": np.zeros(8, np.int32),
+        }
+        for _ in range(30)
+    ]
+    model_def, state, trail = _ema_steps(batches, 0.9)
+    _, plain, plain_trail = _ema_steps(batches, 0.0)
+    assert plain.ema is None
+    # The average is only read: the weights take the same steps with and without it.
+    for a, b in zip(jax.tree.leaves(trail), jax.tree.leaves(plain_trail)):
+        np.testing.assert_array_equal(a, b)
+    # e_0 = p_0; e_t+1 = d_t e_t + (1 - d_t) p_t+1 with d_t = min(0.9, (1 + t) / (10 + t))
+    expected = trail[0]
+    for t, params in enumerate(trail[1:]):
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, expected, params)
+    for a, b in zip(jax.tree.leaves(state.ema["params"]), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(jax.tree.leaves(state.ema["params"])[0], jax.tree.leaves(state.params)[0])
+    # Inference reads the average, not the last weights.
+    batch = batches[0]
+    probs = steps.eval_step(state, batch, model_def=model_def)
+    from_average = steps.eval_step(plain.replace(params=state.ema["params"]), batch, model_def=model_def)
+    from_last = steps.eval_step(plain, batch, model_def=model_def)
+    np.testing.assert_allclose(probs, from_average, rtol=1e-6)
+    assert not np.allclose(probs, from_last, atol=1e-4)

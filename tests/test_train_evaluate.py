@@ -44,14 +44,14 @@ def tiny_config(root, **overrides):
     return c
 
 
-def final_params(workdir):
+def final_params(workdir, part="params"):
     ckpt = Checkpointer(str(workdir), read_only=True)
     step = ckpt.latest_step()
     from orbax import checkpoint as ocp
 
     state = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     ckpt.close()
-    return step, jax.tree.leaves(state["params"])
+    return step, jax.tree.leaves(state[part])
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,26 @@ def test_resume_is_exact(root, trained, tmp_path):
         np.testing.assert_array_equal(x, y)
     steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
     assert steps == sorted(steps), "a resumed run must not duplicate metric rows"
+
+
+def test_weight_average_resumes_exactly_and_is_what_evaluation_restores(root, tmp_path):
+    from camjax import evaluator
+    from camjax.parallel import DataParallel
+
+    extra = {"optim.ema_decay": 0.9, "optim.clip_norm": 1.0}
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    trainer.train_and_evaluate(tiny_config(root, **extra), str(full))
+    trainer.train_and_evaluate(tiny_config(root, max_train_seconds=1e-9, **extra), str(resumed))
+    trainer.train_and_evaluate(tiny_config(root, **extra), str(resumed))
+    step, average = final_params(full, "ema")
+    _, weights = final_params(full)
+    assert step == final_params(resumed, "ema")[0] == 6 and len(average) > len(weights)  # BatchNorm statistics too
+    for x, y in zip(average, final_params(resumed, "ema")[1]):
+        np.testing.assert_array_equal(x, y)
+    restored = evaluator.restore(str(full), DataParallel("sharded"), step=6)
+    for x, y in zip(jax.tree.leaves(restored.state.ema), average):
+        np.testing.assert_array_equal(np.asarray(x), y)
+    assert not all(np.allclose(x, y) for x, y in zip(average, weights))
 
 
 def test_resume_refuses_another_model(root, trained):
