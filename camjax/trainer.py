@@ -304,11 +304,14 @@ def _train(config, workdir: str) -> dict[str, float]:
                     pending, window_start, window_steps = [], time.time(), 0
                 if end_of_epoch:
                     last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read, step)
+                    if last_val and state.ema is not None:
+                        last_val.update(_validate_last_weights(predict, dp, state, index, config, run, read, step))
                     if last_val:
                         writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
                         line = ", ".join(
                             f"{k}={scoring.format_score(last_val[k])}"
-                            for k in ("val/accuracy", "val/weighted_accuracy")
+                            for k in ("val/accuracy", "val/weighted_accuracy", "val/last_weights/weighted_accuracy")
+                            if k in last_val
                         )
                         if last_val.get(config.optim.plateau.metric) is not None:
                             scale = plateau.update(last_val[config.optim.plateau.metric])
@@ -345,6 +348,24 @@ def _train(config, workdir: str) -> dict[str, float]:
             cache_miss_count(),
         )
     return last_val
+
+
+def _validate_last_weights(predict, dp, state, index, config, run, read, step) -> dict:
+    """With a weight average, the weights themselves are scored too (`val/last_weights/...`),
+    so that a run shows what the average gives. Their state has no average: one more program,
+    compiled once."""
+    scores = validate(
+        predict,
+        dp,
+        state.replace(ema=None),
+        index,
+        config.data,
+        dp.eval_batch_size(config.eval.batch_size),
+        run.classes,
+        read,
+        step,
+    )
+    return {f"val/last_weights/{k[4:]}": scores[k] for k in ("val/accuracy", "val/weighted_accuracy") if k in scores}
 
 
 def _calibrate(config, workdir: str, dp: DataParallel) -> None:

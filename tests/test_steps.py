@@ -118,75 +118,59 @@ class _NoBatchNorm(nnx.Module):
         return self.head(self.features(x), is_manipulated)
 
 
-def _sgd_steps(accum, batches):
+def _sgd_steps(batches, *, accum=1, ema_decay=0.0):
+    """SGD steps of _NoBatchNorm on `batches`: (model_def, final state, parameters after each
+    step with the initial ones first, the last step's metrics)."""
     config = ml_collections.ConfigDict(
-        dict(grad_accum=accum, label_smoothing=0.0, aux_loss_weight=0.0, nonfinite="stop", data=dict(patch=16))
+        dict(
+            grad_accum=accum,
+            label_smoothing=0.0,
+            aux_loss_weight=0.0,
+            nonfinite="stop",
+            data=dict(patch=16),
+            optim=dict(ema_decay=ema_decay),
+        )
     )
     tx = optax.sgd(0.5)  # the update is the gradient itself: Adam's first step would only show its sign
-    model_def, state = steps.init_state(_NoBatchNorm(4, nnx.Rngs(0)), tx, "tf", 0)
-    step = jax.jit(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config))
-    metrics = None
+    model_def, state = steps.init_state(_NoBatchNorm(4, nnx.Rngs(0)), tx, "tf", 0, ema=ema_decay > 0)
+    step = jax.jit(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config), donate_argnums=0)
+    trail, metrics = [jax.tree.map(np.array, state.params)], None
     for batch in batches:
         state, metrics = step(state, batch)
-    return state.params, metrics
+        trail.append(jax.tree.map(np.array, state.params))
+    return model_def, state, trail, metrics
+
+
+def _random_batches(seed, count, size):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": rng.integers(0, 256, (size, 16, 16, 3), dtype=np.uint8),
+            "label": rng.integers(0, 4, size).astype(np.int32),
+            "is_manipulated": (rng.random(size) < 0.5).astype(np.float32),
+            "manipulation": np.zeros(size, np.int32),
+        }
+        for _ in range(count)
+    ]
 
 
 def test_grad_accumulation_makes_the_full_batch_update():
-    rng = np.random.default_rng(0)
-    batches = [
-        {
-            "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
-            "label": rng.integers(0, 4, 16).astype(np.int32),
-            "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
-            "manipulation": np.zeros(16, np.int32),
-        }
-        for _ in range(3)
-    ]
-    full, full_metrics = _sgd_steps(1, batches)
-    initial, _ = _sgd_steps(1, [])
+    batches = _random_batches(0, 3, 16)
+    _, _, full_trail, full_metrics = _sgd_steps(batches)
+    full, initial = full_trail[-1], full_trail[0]
     for accum in (2, 4):
-        params, metrics = _sgd_steps(accum, batches)
-        for a, b, p0 in zip(jax.tree.leaves(params), jax.tree.leaves(full), jax.tree.leaves(initial)):
+        _, _, trail, metrics = _sgd_steps(batches, accum=accum)
+        for a, b, p0 in zip(jax.tree.leaves(trail[-1]), jax.tree.leaves(full), jax.tree.leaves(initial)):
             assert not np.allclose(b, p0)  # the steps moved every parameter
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         assert metrics["train/loss"] == pytest.approx(float(full_metrics["train/loss"]), rel=1e-5)
         assert metrics["train/grad_norm"] == pytest.approx(float(full_metrics["train/grad_norm"]), rel=1e-5)
 
 
-def _ema_steps(batches, decay):
-    config = ml_collections.ConfigDict(
-        dict(
-            grad_accum=1,
-            label_smoothing=0.0,
-            aux_loss_weight=0.0,
-            nonfinite="stop",
-            data=dict(patch=16),
-            optim=dict(ema_decay=decay),
-        )
-    )
-    tx = optax.sgd(0.5)
-    model_def, state = steps.init_state(_NoBatchNorm(4, nnx.Rngs(0)), tx, "tf", 0, ema=decay > 0)
-    step = jax.jit(functools.partial(steps.train_step, model_def=model_def, tx=tx, config=config), donate_argnums=0)
-    trail = [jax.tree.map(np.array, state.params)]
-    for batch in batches:
-        state, _ = step(state, batch)
-        trail.append(jax.tree.map(np.array, state.params))
-    return model_def, state, trail
-
-
 def test_weight_average_follows_the_steps_and_is_what_inference_uses():
-    rng = np.random.default_rng(1)
-    batches = [
-        {
-            "image": rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
-            "label": rng.integers(0, 4, 8).astype(np.int32),
-            "is_manipulated": (rng.random(8) < 0.5).astype(np.float32),
-            "manipulation": np.zeros(8, np.int32),
-        }
-        for _ in range(30)
-    ]
-    model_def, state, trail = _ema_steps(batches, 0.9)
-    _, plain, plain_trail = _ema_steps(batches, 0.0)
+    batches = _random_batches(1, 30, 8)
+    model_def, state, trail, _ = _sgd_steps(batches, ema_decay=0.9)
+    _, plain, plain_trail, _ = _sgd_steps(batches)
     assert plain.ema is None
     # The average is only read: the weights take the same steps with and without it.
     for a, b in zip(jax.tree.leaves(trail), jax.tree.leaves(plain_trail)):

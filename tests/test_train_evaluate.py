@@ -100,6 +100,9 @@ def test_weight_average_resumes_exactly_and_is_what_evaluation_restores(root, tm
     trainer.train_and_evaluate(tiny_config(root, **extra), str(full))
     trainer.train_and_evaluate(tiny_config(root, max_train_seconds=1e-9, **extra), str(resumed))
     trainer.train_and_evaluate(tiny_config(root, **extra), str(resumed))
+    rows = [json.loads(line) for line in open(full / "metrics.jsonl")]
+    scored = [r for r in rows if "val/weighted_accuracy" in r]
+    assert len(scored) == 2 and all(0 <= r["val/last_weights/weighted_accuracy"] <= 1 for r in scored)
     step, average = final_params(full, "ema")
     _, weights = final_params(full)
     assert step == final_params(resumed, "ema")[0] == 6 and len(average) > len(weights)  # BatchNorm statistics too
