@@ -22,7 +22,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"
     if preset == "quick":
         c.model.kwargs.alpha = 0.35
-        # 26 x 180 steps: it passed validation weighted accuracy 0.5 at step 4,320 (635 s on 2 cores).
+        # 26 x 180 steps: validation weighted accuracy 0.51-0.57 at the end on three seeds
+        # (418-435 s on a 2-vCPU Zen 5 VM, 2026-12-06; benchmarks/RESULTS.md).
         defaults.cpu_quick(c, patch=64, batch_size=32, num_epochs=26, val_crops=2)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for mobilenet_v2; expected '' or 'quick'")
