@@ -18,8 +18,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"
     if preset == "quick":
         c.model.kwargs.alpha = 0.25
-        # 32 x 180 steps: it passed validation weighted accuracy 0.5 at step 5,220 (459 s on the 2-vCPU VM, 2026-12-03).
-        defaults.cpu_quick(c, patch=64, batch_size=32, num_epochs=32, val_crops=2)
+        # 56 x 180 steps: validation weighted accuracy 0.65-0.68 at the end on three seeds
+        # (536-562 s on a 2-vCPU Zen 5 VM, 2026-12-06; benchmarks/RESULTS.md).
+        defaults.cpu_quick(c, patch=64, batch_size=32, num_epochs=56, val_crops=2)
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for mobilenet; expected '' or 'quick'")
     return c
