@@ -59,25 +59,31 @@ def validate(
 ) -> dict:
     """Accuracy, weighted accuracy and per-class accuracy over the deterministic validation set.
 
-    An unreadable validation file is skipped and counted (`val/skipped_files`), named once per
-    process; a class left with no readable file has no accuracy (None, logged once), rather
-    than a zero that would pull the plateau tracker and the best checkpoint down.
+    A run that keeps a weight average is validated with the average, and its last weights are
+    scored on the same batches too (`val/last_weights/...`: what the average gives; a state
+    without the average is one more program, compiled once). An unreadable validation file is
+    skipped and counted (`val/skipped_files`), named once per process; a class left with no
+    readable file has no accuracy (None, logged once), rather than a zero that would pull the
+    plateau tracker and the best checkpoint down.
     """
-    preds, labels, manips = [], [], []
+    scored = {"val": state} | ({"val/last_weights": state.replace(ema=None)} if state.ema is not None else {})
+    preds, labels, manips = {name: [] for name in scored}, [], []
     batches = eval_batches.make_eval_batches(index.val, data_config, batch_size=batch_size, read=read)
     for batch in batches:
         # Every process reads every batch and runs its rows; predictions are gathered, so all
         # processes compute the same metrics (and plateau decisions).
-        probs = dp.fetch_per_example(predict(state, dp.put_batch(dp.process_rows(model_inputs(batch)))))
+        inputs = dp.put_batch(dp.process_rows(model_inputs(batch)))
         keep = batch["mask"] > 0
-        preds.append(probs.argmax(-1)[keep])
+        for name, weights in scored.items():
+            preds[name].append(dp.fetch_per_example(predict(weights, inputs)).argmax(-1)[keep])
         labels.append(batch["label"][keep])
         manips.append(batch["manipulation"][keep])
         faults.check("validate", step)
-    if not preds:
+    if not labels:
         _warn_once(f"no readable validation file among {len(index.val)}: nothing is validated")
         return {}
-    report = scoring.report(np.concatenate(preds), np.concatenate(labels), np.concatenate(manips), list(classes))
+    labels, manips = np.concatenate(labels), np.concatenate(manips)
+    report = scoring.report(np.concatenate(preds["val"]), labels, manips, list(classes))
     out = {
         "val/accuracy": report["accuracy"],
         "val/weighted_accuracy": report["weighted_accuracy"],
@@ -86,6 +92,10 @@ def validate(
         "val/skipped_files": len(batches.skipped),
     }
     out.update({f"val/class/{name}": acc for name, acc in report["per_class"].items()})
+    if "val/last_weights" in preds:
+        last = scoring.report(np.concatenate(preds["val/last_weights"]), labels, manips, list(classes))
+        out["val/last_weights/accuracy"] = last["accuracy"]
+        out["val/last_weights/weighted_accuracy"] = last["weighted_accuracy"]
     unscored = [name for name, acc in report["per_class"].items() if acc is None]
     if unscored:
         _warn_once(
@@ -304,8 +314,6 @@ def _train(config, workdir: str) -> dict[str, float]:
                     pending, window_start, window_steps = [], time.time(), 0
                 if end_of_epoch:
                     last_val = validate(predict, dp, state, index, config.data, val_batch, run.classes, read, step)
-                    if last_val and state.ema is not None:
-                        last_val.update(_validate_last_weights(predict, dp, state, index, config, run, read, step))
                     if last_val:
                         writer.write(step, {**last_val, "epoch": step // steps_per_epoch})
                         line = ", ".join(
@@ -348,24 +356,6 @@ def _train(config, workdir: str) -> dict[str, float]:
             cache_miss_count(),
         )
     return last_val
-
-
-def _validate_last_weights(predict, dp, state, index, config, run, read, step) -> dict:
-    """With a weight average, the weights themselves are scored too (`val/last_weights/...`),
-    so that a run shows what the average gives. Their state has no average: one more program,
-    compiled once."""
-    scores = validate(
-        predict,
-        dp,
-        state.replace(ema=None),
-        index,
-        config.data,
-        dp.eval_batch_size(config.eval.batch_size),
-        run.classes,
-        read,
-        step,
-    )
-    return {f"val/last_weights/{k[4:]}": scores[k] for k in ("val/accuracy", "val/weighted_accuracy") if k in scores}
 
 
 def _calibrate(config, workdir: str, dp: DataParallel) -> None:
