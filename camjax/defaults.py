@@ -130,10 +130,10 @@ def cpu_quick(
     camnet's lossless 4x4 space-to-depth stem brought them further in the same steps.
 
     Clipping each gradient to global norm 1 (`optim.clip_norm`) brings the onset forward and
-    stops the collapses that a constant 3e-3 caused. The first epoch's gradients are 5-20
-    times the later ones' norm (1-3), and Adam's second moment (b2 = 0.999, a memory of about
-    a thousand steps) remembers them, which shrinks the steps just when the network should
-    start to learn. A weight average (`optim.ema_decay` 0.999) on top smooths what is
+    stops the collapses that a constant 3e-3 caused. Unclipped, the first 540 steps' gradients
+    have global norms of 2-21 (median 5), the later ones 1-4, and Adam's second moment (b2 =
+    0.999, a memory of about a thousand steps) remembers them, which shrinks the steps just
+    when the network should start to learn (benchmarks/grad-norms-2026-12-06.txt). A weight average (`optim.ema_decay` 0.999) on top smooths what is
     validated and kept. MobileNetV2 over 36 epochs, three seeds: the mean of the last five
     validations 0.61-0.67 with both (0.58 and 0.59 for the last weights of the two seeds that
     logged them), against 0.34-0.47 with neither (benchmarks/RESULTS.md, "Gradient clipping
