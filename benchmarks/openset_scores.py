@@ -1,0 +1,223 @@
+"""Which feature-space score tells held-out cameras best, judged on the same trained models.
+
+    python benchmarks/recipe.py --seeds 0,1,2 --hold_out 3 --keep --runs RUNS   # train once
+    python benchmarks/openset_scores.py RUNS/*-seed*
+
+A post-hoc open-set score is a choice made after training, and seeds move a three-minute run
+by more than such a choice: so every candidate is scored on the same embeddings. For each kept
+run (trained without some of its dataset's cameras) the script embeds the validation frames cut
+like test images (`calibration.test_like_samples`, as `calibrate_run` does) and the test set
+(as `evaluate` predicts it: the configured views, tiles and grid), then scores every test image
+with each candidate. Each candidate is treated as `camjax.calibration` treats the shipped
+`feature_distance`: fitted per manipulation group, its validation scores cross-fitted by frame
+(`cross_fitted_scores`' folds), standardised per group (median 0, the `false_rejection`
+quantile -1), and the test images judged at -1. One JSON line per run: each candidate's AUROC
+(known against unknown cameras) with its false rejections and false acceptances, and, for the
+shipped score, each camera's median standardised score, share accepted and the known camera
+the model names most often for it (an unknown camera that the model takes for a sibling of
+the same maker is where a feature-space score fails).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import sys
+
+import common
+import numpy as np
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _groups(manipulations: np.ndarray) -> np.ndarray:
+    return (np.asarray(manipulations) != 0).astype(np.int64)
+
+
+def candidates():
+    """name -> fn(features, labels, manipulation ids, query features, query groups) -> raw
+    scores, higher: more like a known camera."""
+    from camjax.calibration import FeatureDensity
+
+    def components(f, y, m, q, qg):  # the shipped `feature_distance`
+        return FeatureDensity.fit(f, y, m).raw(q, qg)
+
+    def unit_components(f, y, m, q, qg):  # the same on L2-normalised embeddings
+        return FeatureDensity.fit(_unit(f), y, m).raw(_unit(q), qg)
+
+    def relative(f, y, m, q, qg):  # minus the distance to one Gaussian of all samples (Ren et al. 2021)
+        return components(f, y, m, q, qg) - FeatureDensity.fit(f, 0 * y, _groups(m)).raw(q, qg)
+
+    def per_camera(f, y, m, q, qg):  # one mean per camera and group
+        return FeatureDensity.fit(f, y, _groups(m)).raw(q, qg)
+
+    def nearest(k):  # minus the squared distance to the k-th nearest validation sample (Sun et al. 2022)
+        def score(f, y, m, q, qg):
+            f, q, g = _unit(f), _unit(q), _groups(m)
+            out = np.full(len(q), np.nan)
+            for group in np.unique(qg):
+                ref = f[g == group] if (g == group).any() else f
+                d = ((q[qg == group][:, None, :] - ref[None]) ** 2).sum(-1)
+                out[qg == group] = -np.sort(d, 1)[:, min(k, ref.shape[0]) - 1]
+            return out
+
+        return score
+
+    return {
+        "feature_distance": components,
+        "unit_components": unit_components,
+        "relative_components": relative,
+        "per_camera": per_camera,
+        "nearest_1": nearest(1),
+        "nearest_2": nearest(2),
+        "nearest_3": nearest(3),
+    }
+
+
+def cross_fitted(fn, features, labels, manipulations, frames, folds: int = 5) -> np.ndarray:
+    """Each validation sample scored by `fn` fitted without its frame (the folds of
+    `camjax.calibration.cross_fitted_scores`: each camera's frames round-robin, and its
+    in-sample fallback when there is one frame per camera)."""
+    fold_of_frame = {}
+    for label in np.unique(labels):
+        for i, frame in enumerate(np.unique(frames[labels == label])):
+            fold_of_frame[frame] = i % folds
+    fold = np.array([fold_of_frame[f] for f in frames])
+    if (fold == 0).all():  # one frame per camera: in-sample, as calibration falls back to
+        return fn(features, labels, manipulations, features, _groups(manipulations))
+    out = np.full(len(labels), np.nan)
+    for k in np.unique(fold):
+        held = fold == k
+        out[held] = fn(
+            features[~held], labels[~held], manipulations[~held], features[held], _groups(manipulations[held])
+        )
+    return out
+
+
+def standardised(validation, validation_groups, test, test_groups, false_rejection: float) -> np.ndarray:
+    out = np.full(len(test), np.nan)
+    for g in np.unique(test_groups):
+        ref = validation[validation_groups == g] if (validation_groups == g).any() else validation
+        median, low = np.median(ref), np.quantile(ref, false_rejection)
+        out[test_groups == g] = (test[test_groups == g] - median) / max(median - low, 1e-12)
+    return out
+
+
+def embed(workdir: str):
+    """(validation: features, labels, manipulation ids, frames; test: features, probs, camera
+    names, groups; the run's classes)."""
+    from camjax import calibration, evaluator, postprocess, tta
+    from camjax.data import eval_batches, sources
+    from camjax.parallel import DataParallel
+
+    dp = DataParallel("sharded")
+    restored = evaluator.restore(workdir, dp)
+    configured = restored.config.get("eval", {})
+    agg, max_tiles = configured.get("agg", "geometric"), configured.get("max_tiles", 0) or None
+    batch_size = dp.eval_batch_size(configured.get("batch_size", 64))
+    views = tta.views(restored.run.trained_views)
+    records, read = evaluator.validation_records(restored)
+    images, flags, manipulations, labels, frames = calibration.test_like_samples(records, read, restored.config.data)
+    batches = eval_batches.make_image_batches(
+        images, flags, patch=restored.run.patch, batch_size=batch_size, max_tiles=max_tiles
+    )
+    _, _, val_features = evaluator.predict_tiles(
+        restored, dp, batches, len(images), views, agg=agg, p=2.0, features=True
+    )
+    root = restored.run.data_root
+    test_paths = sources.list_test_files(root)
+    grid = configured.get("grid", "corner")
+    predicted = evaluator.predict_files(
+        restored,
+        dp,
+        test_paths,
+        views,
+        agg=agg,
+        p=2.0,
+        batch_size=configured.get("batch_size", 64),
+        max_tiles=max_tiles,
+        pad=False,
+        skip_bad=False,
+        phase=evaluator.GridPhases(restored.run.patch) if grid == "found" else None,
+        features=True,
+    )
+    fnames = [os.path.basename(p) for p in test_paths]
+    truth = {f: camera for f, camera, _ in postprocess.read_labels(os.path.join(root, "test_labels.csv"))}
+    probs = postprocess.blend(predicted.probs, axis=1, agg=agg)
+    return (
+        (val_features.astype(np.float64), labels, manipulations, frames),
+        (
+            np.nan_to_num(predicted.features).astype(np.float64),
+            probs,
+            np.array([truth[f] for f in fnames]),
+            evaluator.manipulation_groups(fnames),
+        ),
+        list(restored.run.classes),
+    )
+
+
+def score_run(workdir: str, false_rejection: float) -> dict:
+    from camjax import calibration
+
+    (vf, vl, vm, frames), (tf, probs, cameras, tg), classes = embed(workdir)
+    known = np.isin(cameras, classes)
+    if known.all() or not known.any():
+        raise SystemExit(f"{workdir}: its test set needs both trained and held-out cameras")
+    out = {"known": int(known.sum()), "unknown": int((~known).sum()), "auroc": {}, "false_rejection": {}}
+    out["false_acceptance"] = {}
+    shipped = None
+    for name, fn in candidates().items():
+        oof = cross_fitted(fn, vf, vl, vm, frames)
+        test = standardised(oof, _groups(vm), fn(vf, vl, vm, tf, tg), tg, false_rejection)
+        out["auroc"][name] = common.rounded(calibration.auroc(test[known], test[~known]), 4)
+        out["false_rejection"][name] = common.rounded(float(np.mean(test[known] < -1)), 4)
+        out["false_acceptance"][name] = common.rounded(float(np.mean(test[~known] >= -1)), 4)
+        if name == "feature_distance":
+            shipped = test
+    named = np.array(classes)[probs.argmax(-1)]
+    out["per_camera"] = {
+        camera: {
+            "known": bool(camera in classes),
+            "median_score": common.rounded(float(np.median(shipped[cameras == camera])), 3),
+            "accepted": common.rounded(float(np.mean(shipped[cameras == camera] >= -1)), 3),
+            "named_as": collections.Counter(named[cameras == camera].tolist()).most_common(1)[0][0],
+        }
+        for camera in sorted(set(cameras.tolist()))
+    }
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "workdirs", nargs="+", help="kept training runs with held-out cameras (recipe.py --keep --hold_out K)"
+    )
+    p.add_argument("--name", default="", help="a label for the records")
+    p.add_argument("--false_rejection", type=float, default=0.05, help="the threshold's share of known cameras")
+    args = p.parse_args(argv)
+    from camjax import assembly
+
+    assembly.quiet_libraries()
+    for workdir in args.workdirs:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
+            result = score_run(workdir, args.false_rejection)
+        common.emit(
+            common.record(
+                "openset_scores",
+                model=json.load(open(os.path.join(workdir, "config.json")))["model"]["name"],
+                name=args.name,
+                workdir=workdir,
+                **result,
+                peak_rss_mb=common.peak_rss_mb(),
+                compiles_after_warmup=None,  # whole evaluations, nothing timed
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
