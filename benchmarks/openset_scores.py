@@ -10,7 +10,7 @@ like test images (`calibration.test_like_samples`, as `calibrate_run` does) and 
 (as `evaluate` predicts it: the configured views, tiles and grid), then scores every test image
 with each candidate. Each candidate is treated as `camjax.calibration` treats the shipped
 `feature_distance`: fitted per manipulation group, its validation scores cross-fitted by frame
-(`cross_fitted_scores`' folds), standardised per group (median 0, the `false_rejection`
+(`calibration.cross_fitted_scores`), standardised per group (median 0, the `false_rejection`
 quantile -1), and the test images judged at -1. One JSON line per run: each candidate's AUROC
 (known against unknown cameras) with its false rejections and false acceptances, and, for the
 shipped score, each camera's median standardised score, share accepted and the known camera
@@ -77,26 +77,6 @@ def candidates():
         "nearest_2": nearest(2),
         "nearest_3": nearest(3),
     }
-
-
-def cross_fitted(fn, features, labels, manipulations, frames, folds: int = 5) -> np.ndarray:
-    """Each validation sample scored by `fn` fitted without its frame (the folds of
-    `camjax.calibration.cross_fitted_scores`: each camera's frames round-robin, and its
-    in-sample fallback when there is one frame per camera)."""
-    fold_of_frame = {}
-    for label in np.unique(labels):
-        for i, frame in enumerate(np.unique(frames[labels == label])):
-            fold_of_frame[frame] = i % folds
-    fold = np.array([fold_of_frame[f] for f in frames])
-    if (fold == 0).all():  # one frame per camera: in-sample, as calibration falls back to
-        return fn(features, labels, manipulations, features, _groups(manipulations))
-    out = np.full(len(labels), np.nan)
-    for k in np.unique(fold):
-        held = fold == k
-        out[held] = fn(
-            features[~held], labels[~held], manipulations[~held], features[held], _groups(manipulations[held])
-        )
-    return out
 
 
 def standardised(validation, validation_groups, test, test_groups, false_rejection: float) -> np.ndarray:
@@ -172,7 +152,7 @@ def score_run(workdir: str, false_rejection: float) -> dict:
     out["false_acceptance"] = {}
     shipped = None
     for name, fn in candidates().items():
-        oof = cross_fitted(fn, vf, vl, vm, frames)
+        oof = calibration.cross_fitted_scores(vf, vl, frames, vm, score=fn)
         test = standardised(oof, _groups(vm), fn(vf, vl, vm, tf, tg), tg, false_rejection)
         out["auroc"][name] = common.rounded(calibration.auroc(test[known], test[~known]), 4)
         out["false_rejection"][name] = common.rounded(float(np.mean(test[known] < -1)), 4)

@@ -283,8 +283,11 @@ def cross_fitted_scores(
     frames: np.ndarray,
     manipulations: np.ndarray | None = None,
     folds: int = 5,
+    score=None,
 ) -> np.ndarray:
-    """Each sample's raw `FeatureDensity` score under a density fitted without its frame.
+    """Each sample's raw `FeatureDensity` score under a density fitted without its frame
+    (or that of `score(features, labels, manipulations, query_features, query_manipulated)`,
+    another open-set score fitted and applied the same way).
 
     A threshold read from the samples the means were fitted on is an in-sample quantile: new
     photos of the same cameras sit farther from the means, and far more than the asked-for
@@ -296,6 +299,11 @@ def cross_fitted_scores(
     features, labels, frames = np.asarray(features, np.float64), np.asarray(labels), np.asarray(frames)
     manipulations = np.zeros(len(labels), np.int64) if manipulations is None else np.asarray(manipulations)
     manipulated = manipulations != 0
+    if score is None:
+
+        def score(f, y, m, query, query_manipulated):
+            return FeatureDensity.fit(f, y, m).raw(query, query_manipulated)
+
     fold_of_frame = {}
     for label in np.unique(labels):
         for i, frame in enumerate(np.unique(frames[labels == label])):
@@ -303,12 +311,11 @@ def cross_fitted_scores(
     fold = np.array([fold_of_frame[f] for f in frames])
     if (fold == 0).all():
         log.warning("one validation frame per camera: the feature_distance threshold is in-sample (too strict)")
-        return FeatureDensity.fit(features, labels, manipulations).raw(features, manipulated)
+        return score(features, labels, manipulations, features, manipulated)
     scores = np.full(len(labels), np.nan)
     for k in np.unique(fold):
         held = fold == k
-        density = FeatureDensity.fit(features[~held], labels[~held], manipulations[~held])
-        scores[held] = density.raw(features[held], manipulated[held])
+        scores[held] = score(features[~held], labels[~held], manipulations[~held], features[held], manipulated[held])
     return scores
 
 
