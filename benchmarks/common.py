@@ -123,6 +123,22 @@ def record(benchmark: str, **fields) -> dict:
     }
 
 
+def kept_run_record(benchmark: str, workdir: str, name: str, **fields) -> dict:
+    """A record of scores refitted on a kept training run (`recipe.py --keep`): whole
+    evaluations, nothing timed."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        model = json.load(f)["model"]["name"]
+    return record(
+        benchmark,
+        model=model,
+        name=name,
+        workdir=workdir,
+        **fields,
+        peak_rss_mb=peak_rss_mb(),
+        compiles_after_warmup=None,
+    )
+
+
 def emit(rec: dict) -> None:
     """Prints one JSON line (flushed, so a killed run keeps what it measured)."""
     print(json.dumps(rec, default=_jsonable), flush=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import sys
 
@@ -186,17 +185,7 @@ def main(argv=None) -> None:
     for workdir in args.workdirs:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
             result = score_run(workdir, args.false_rejection)
-        common.emit(
-            common.record(
-                "openset_scores",
-                model=json.load(open(os.path.join(workdir, "config.json")))["model"]["name"],
-                name=args.name,
-                workdir=workdir,
-                **result,
-                peak_rss_mb=common.peak_rss_mb(),
-                compiles_after_warmup=None,  # whole evaluations, nothing timed
-            )
-        )
+        common.emit(common.kept_run_record("openset_scores", workdir, args.name, **result))
 
 
 if __name__ == "__main__":

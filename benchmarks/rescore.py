@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 
@@ -34,18 +33,15 @@ def main(argv=None) -> None:
             calibration.calibrate_run(workdir)
             result = evaluator.evaluate([workdir], out=os.path.join(workdir, "rescored.csv"))
         common.emit(
-            common.record(
+            common.kept_run_record(
                 "rescore",
-                model=json.load(open(os.path.join(workdir, "config.json")))["model"]["name"],
-                name=args.name,
-                workdir=workdir,
+                workdir,
+                args.name,
                 test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
                 calibration={
                     k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")
                 },
                 open_set=result.get("open_set"),
-                peak_rss_mb=common.peak_rss_mb(),
-                compiles_after_warmup=None,  # whole evaluations, nothing timed
             )
         )
 
