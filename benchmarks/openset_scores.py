@@ -91,23 +91,15 @@ def embed(workdir: str):
     """(validation: features, labels, manipulation ids, frames; test: features, probs, camera
     names, groups; the run's classes)."""
     from camjax import calibration, evaluator, postprocess, tta
-    from camjax.data import eval_batches, sources
+    from camjax.data import sources
     from camjax.parallel import DataParallel
 
     dp = DataParallel("sharded")
     restored = evaluator.restore(workdir, dp)
     configured = restored.config.get("eval", {})
     agg, max_tiles = configured.get("agg", "geometric"), configured.get("max_tiles", 0) or None
-    batch_size = dp.eval_batch_size(configured.get("batch_size", 64))
     views = tta.views(restored.run.trained_views)
-    records, read = evaluator.validation_records(restored)
-    images, flags, manipulations, labels, frames = calibration.test_like_samples(records, read, restored.config.data)
-    batches = eval_batches.make_image_batches(
-        images, flags, patch=restored.run.patch, batch_size=batch_size, max_tiles=max_tiles
-    )
-    _, _, val_features = evaluator.predict_tiles(
-        restored, dp, batches, len(images), views, agg=agg, p=2.0, features=True
-    )
+    _, val_features, labels, frames, manipulations = calibration.test_like_predictions(restored, dp, workdir)
     root = restored.run.data_root
     test_paths = sources.list_test_files(root)
     grid = configured.get("grid", "corner")

@@ -442,18 +442,16 @@ def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
     return images, np.array(flags, np.float32), *arrays
 
 
-def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJECTION) -> Calibration:
-    """Fits the run's best checkpoint on its validation frames as `evaluate` predicts them
-    (the views it trained with, config.eval's tiles and blend) and stores the result."""
+def test_like_predictions(restored, dp, where: str = ""):
+    """The run's validation frames cut like test images (`test_like_samples`), predicted as
+    `evaluate` predicts (the views it trained with, config.eval's tiles and blend). Returns
+    (blended probs [N, C], embeddings [N, D], labels, frame indices, manipulation ids)."""
     from camjax import evaluator, tta
-    from camjax.parallel import DataParallel
 
-    dp = dp or DataParallel("sharded")
-    restored = evaluator.restore(workdir, dp)
     records, read = evaluator.validation_records(restored)
     images, flags, manipulation_ids, labels, frames = test_like_samples(records, read, restored.config.data)
     if not len(labels):
-        raise ValueError(f"{workdir}: no readable validation frame to calibrate on")
+        raise ValueError(f"{where}: no readable validation frame to calibrate on")
     configured = restored.config.get("eval", {})
     agg = configured.get("agg", "geometric")
     batches = eval_batches.make_image_batches(
@@ -466,7 +464,18 @@ def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJEC
     probs, _, features = evaluator.predict_tiles(
         restored, dp, batches, len(images), tta.views(restored.run.trained_views), agg=agg, p=2.0, features=True
     )
-    probs = postprocess.blend(probs, axis=1, agg=agg)
+    return postprocess.blend(probs, axis=1, agg=agg), features, labels, frames, manipulation_ids
+
+
+def calibrate_run(workdir: str, dp=None, *, false_rejection: float = FALSE_REJECTION) -> Calibration:
+    """Fits the run's best checkpoint on its validation frames as `evaluate` predicts them
+    (`test_like_predictions`) and stores the result."""
+    from camjax import evaluator
+    from camjax.parallel import DataParallel
+
+    dp = dp or DataParallel("sharded")
+    restored = evaluator.restore(workdir, dp)
+    probs, features, labels, frames, manipulation_ids = test_like_predictions(restored, dp, workdir)
     finite = np.isfinite(probs).all(-1) & np.isfinite(features).all(-1)
     if not finite.any():
         raise ValueError(f"{workdir}: the model's validation predictions are not finite: nothing to calibrate")
