@@ -133,8 +133,11 @@ def cpu_quick(
     stops the collapses that a constant 3e-3 caused. Unclipped, the first 540 steps' gradients
     have global norms of 2-21 (median 5), the later ones 1-4, and Adam's second moment (b2 =
     0.999, a memory of about a thousand steps) remembers them, which shrinks the steps just
-    when the network should start to learn (benchmarks/grad-norms-2026-12-06.txt). A weight average (`optim.ema_decay` 0.999) on top smooths what is
-    validated and kept. MobileNetV2 over 36 epochs, three seeds: the mean of the last five
+    when the network should start to learn (benchmarks/grad-norms-2026-12-06.txt). A weight
+    average (`optim.ema_decay`) on top smooths what is validated and kept. Its decay ramps up
+    as (1 + step) / (10 + step), below 0.999 until step 8,990, so in a shorter run (ResNet50's
+    2,520 steps, MobileNetV2's 4,680) the ramp alone sets it, and the average's centre lies a
+    tenth of the steps back. MobileNetV2 over 36 epochs, three seeds: the mean of the last five
     validations 0.61-0.67 with both (0.58 and 0.59 for the last weights of the two seeds that
     logged them), against 0.34-0.47 with neither (benchmarks/RESULTS.md, "Gradient clipping
     and a weight average").

@@ -21,10 +21,10 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.dtype = "bfloat16"
     if preset == "quick":
-        # 14 x 180 steps of 16: ten minutes on a 2-vCPU Zen 5 VM (605-622 s, 2026-12-06).
+        # 14 x 180 steps of 16: ten minutes on a 2-vCPU Zen 5 VM (593-622 s, 2026-12-06).
         # A third of the other backbones' rate: at 1e-3 two seeds of three pass validation
         # weighted accuracy 0.5 (at step 1,440) and the last five validations average 0.43 /
-        # 0.50 / 0.57; at 1.5e-3 one seed passes (0.46 / 0.42 / 0.54), at 3e-3 none (0.39 /
+        # 0.50 / 0.57 (two more seeds, run afterwards, pass at steps 2,520 and 2,160); at 1.5e-3 one seed passes (0.46 / 0.42 / 0.54), at 3e-3 none (0.39 /
         # 0.32 / 0.34). Every block starting as its shortcut brings the onset
         # forward: 0.31-0.36 at step 1,800 on three seeds, where the stock initialisation was at
         # 0.10-0.21 (benchmarks/RESULTS.md).
