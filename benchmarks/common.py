@@ -139,6 +139,48 @@ def kept_run_record(benchmark: str, workdir: str, name: str, **fields) -> dict:
     )
 
 
+def known_test_predictions(probs_npz: str, labels_csv: str):
+    """(uncalibrated, calibrated, label ids) of the test images of one evaluation
+    (`evaluate`'s OUT_probs.npz) that were read and whose camera the run was trained on: the
+    arrays of its calibration report, kept so that several runs can be pooled."""
+    from camjax import postprocess
+
+    saved = np.load(probs_npz)
+    classes = list(saved["classes"])
+    cameras = {fname: camera for fname, camera, _ in postprocess.read_labels(labels_csv)}
+    ids = np.array([classes.index(cameras[f]) if cameras[f] in classes else -1 for f in saved["fnames"]])
+    calibrated = saved["probs_before_prnu"] if "probs_before_prnu" in saved else saved["probs"]
+    use = (ids >= 0) & np.isfinite(calibrated).all(-1)
+    return saved["probs_uncalibrated"][use], calibrated[use], ids[use]
+
+
+def pooled_calibration(parts) -> dict:
+    """ECE and NLL before and after the temperatures, over several runs' known test images
+    taken together (`known_test_predictions` of each), with the ECE a perfectly calibrated
+    model would show on that many (`ece_if_calibrated`).
+
+    One run's test set (168-240 synthetic patches) cannot show an ECE below about 0.06 even
+    for a perfect model; three seeds' together can show about 0.04. The runs may know
+    different cameras (open-set splits): only the top class and whether it is right count, so
+    each run's probabilities are padded with zero columns to the widest."""
+    from camjax import calibration
+
+    width = max(p.shape[-1] for part in parts for p in part[:2])
+
+    def padded(p):
+        return np.pad(p, ((0, 0), (0, width - p.shape[-1])))
+
+    uncalibrated = np.concatenate([padded(u) for u, _, _ in parts])
+    calibrated = np.concatenate([padded(c) for _, c, _ in parts])
+    labels = np.concatenate([y for _, _, y in parts])
+    report = calibration.test_report(uncalibrated, calibrated, labels, calibrated_runs=[])
+    return {
+        "runs": len(parts),
+        "images": len(labels),
+        **{k: report[k] for k in ("before", "after", "ece_if_calibrated")},
+    }
+
+
 def emit(rec: dict) -> None:
     """Prints one JSON line (flushed, so a killed run keeps what it measured)."""
     print(json.dumps(rec, default=_jsonable), flush=True)

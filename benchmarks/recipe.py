@@ -10,7 +10,9 @@ views, training wall seconds and steps. Recipes are compared over seeds (a three
 moves by several points with any perturbation), and judged on data they were not tuned on.
 
 Forensic measurements ride on the same runs: the calibration on the test's known cameras
-(ECE and NLL before and after the run's temperature) is always recorded; `--hold_out K`
+(ECE and NLL before and after the run's temperature) is always recorded, and with several
+seeds once more over all their test images together (a `recipe_pooled` line: one seed's test
+set is too small to show an ECE of 0.05, `common.pooled_calibration`); `--hold_out K`
 trains on all but K cameras (drawn by the seed, so seeds are also splits) and records the
 open-set report (AUROC of every score, false rejections and acceptances at the thresholds
 fitted on validation); `--shared` records the accuracy of the test set re-shared as online
@@ -53,6 +55,7 @@ def main(argv=None) -> None:
     from camjax import assembly, evaluator, trainer
 
     assembly.quiet_libraries()
+    known_tests = []  # each seed's calibration arrays, pooled at the end
     for seed in args.seeds:
         config = common.load_config(args.config)
         common.apply_overrides(config, args.set)
@@ -105,8 +108,29 @@ def main(argv=None) -> None:
                 compiles_after_warmup=None,  # a whole run, not a timed loop: the trainer logs its own count
             )
         )
+        known_tests.append(
+            common.known_test_predictions(
+                os.path.join(workdir, "submission_probs.npz"), os.path.join(root, "test_labels.csv")
+            )
+        )
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    if len(known_tests) > 1:
+        common.emit(
+            common.record(
+                "recipe_pooled",
+                model=config.model.name,
+                name=args.name,
+                config=args.config,
+                overrides=args.set,
+                root=args.root or "synthetic",
+                seeds=args.seeds,
+                hold_out=args.hold_out,
+                calibration=common.pooled_calibration(known_tests),
+                peak_rss_mb=common.peak_rss_mb(),
+                compiles_after_warmup=None,
+            )
+        )
 
 
 def held_out_cameras(classes, count: int, seed: int) -> set[str]:

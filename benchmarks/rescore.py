@@ -7,7 +7,9 @@ A change to what is fitted at the end of training (the temperature, the open-set
 thresholds) is best judged on the same trained models: seeds move a three-minute run by more
 than such a change. Each run is calibrated again (`camjax.calibration.calibrate_run`, which
 overwrites DIR/calibration.json and DIR/feature_density.npz) and evaluated on its own test set
-as `recipe.py` evaluates it; one JSON line per run with the calibration and open-set reports.
+as `recipe.py` evaluates it; one JSON line per run with the calibration and open-set reports,
+and with several runs a `rescore_pooled` line: the calibration over all their known test
+images together (`common.pooled_calibration`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main(argv=None) -> None:
     from camjax import assembly, calibration, evaluator
 
     assembly.quiet_libraries()
+    known_tests = []  # each run's calibration arrays, pooled at the end
     for workdir in args.workdirs:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
             calibration.calibrate_run(workdir)
@@ -42,6 +45,22 @@ def main(argv=None) -> None:
                     k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")
                 },
                 open_set=result.get("open_set"),
+            )
+        )
+        known_tests.append(
+            common.known_test_predictions(
+                os.path.join(workdir, "rescored_probs.npz"), os.path.join(result["data_root"], "test_labels.csv")
+            )
+        )
+    if len(known_tests) > 1:
+        common.emit(
+            common.record(
+                "rescore_pooled",
+                name=args.name,
+                workdirs=args.workdirs,
+                calibration=common.pooled_calibration(known_tests),
+                peak_rss_mb=common.peak_rss_mb(),
+                compiles_after_warmup=None,
             )
         )
 

@@ -406,11 +406,14 @@ def evaluate(
     postprocess.write_submission(f"{stem}_unbalanced.csv", fnames, [classes[i] for i in unbalanced])
     postprocess.write_submission(f"{stem}_balanced.csv", fnames, [classes[i] for i in balanced])
     postprocess.write_submission(out, fnames, [classes[i] for i in chosen])
+    # Without the runs' temperatures too: benchmarks pool several runs' calibration reports.
+    uncalibrated = blend_models(restored, per_model, view_sets, agg, p, weights, calibrated=False)
     np.savez_compressed(
         f"{stem}_probs.npz",
         fnames=np.array(fnames),
         classes=np.array(classes),
         probs=blended,
+        probs_uncalibrated=uncalibrated,
         **{f"model{i}_views": pm for i, pm in enumerate(per_model)},
         **{f"model{i}_view_ids": np.array(v) for i, v in enumerate(view_sets)},
         **({} if clusters is None else {"prnu_clusters": clusters, "probs_before_prnu": before_prnu}),
@@ -418,6 +421,7 @@ def evaluate(
 
     result = {
         "out": out,
+        "data_root": root,
         "workdirs": list(workdirs),
         "steps": [r.step for r in restored],
         "skipped": [fnames[i] for i in skipped_idx],
@@ -449,7 +453,6 @@ def evaluate(
                 report["tta_subsets"][name] = score(probs.argmax(-1))["weighted_accuracy"]
         cls = {c: i for i, c in enumerate(classes)}
         label_ids = np.array([cls.get(labels[f][0], -1) for f in fnames])
-        uncalibrated = blend_models(restored, per_model, view_sets, agg, p, weights, calibrated=False)
         use = known & good
         report["calibration"] = calibration.test_report(
             uncalibrated[use],

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,6 +399,7 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         *sets,
         env=env,
     )
+    *records, pooled = records
     assert [r["seed"] for r in records] == [0, 1] and all(r["name"] == "tiny" and r["steps"] == 2 for r in records)
     for r in records:
         assert r["trained_views"] == "d4" and set(r["test_weighted_accuracy"]) == {"none", "flips", "rot90", "d4"}
@@ -411,6 +413,16 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
         assert set(r["calibration"]) >= {"before", "after"}
         assert 0 <= r["shared_online"]["after"]["weighted_accuracy"] <= 1
     assert not any((tmp_path / "runs").iterdir())  # run folders go unless --keep
+    # The seeds' known test images pooled: NLL and accuracy are means, so the pooled ones are
+    # the seeds' weighted by their image counts, before and after the temperatures.
+    assert pooled["benchmark"] == "recipe_pooled" and pooled["seeds"] == [0, 1]
+    counts = np.array([r["open_set"]["known"] for r in records])
+    assert pooled["calibration"]["runs"] == 2 and pooled["calibration"]["images"] == counts.sum()
+    for when in ("before", "after"):
+        for key in ("nll", "accuracy"):
+            seeds = np.array([r["calibration"][when][key] for r in records])
+            assert pooled["calibration"][when][key] == pytest.approx((counts * seeds).sum() / counts.sum())
+    assert 0 <= pooled["calibration"]["ece_if_calibrated"]["median"] <= 1
 
 
 @pytest.mark.slow
