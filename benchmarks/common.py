@@ -123,14 +123,18 @@ def record(benchmark: str, **fields) -> dict:
     }
 
 
+def run_model(workdir: str) -> str:
+    """The model a training run trained, from its config.json."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)["model"]["name"]
+
+
 def kept_run_record(benchmark: str, workdir: str, name: str, **fields) -> dict:
     """A record of scores refitted on a kept training run (`recipe.py --keep`): whole
     evaluations, nothing timed."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        model = json.load(f)["model"]["name"]
     return record(
         benchmark,
-        model=model,
+        model=run_model(workdir),
         name=name,
         workdir=workdir,
         **fields,
@@ -179,6 +183,17 @@ def pooled_calibration(parts) -> dict:
         "images": len(labels),
         **{k: report[k] for k in ("before", "after", "ece_if_calibrated")},
     }
+
+
+def pooled_record(benchmark: str, parts, **fields) -> dict:
+    """A record of several runs' calibration pooled (`pooled_calibration`): nothing timed."""
+    return record(
+        benchmark,
+        **fields,
+        calibration=pooled_calibration(parts),
+        peak_rss_mb=peak_rss_mb(),
+        compiles_after_warmup=None,
+    )
 
 
 def emit(rec: dict) -> None:

@@ -83,11 +83,7 @@ def main(argv=None) -> None:
         common.emit(
             common.record(
                 "recipe",
-                model=config.model.name,
-                name=args.name,
-                config=args.config,
-                overrides=args.set,
-                root=args.root or "synthetic",
+                **described(args, config),
                 seed=seed,
                 steps=steps,
                 train_seconds=common.rounded(train_seconds, 1),
@@ -117,20 +113,21 @@ def main(argv=None) -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     if len(known_tests) > 1:
         common.emit(
-            common.record(
-                "recipe_pooled",
-                model=config.model.name,
-                name=args.name,
-                config=args.config,
-                overrides=args.set,
-                root=args.root or "synthetic",
-                seeds=args.seeds,
-                hold_out=args.hold_out,
-                calibration=common.pooled_calibration(known_tests),
-                peak_rss_mb=common.peak_rss_mb(),
-                compiles_after_warmup=None,
+            common.pooled_record(
+                "recipe_pooled", known_tests, **described(args, config), seeds=args.seeds, hold_out=args.hold_out
             )
         )
+
+
+def described(args, config) -> dict:
+    """What a record says of the recipe it measured."""
+    return dict(
+        model=config.model.name,
+        name=args.name,
+        config=args.config,
+        overrides=args.set,
+        root=args.root or "synthetic",
+    )
 
 
 def held_out_cameras(classes, count: int, seed: int) -> set[str]:

@@ -418,10 +418,11 @@ def open_set_report(
     return out
 
 
-def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
+def test_like_samples(records, read, data_config, size: int = TEST_SIZE, crops: int = 1):
     """Each validation frame cut like a challenge test image: the `size` centre crop on the
-    crop grid under every manipulation. Returns (images, is_manipulated, manipulation ids,
-    labels, the index of each sample's record); unreadable files are skipped and logged."""
+    crop grid (and `crops` - 1 more, tiling the frame) under every manipulation. Returns
+    (images, is_manipulated, manipulation ids, labels, the index of each sample's record);
+    unreadable files are skipped and logged."""
     images, flags, manipulation_ids, labels, frames = [], [], [], [], []
     for index, rec in enumerate(records):
         loaded = eval_batches.load_or_skip(rec.path, 0, read)
@@ -431,13 +432,13 @@ def test_like_samples(records, read, data_config, size: int = TEST_SIZE):
         h, w = frame.shape[:2]
         step = grid.crop_step(data_config.crop_step, jpeg)
         side = min(size, h // step * step, w // step * step)
-        top, left = grid.eval_origins(h, w, side, step, 1)[0]
-        for m in MANIPULATIONS:
-            images.append(eval_batches.manipulated_at(frame, top, left, side, m))
-            flags.append(float(m.id != 0))
-            manipulation_ids.append(m.id)
-            labels.append(rec.label)
-            frames.append(index)
+        for top, left in grid.eval_origins(h, w, side, step, crops):
+            for m in MANIPULATIONS:
+                images.append(eval_batches.manipulated_at(frame, top, left, side, m))
+                flags.append(float(m.id != 0))
+                manipulation_ids.append(m.id)
+                labels.append(rec.label)
+                frames.append(index)
     arrays = (np.array(manipulation_ids, np.int64), np.array(labels, np.int64), np.array(frames, np.int64))
     return images, np.array(flags, np.float32), *arrays
 
@@ -449,10 +450,12 @@ def test_like_predictions(restored, dp, where: str = ""):
     from camjax import evaluator, tta
 
     records, read = evaluator.validation_records(restored)
-    images, flags, manipulation_ids, labels, frames = test_like_samples(records, read, restored.config.data)
+    configured = restored.config.get("eval", {})
+    images, flags, manipulation_ids, labels, frames = test_like_samples(
+        records, read, restored.config.data, crops=configured.get("calibration_crops", 1)
+    )
     if not len(labels):
         raise ValueError(f"{where}: no readable validation frame to calibrate on")
-    configured = restored.config.get("eval", {})
     agg = configured.get("agg", "geometric")
     batches = eval_batches.make_image_batches(
         images,

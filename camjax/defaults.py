@@ -96,6 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     # At the end of training, fit a temperature and the open-set thresholds on the validation
     # frames cut like test images (camjax.calibration); evaluate and predict then use them.
     c.eval.calibrate = True
+    # Crops cut from each validation frame for that fit: the centre, then an even tiling
+    # (calibration.test_like_samples); each costs a prediction of every frame under nine manipulations.
+    c.eval.calibration_crops = 1
     # Which score says "none of the known cameras": feature_distance (the embedding's distance to
     # the nearest known camera's mean: the only score measured to separate held-out cameras at
     # all, benchmarks/RESULTS.md) | max_prob | neg_entropy | margin (the calibrated probabilities).

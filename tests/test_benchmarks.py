@@ -447,8 +447,13 @@ def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path)
     [workdir] = list(runs.iterdir())
     density = workdir / "feature_density.npz"
     density.unlink()  # rescore must write it again, not read the old one
-    [again] = run("rescore.py", str(workdir), "--name", "again", env=env)
+    # The same run twice: its pooled calibration is its own (every bin's count doubles).
+    again, twice, pooled = run("rescore.py", str(workdir), str(workdir), "--name", "again", env=env)
     assert again["benchmark"] == "rescore" and again["name"] == "again" and density.exists()
+    assert twice["calibration"] == again["calibration"] and pooled["benchmark"] == "rescore_pooled"
+    assert pooled["calibration"]["images"] == 2 * trained["open_set"]["known"]
+    for when in ("before", "after"):
+        assert pooled["calibration"][when] == pytest.approx(again["calibration"][when])
     # The same model and the same code: the same scores as the run's own evaluation.
     assert again["test_weighted_accuracy"] == trained["test_weighted_accuracy"]
     assert again["open_set"]["auroc"] == pytest.approx(trained["open_set"]["auroc"])
@@ -465,6 +470,12 @@ def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path)
     assert all(0 <= v <= 1 for v in scored["auroc"].values())
     [held_out] = trained["held_out"]
     assert [c for c, row in scored["per_camera"].items() if not row["known"]] == [held_out]
+    # --set rewrites an eval setting of the run before it is fitted again: two crops of each
+    # validation frame, twice the calibration samples.
+    samples = json.loads((workdir / "calibration.json").read_text())["samples"]
+    run("rescore.py", str(workdir), "--set", "eval.calibration_crops=2", env=env)
+    assert json.loads((workdir / "config.json").read_text())["eval"]["calibration_crops"] == 2
+    assert json.loads((workdir / "calibration.json").read_text())["samples"] == 2 * samples
 
 
 def test_every_figure_in_a_results_table_has_its_raw_line(tmp_path):

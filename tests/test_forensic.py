@@ -240,9 +240,11 @@ def test_config_check_names_a_bad_open_set_score():
     c = repo_config("configs/camnet.py:quick")
     c.eval.open_set_score = "energy"
     c.eval.false_rejection = 1.5
+    c.eval.calibration_crops = 0
     with pytest.raises(config_checks.ConfigError) as e:
         config_checks.validate(c, shapes=False)
     assert "eval.open_set_score='energy'" in str(e.value) and "eval.false_rejection=1.5" in str(e.value)
+    assert "eval.calibration_crops=0: expected an integer >= 1" in str(e.value)
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +272,30 @@ def trained(root, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     trainer.train_and_evaluate(c, str(workdir))
     return workdir
+
+
+def test_calibration_crops_add_crops_after_the_centre_one_under_every_manipulation(root):
+    """`eval.calibration_crops = 3`: each frame's centre crop, as one crop gives it, then two
+    more from the tiling of the frame, every one under each of the nine manipulations and
+    counted as its frame's (the cross-fitted scores leave whole frames out)."""
+    import types
+
+    from camjax.data.decode import read_bytes
+
+    paths = sorted((root / "train" / CLASSES[0]).iterdir())[:2]
+    records = [types.SimpleNamespace(path=str(p), label=i) for i, p in enumerate(paths)]
+    data = repo_config("configs/camnet.py:quick").data
+    one = calibration.test_like_samples(records, read_bytes, data, size=64, crops=1)
+    three = calibration.test_like_samples(records, read_bytes, data, size=64, crops=3)
+    n = len(calibration.MANIPULATIONS)
+    assert len(one[0]) == 2 * n and len(three[0]) == 6 * n
+    assert list(three[4]) == [0] * 3 * n + [1] * 3 * n and list(three[3]) == list(three[4])
+    assert list(three[2]) == [m.id for m in calibration.MANIPULATIONS] * 6
+    for frame in range(2):
+        for m in range(n):  # the first crop is the one-crop sample
+            np.testing.assert_array_equal(three[0][3 * n * frame + m], one[0][n * frame + m])
+        others = [three[0][3 * n * frame + k * n] for k in (1, 2)]  # unaltered, crops 2 and 3
+        assert not any(np.array_equal(o, one[0][n * frame]) for o in others)
 
 
 def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
