@@ -41,10 +41,9 @@ def _groups(manipulations: np.ndarray) -> np.ndarray:
 def candidates():
     """name -> fn(features, labels, manipulation ids, query features, query groups) -> raw
     scores, higher: more like a known camera."""
-    from camjax.calibration import FeatureDensity
+    from camjax.calibration import FeatureDensity, density_scores
 
-    def components(f, y, m, q, qg):  # the shipped `feature_distance`
-        return FeatureDensity.fit(f, y, m).raw(q, qg)
+    components = density_scores  # the shipped `feature_distance`
 
     def unit_components(f, y, m, q, qg):  # the same on L2-normalised embeddings
         return FeatureDensity.fit(_unit(f), y, m).raw(_unit(q), qg)

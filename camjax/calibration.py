@@ -277,13 +277,19 @@ class FeatureDensity:
             return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
 
 
+def density_scores(features, labels, manipulations, query, query_manipulated) -> np.ndarray:
+    """Raw `FeatureDensity` scores of `query` under a density fitted on the other arguments:
+    the shipped open-set score, in the signature `cross_fitted_scores` fits any score by."""
+    return FeatureDensity.fit(features, labels, manipulations).raw(query, query_manipulated)
+
+
 def cross_fitted_scores(
     features: np.ndarray,
     labels: np.ndarray,
     frames: np.ndarray,
     manipulations: np.ndarray | None = None,
     folds: int = 5,
-    score=None,
+    score=density_scores,
 ) -> np.ndarray:
     """Each sample's raw `FeatureDensity` score under a density fitted without its frame
     (or that of `score(features, labels, manipulations, query_features, query_manipulated)`,
@@ -299,11 +305,6 @@ def cross_fitted_scores(
     features, labels, frames = np.asarray(features, np.float64), np.asarray(labels), np.asarray(frames)
     manipulations = np.zeros(len(labels), np.int64) if manipulations is None else np.asarray(manipulations)
     manipulated = manipulations != 0
-    if score is None:
-
-        def score(f, y, m, query, query_manipulated):
-            return FeatureDensity.fit(f, y, m).raw(query, query_manipulated)
-
     fold_of_frame = {}
     for label in np.unique(labels):
         for i, frame in enumerate(np.unique(frames[labels == label])):

@@ -24,10 +24,11 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         # 14 x 180 steps of 16: ten minutes on a 2-vCPU Zen 5 VM (593-622 s, 2026-12-06).
         # A third of the other backbones' rate: at 1e-3 two seeds of three pass validation
         # weighted accuracy 0.5 (at step 1,440) and the last five validations average 0.43 /
-        # 0.50 / 0.57 (two more seeds, run afterwards, pass at steps 2,520 and 2,160); at 1.5e-3 one seed passes (0.46 / 0.42 / 0.54), at 3e-3 none (0.39 /
-        # 0.32 / 0.34). Every block starting as its shortcut brings the onset
-        # forward: 0.31-0.36 at step 1,800 on three seeds, where the stock initialisation was at
-        # 0.10-0.21 (benchmarks/RESULTS.md).
+        # 0.50 / 0.57 (two more seeds, run afterwards, pass at steps 2,520 and 2,160); at
+        # 1.5e-3 one seed passes (0.46 / 0.42 / 0.54), at 3e-3 none (0.39 / 0.32 / 0.34).
+        # Every block starting as its shortcut brings the onset forward: 0.31-0.36 at step
+        # 1,800 on three seeds, where the stock initialisation was at 0.10-0.21
+        # (benchmarks/RESULTS.md).
         defaults.cpu_quick(c, patch=64, batch_size=16, num_epochs=14, steps_per_epoch=180)
         c.optim.learning_rate = 1e-3
         c.model.kwargs.zero_init_residual = True
