@@ -1,7 +1,7 @@
 """Which feature-space score tells held-out cameras best, judged on the same trained models.
 
     python benchmarks/recipe.py --seeds 0,1,2 --hold_out 3 --keep --runs RUNS   # train once
-    python benchmarks/openset_scores.py RUNS/*-seed*
+    python benchmarks/openset_scores.py RUNS/*-seed* [--layers]
 
 A post-hoc open-set score is a choice made after training, and seeds move a three-minute run
 by more than such a choice: so every candidate is scored on the same embeddings. For each kept
@@ -15,7 +15,10 @@ quantile -1), and the test images judged at -1. One JSON line per run: each cand
 (known against unknown cameras) with its false rejections and false acceptances, and, for the
 shipped score, each camera's median standardised score, share accepted and the known camera
 the model names most often for it (an unknown camera that the model takes for a sibling of
-the same maker is where a feature-space score fails).
+the same maker is where a feature-space score fails). With `--layers` (camnet runs), the
+statistics of every earlier block are scored too (`layer_statistics`, `layer_candidates`): the
+last layer keeps only what tells the known cameras apart, an earlier one may still hold what
+tells a sibling camera from them.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ def _groups(manipulations: np.ndarray) -> np.ndarray:
     return (np.asarray(manipulations) != 0).astype(np.int64)
 
 
-def candidates():
+def candidates(layers: tuple[int, ...] = ()):
     """name -> fn(features, labels, manipulation ids, query features, query groups) -> raw
-    scores, higher: more like a known camera."""
+    scores, higher: more like a known camera. With `layers` (the widths of the blocks appended
+    to the embedding by `layer_statistics`), also one score per block and their sum."""
     from camjax.calibration import FeatureDensity, density_scores
 
     components = density_scores  # the shipped `feature_distance`
@@ -66,7 +70,7 @@ def candidates():
 
         return score
 
-    return {
+    scores = {
         "feature_distance": components,
         "unit_components": unit_components,
         "relative_components": relative,
@@ -75,14 +79,98 @@ def candidates():
         "nearest_2": nearest(2),
         "nearest_3": nearest(3),
     }
+    if layers:
+        extra = int(sum(layers))
+        scores = {name: _embedding_only(fn, extra) for name, fn in scores.items()}
+        scores.update(layer_candidates(layers, components))
+    return scores
+
+
+def _embedding_only(score, extra: int):
+    def on_embedding(f, y, m, q, qg):
+        return score(f[:, :-extra], y, m, q[:, :-extra], qg)
+
+    return on_embedding
+
+
+def layer_candidates(widths: tuple[int, ...], components):
+    """Scores read from the blocks `layer_statistics` appends after the embedding: each block's
+    components alone (`block_i`), and the sum over the embedding and every block of its score
+    put on a common scale (median of the fit's own scores 0, its 5% quantile -1): the
+    unweighted feature ensemble of Lee et al. (2018). The last layer is trained to tell the
+    known cameras apart; earlier ones still describe what it has learnt to ignore."""
+    bounds = np.cumsum((0,) + widths)
+
+    def block(i):
+        def score(f, y, m, q, qg):
+            width = f.shape[1] - bounds[-1]
+            sl = slice(width + bounds[i], width + bounds[i + 1])
+            return components(f[:, sl], y, m, q[:, sl], qg)
+
+        return score
+
+    def ensemble(f, y, m, q, qg):
+        width = f.shape[1] - bounds[-1]
+        slices = [slice(0, width)] + [slice(width + a, width + b) for a, b in zip(bounds[:-1], bounds[1:])]
+        total = np.zeros(len(q))
+        for sl in slices:
+            own = components(f[:, sl], y, m, f[:, sl], _groups(m))
+            total += standardised(own, _groups(m), components(f[:, sl], y, m, q[:, sl], qg), qg, 0.05)
+        return total
+
+    out = {f"block_{i}": block(i) for i in range(len(widths))}
+    out["layer_ensemble"] = ensemble
+    return out
+
+
+@contextlib.contextmanager
+def layer_statistics():
+    """While open, the embedding every prediction returns is followed by per-block statistics of
+    camnet's feature maps: the per-channel standard deviation of the high-pass residual after
+    the space-to-depth stem, then each block's per-channel mean and standard deviation (over
+    the tile, then averaged over tiles as the embedding is). Yields the list the blocks'
+    widths are put in."""
+    import jax.numpy as jnp
+
+    from camjax import steps
+    from camjax.models.layers import space_to_depth
+
+    original, widths = steps.predict_features_and_logits, []
+
+    def with_layers(params, model_state, images, is_manipulated, *, model_def):
+        from flax import nnx
+
+        model = nnx.merge(model_def.eval, params, model_state, copy=True)
+        x = steps.preprocess(images, model_def.preprocess)
+        features = model.features(x)
+        h = model.highpass(x.astype(jnp.float32))
+        backbone = model.backbone
+        h = space_to_depth(h, backbone.stem) if backbone.stem > 1 else h
+        blocks = [h.std(axis=(1, 2))]
+        for layer in backbone.layers:
+            h = layer(h)
+            blocks += [h.mean(axis=(1, 2)), h.std(axis=(1, 2))]
+        widths[:] = [b.shape[-1] for b in blocks]
+        logits = model.head(features.astype(model.dtype), is_manipulated)["logits"]
+        return jnp.concatenate([features, *[b.astype(jnp.float32) for b in blocks]], axis=-1), logits
+
+    steps.predict_features_and_logits = with_layers
+    try:
+        yield widths
+    finally:
+        steps.predict_features_and_logits = original
 
 
 def standardised(validation, validation_groups, test, test_groups, false_rejection: float) -> np.ndarray:
+    """`test` scores on the verdict's scale, each group's set by its validation scores (all of
+    them for a group validation lacks), as `FeatureDensity.standardise` sets the shipped one's."""
+    from camjax.calibration import open_set_scale
+
     out = np.full(len(test), np.nan)
     for g in np.unique(test_groups):
         ref = validation[validation_groups == g] if (validation_groups == g).any() else validation
-        median, low = np.median(ref), np.quantile(ref, false_rejection)
-        out[test_groups == g] = (test[test_groups == g] - median) / max(median - low, 1e-12)
+        centre, spread = open_set_scale(ref, false_rejection)
+        out[test_groups == g] = (test[test_groups == g] - centre) / spread
     return out
 
 
@@ -131,17 +219,18 @@ def embed(workdir: str):
     )
 
 
-def score_run(workdir: str, false_rejection: float) -> dict:
+def score_run(workdir: str, false_rejection: float, layers: bool = False) -> dict:
     from camjax import calibration
 
-    (vf, vl, vm, frames), (tf, probs, cameras, tg), classes = embed(workdir)
+    with layer_statistics() if layers else contextlib.nullcontext([]) as widths:
+        (vf, vl, vm, frames), (tf, probs, cameras, tg), classes = embed(workdir)
     known = np.isin(cameras, classes)
     if known.all() or not known.any():
         raise SystemExit(f"{workdir}: its test set needs both trained and held-out cameras")
     out = {"known": int(known.sum()), "unknown": int((~known).sum()), "auroc": {}, "false_rejection": {}}
     out["false_acceptance"] = {}
     shipped = None
-    for name, fn in candidates().items():
+    for name, fn in candidates(tuple(widths)).items():
         oof = calibration.cross_fitted_scores(vf, vl, frames, vm, score=fn)
         test = standardised(oof, _groups(vm), fn(vf, vl, vm, tf, tg), tg, false_rejection)
         out["auroc"][name] = common.rounded(calibration.auroc(test[known], test[~known]), 4)
@@ -169,13 +258,16 @@ def main(argv=None) -> None:
     )
     p.add_argument("--name", default="", help="a label for the records")
     p.add_argument("--false_rejection", type=float, default=0.05, help="the threshold's share of known cameras")
+    p.add_argument(
+        "--layers", action="store_true", help="camnet runs: also score each block's feature statistics (Lee et al.)"
+    )
     args = p.parse_args(argv)
     from camjax import assembly
 
     assembly.quiet_libraries()
     for workdir in args.workdirs:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
-            result = score_run(workdir, args.false_rejection)
+            result = score_run(workdir, args.false_rejection, args.layers)
         common.emit(common.kept_run_record("openset_scores", workdir, args.name, **result))
 
 

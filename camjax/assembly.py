@@ -68,6 +68,8 @@ def data_source_problems(data_config) -> list[str]:
         problems.append("data.source='tfds' needs data.tfds_dir (built by python -m camjax.data.tfds_builder)")
     if data_config.source == "tfds" and data_config.get("extra"):
         problems.append("data.extra (an extra folder of training files) needs data.source='folder'")
+    if data_config.source == "tfds" and data_config.get("outliers"):
+        problems.append("data.outliers (a folder of other cameras' photos) needs data.source='folder'")
     return problems
 
 
@@ -91,6 +93,8 @@ def open_dataset(data_config, seed: int):
         raise ValueError(f"unknown data.source {data_config.source!r}; expected 'folder' or 'tfds'")
     if data_config.get("classes"):
         index = sources.keep_classes(index, data_config.classes)
+    if data_config.get("outliers"):
+        index = sources.add_outliers(index, data_config.outliers)
     return index, read, location
 
 

@@ -255,8 +255,7 @@ class FeatureDensity:
         for i in range(len(self.groups)):
             group_scores = np.asarray(raw_scores)[index == i]
             if len(group_scores):
-                median, low = np.median(group_scores), np.quantile(group_scores, false_rejection)
-                self.centre[i], self.spread[i] = median, max(median - low, 1e-12 * max(abs(median), 1.0))
+                self.centre[i], self.spread[i] = open_set_scale(group_scores, false_rejection)
         return self
 
     def save(self, workdir: str) -> str:
@@ -275,6 +274,13 @@ class FeatureDensity:
                 log.warning("%s: a density from an older camjax (one mean per camera); refit it with calibrate", path)
                 return None
             return cls(**{f.name: z[f.name] for f in dataclasses.fields(cls)})
+
+
+def open_set_scale(known_scores: np.ndarray, false_rejection: float = FALSE_REJECTION) -> tuple[float, float]:
+    """(centre, spread) that put scores on the verdict's scale: the known cameras' samples'
+    median at 0 and their `false_rejection` quantile at -1, the threshold."""
+    median, low = float(np.median(known_scores)), float(np.quantile(known_scores, false_rejection))
+    return median, max(median - low, 1e-12 * max(abs(median), 1.0))
 
 
 def density_scores(features, labels, manipulations, query, query_manipulated) -> np.ndarray:

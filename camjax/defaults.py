@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     # train on the same batches, and resume, at another process count
     c.data.extra = ""  # an extra training source (e.g. pseudo-labels), same layout
     c.data.classes = ()  # train on these classes only (empty: all); e.g. to hold cameras out for open-set tests
+    # Photos of other cameras, none of the classes (ROOT/train/<camera>/*): trained towards a
+    # uniform prediction (outlier exposure), sampled as one more class. See README, "Forensic use".
+    c.data.outliers = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet50"
@@ -64,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.max_train_seconds = 0.0  # > 0: stop at the first epoch end after this wall time
     c.label_smoothing = 0.0
     c.aux_loss_weight = 0.1  # manipulation-id head
+    c.outlier_loss_weight = 0.5  # lambda of the outliers' mean loss beside the known cameras' (steps.class_loss)
     c.nonfinite = "stop"  # a NaN/Inf loss: stop (last good checkpoint kept) | skip (the batch, counted)
 
     c.optim = ml_collections.ConfigDict()

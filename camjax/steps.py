@@ -89,27 +89,46 @@ def update_ema(ema, new, decay: jax.Array):
 
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0, weights=None):
+    """Softmax cross-entropy, averaged (or `weights`-weighted); a negative label (an outlier,
+    `sources.OUTLIER`) has the uniform distribution as its target."""
     num_classes = logits.shape[-1]
-    targets = (
-        optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-        if label_smoothing
-        else (jax.nn.one_hot(labels, num_classes))
-    )
+    targets = jnp.where(labels[:, None] < 0, 1.0 / num_classes, jax.nn.one_hot(labels, num_classes))
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
     losses = optax.softmax_cross_entropy(logits, targets)
     if weights is None:
         return losses.mean()
     return (losses * weights).sum() / jnp.maximum(weights.sum(), 1e-9)
 
 
+def class_loss(logits, labels, config, class_weights=None):
+    """The class term: the (class-weighted) mean cross-entropy over the known cameras' patches
+    and, with `data.outliers`, `outlier_loss_weight` times the mean over the outliers' patches
+    of the cross-entropy to the uniform distribution, L = E_known[CE] + lambda E_outlier[CE_u]
+    (Hendrycks et al. 2019), whatever share of the batch the outliers are."""
+    weights = None if class_weights is None else jnp.asarray(class_weights)[jnp.maximum(labels, 0)]
+    smoothing = config.label_smoothing
+    if not config.data.get("outliers"):
+        return cross_entropy(logits, labels, label_smoothing=smoothing, weights=weights)
+    known = (labels >= 0).astype(jnp.float32)
+    known_term = cross_entropy(
+        logits, labels, label_smoothing=smoothing, weights=known * (1 if weights is None else weights)
+    )
+    outlier_term = cross_entropy(logits, labels, label_smoothing=smoothing, weights=1.0 - known)
+    return known_term + config.outlier_loss_weight * outlier_term
+
+
 def _forward_loss(params, model_state, batch, rng, *, model_def, config, class_weights):
     model = nnx.merge(model_def.train, params, model_state, copy=True)
     images = preprocess(batch["image"], model_def.preprocess)
     out = model(images, batch["is_manipulated"], rngs=nnx.Rngs(dropout=rng))
-    weights = None if class_weights is None else jnp.asarray(class_weights)[batch["label"]]
-    loss = cross_entropy(out["logits"], batch["label"], label_smoothing=config.label_smoothing, weights=weights)
+    labels = batch["label"]
+    loss = class_loss(out["logits"], labels, config, class_weights)
+    known = labels >= 0  # the rest are outliers (data.outliers)
+    hits = (jnp.argmax(out["logits"], -1) == labels) & known
     metrics = {
         "train/ce": loss,
-        "train/accuracy": jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"]),
+        "train/accuracy": hits.sum() / jnp.maximum(known.sum(), 1),
     }
     if "manip_logits" in out and config.aux_loss_weight > 0:
         aux = cross_entropy(out["manip_logits"], batch["manipulation"])

@@ -175,6 +175,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def _train(config, workdir: str) -> dict[str, float]:
     assembly.enable_compilation_cache(config.compilation_cache)
     index, read, root = assembly.open_dataset(config.data, config.seed)
+    if config.data.get("outliers"):
+        outliers = [r for r in index.train if r.label == sources.OUTLIER]
+        log.info(
+            "outlier exposure: %d photos of %d other cameras from %s",
+            len(outliers),
+            len({r.class_name for r in outliers}),
+            config.data.outliers,
+        )
     run = assembly.Run.from_config(config, index.classes, root)
     is_main = jax.process_index() == 0
     dp = DataParallel(config.parallel)

@@ -459,14 +459,18 @@ def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path)
     assert again["open_set"]["auroc"] == pytest.approx(trained["open_set"]["auroc"])
     assert again["calibration"]["after"]["ece"] == pytest.approx(trained["calibration"]["after"]["ece"], abs=1e-6)
     # The candidate open-set scores: the shipped one, refitted by the script on its own
-    # embeddings, must give what `evaluate` reported for the same model.
-    [scored] = run("openset_scores.py", str(workdir), env=env)
+    # embeddings, must give what `evaluate` reported for the same model, also when every
+    # block's statistics ride along after the embedding (--layers).
+    [scored] = run("openset_scores.py", str(workdir), "--layers", env=env)
     assert scored["benchmark"] == "openset_scores"
     assert scored["known"] == trained["open_set"]["known"] and scored["unknown"] == trained["open_set"]["unknown"]
     assert scored["auroc"]["feature_distance"] == pytest.approx(
         again["open_set"]["auroc"]["feature_distance"], abs=1e-4
     )
-    assert set(scored["auroc"]) >= {"feature_distance", "nearest_1", "relative_components"}
+    assert set(scored["auroc"]) >= {"feature_distance", "nearest_1", "relative_components", "layer_ensemble"}
+    config = json.loads((workdir / "config.json").read_text())["model"]["kwargs"]
+    blocks = 1 + 2 * len(config["widths"]) * config["blocks"]  # the residual, then each layer's mean and std
+    assert {f"block_{i}" for i in range(blocks)} <= set(scored["auroc"]) and f"block_{blocks}" not in scored["auroc"]
     assert all(0 <= v <= 1 for v in scored["auroc"].values())
     [held_out] = trained["held_out"]
     assert [c for c, row in scored["per_camera"].items() if not row["known"]] == [held_out]

@@ -106,6 +106,33 @@ def test_keep_classes_relabels_and_keeps_the_test_files(tmp_path):
         sources.keep_classes(index, ("Nikon",))
 
 
+def test_outliers_join_training_only_and_are_sampled_as_one_more_class(tmp_path):
+    from camjax.data import train_loader
+
+    root = make_challenge_tree(tmp_path / "data", classes=CLASSES, per_class=4)
+    other = make_challenge_tree(tmp_path / "other", classes=("Nikon-D70", "Canon-Ixus70"), per_class=6, seed=7)
+    index = sources.keep_classes(sources.scan_root(root, val_fraction=0.25, seed=0), TRAINED)
+    exposed = sources.add_outliers(index, other)
+    added = exposed.train[len(index.train) :]
+    assert exposed.train[: len(index.train)] == index.train and exposed.val == index.val
+    assert len(added) == 12 and {r.label for r in added} == {sources.OUTLIER}
+    assert {r.class_name for r in added} == {"outlier:Nikon-D70", "outlier:Canon-Ixus70"}
+    np.testing.assert_array_equal(
+        sources.class_counts(exposed.train, exposed.num_classes), sources.class_counts(index.train, index.num_classes)
+    )
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'none'}: no train/ folder"):
+        sources.add_outliers(index, tmp_path / "none")
+    with pytest.raises(ValueError, match="files are the dataset's own"):
+        sources.add_outliers(index, root)
+    # Class-balanced sampling draws the outliers as one more class: 1 in len(TRAINED) + 1 files.
+    data = repo_config("configs/camnet.py:quick").data
+    plan = train_loader._TrainPlan(exposed.train, data, seed=0, shard_index=0, views=(0,), group=1)
+    drawn = plan.labels[np.concatenate([plan.order(epoch) for epoch in range(20)])]
+    share = np.mean(drawn == sources.OUTLIER)
+    assert abs(share - 1 / (len(TRAINED) + 1)) < 0.01
+    assert len(index.train) / len(exposed.train) < 0.5  # unbalanced, they would be most of the files
+
+
 def test_oas_shrinkage_matches_scikit_learn():
     from sklearn.covariance import OAS
 
@@ -245,6 +272,15 @@ def test_config_check_names_a_bad_open_set_score():
         config_checks.validate(c, shapes=False)
     assert "eval.open_set_score='energy'" in str(e.value) and "eval.false_rejection=1.5" in str(e.value)
     assert "eval.calibration_crops=0: expected an integer >= 1" in str(e.value)
+    c = repo_config("configs/camnet.py:quick")
+    c.data.root = c.data.outliers = "data/cameras"
+    c.outlier_loss_weight = 0.0
+    c.data.source, c.data.tfds_dir = "tfds", "data/tfds"
+    with pytest.raises(config_checks.ConfigError) as e:
+        config_checks.validate(c, shapes=False)
+    assert "outlier_loss_weight=0.0: expected a weight > 0 for data.outliers" in str(e.value)
+    assert "data.outliers='data/cameras' is data.root" in str(e.value)
+    assert "data.outliers (a folder of other cameras' photos) needs data.source='folder'" in str(e.value)
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +295,10 @@ def trained(root, tmp_path_factory):
     c = repo_config("configs/camnet.py:quick")
     c.data.root = str(root)
     c.data.classes = TRAINED
+    # Trained with outlier exposure, so the whole chain (calibration, evaluate, predict) runs
+    # on a model that has seen photos of a camera that is none of its classes.
+    other = make_challenge_tree(tmp_path_factory.mktemp("other"), classes=("Nikon-D70",), per_class=3, seed=7)
+    c.data.outliers = str(other)
     c.data.workers = 0
     c.data.patch = 32
     c.data.patches_per_image = 4

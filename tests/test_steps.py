@@ -118,7 +118,7 @@ class _NoBatchNorm(nnx.Module):
         return self.head(self.features(x), is_manipulated)
 
 
-def _sgd_steps(batches, *, accum=1, ema_decay=0.0):
+def _sgd_steps(batches, *, accum=1, ema_decay=0.0, data=None, **config):
     """SGD steps of _NoBatchNorm on `batches`: (model_def, final state, parameters after each
     step with the initial ones first, the last step's metrics)."""
     config = ml_collections.ConfigDict(
@@ -127,8 +127,9 @@ def _sgd_steps(batches, *, accum=1, ema_decay=0.0):
             label_smoothing=0.0,
             aux_loss_weight=0.0,
             nonfinite="stop",
-            data=dict(patch=16),
+            data=data or dict(patch=16),
             optim=dict(ema_decay=ema_decay),
+            **config,
         )
     )
     tx = optax.sgd(0.5)  # the update is the gradient itself: Adam's first step would only show its sign
@@ -152,6 +153,51 @@ def _random_batches(seed, count, size):
         }
         for _ in range(count)
     ]
+
+
+def test_an_outliers_target_is_the_uniform_distribution():
+    from scipy.special import logsumexp
+
+    logits = np.random.default_rng(3).normal(size=(6, 5)).astype(np.float32)
+    labels = np.array([2, -1, 0, -1, 4, 1], np.int32)
+    weights = np.array([1, 0.5, 1, 0.5, 1, 1], np.float32)
+    nll = logsumexp(logits, axis=1) - np.where(labels < 0, logits.mean(1), logits[np.arange(6), labels])
+    expected = (nll * weights).sum() / weights.sum()
+    got = steps.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), weights=jnp.asarray(weights))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    # The loss with data.outliers: the known patches' mean plus lambda times the outliers' mean.
+    config = ml_collections.ConfigDict(dict(label_smoothing=0.0, data=dict(outliers="x"), outlier_loss_weight=0.25))
+    loss = steps.class_loss(jnp.asarray(logits), jnp.asarray(labels), config)
+    assert float(loss) == pytest.approx(nll[labels >= 0].mean() + 0.25 * nll[labels < 0].mean(), rel=1e-5)
+    config.data.outliers = ""
+    plain = steps.class_loss(jnp.asarray(logits[labels >= 0]), jnp.asarray(labels[labels >= 0]), config)
+    assert float(plain) == pytest.approx(nll[labels >= 0].mean(), rel=1e-5)
+
+
+def test_outlier_batches_train_towards_not_knowing():
+    """A model taught one class on everything, then shown photos of other cameras (label -1,
+    `data.outliers`): its predictions on those go back towards the uniform distribution."""
+    known, outliers = _random_batches(4, 8, 8), _random_batches(5, 12, 8)
+    for b in known:
+        b["label"][:] = 0
+    for b in outliers:
+        b["label"][:] = -1
+    config = dict(data=dict(patch=16, outliers="other-cameras"), outlier_loss_weight=0.5)
+    model_def, sure, _, metrics = _sgd_steps(known, **config)
+    assert float(metrics["train/accuracy"]) == 1.0
+    _, exposed, _, metrics = _sgd_steps(known + outliers, **config)
+    assert float(metrics["train/accuracy"]) == 0.0  # no known label in the last batch: nothing counted
+
+    def entropy(s):
+        probs = jax.nn.softmax(
+            steps.predict_logits(
+                s.params, s.model_state, outliers[0]["image"], outliers[0]["is_manipulated"], model_def=model_def
+            )
+        )
+        return float(-(probs * jnp.log(probs)).sum(-1).mean())
+
+    assert entropy(sure) < 0.5 * np.log(4)
+    assert entropy(exposed) == pytest.approx(np.log(4), abs=0.05)
 
 
 def test_grad_accumulation_makes_the_full_batch_update():

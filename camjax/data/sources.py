@@ -147,6 +147,28 @@ def add_extra_train(index: DatasetIndex, extra_root: str | os.PathLike) -> Datas
     return dataclasses.replace(index, train=index.train + extra)
 
 
+OUTLIER = -1  # the label of a photo from none of the classes (`add_outliers`)
+
+
+def add_outliers(index: DatasetIndex, outlier_root: str | os.PathLike) -> DatasetIndex:
+    """`index` with every image of OUTLIERS/train/<camera>/ added to its training split under
+    the label `OUTLIER`: photos of cameras that are none of the classes, which the loss trains
+    towards a uniform prediction (outlier exposure, Hendrycks et al. 2019), so that "none of
+    these" is something the model has seen. Validation, and so calibration, stays on the classes."""
+    train_dir = Path(outlier_root) / "train"
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"data.outliers {outlier_root}: no train/ folder (expected OUTLIERS/train/<camera>/*)")
+    files = _scan_split(train_dir)
+    if not files:
+        raise ValueError(f"data.outliers {train_dir}: no camera folders with images")
+    ours = {os.path.realpath(r.path) for r in index.train + index.val}
+    shared = [str(p) for c in files for p in files[c] if os.path.realpath(p) in ours]
+    if shared:
+        raise ValueError(f"data.outliers {train_dir}: {len(shared)} files are the dataset's own, e.g. {shared[0]}")
+    outliers = [Record(str(p), OUTLIER, f"outlier:{c}") for c in sorted(files) for p in files[c]]
+    return dataclasses.replace(index, train=index.train + outliers)
+
+
 def keep_classes(index: DatasetIndex, names) -> DatasetIndex:
     """`index` restricted to the classes `names` (in the index's order, relabelled 0..k-1);
     the test files stay, so cameras held out of training can be scored as unknown ones."""
@@ -172,7 +194,7 @@ def list_test_files(root: str | os.PathLike, *, required: bool = True) -> list[s
 
 
 def class_counts(records: list[Record], num_classes: int) -> np.ndarray:
-    return np.bincount([r.label for r in records], minlength=num_classes)
+    return np.bincount([r.label for r in records if r.label != OUTLIER], minlength=num_classes)
 
 
 def class_weights(index: DatasetIndex) -> np.ndarray:
