@@ -89,12 +89,12 @@ def update_ema(ema, new, decay: jax.Array):
 
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0, weights=None):
-    """Softmax cross-entropy, averaged (or `weights`-weighted); a negative label (an outlier,
-    `sources.OUTLIER`) has the uniform distribution as its target."""
     num_classes = logits.shape[-1]
-    targets = jnp.where(labels[:, None] < 0, 1.0 / num_classes, jax.nn.one_hot(labels, num_classes))
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
+    targets = (
+        optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+        if label_smoothing
+        else (jax.nn.one_hot(labels, num_classes))
+    )
     losses = optax.softmax_cross_entropy(logits, targets)
     if weights is None:
         return losses.mean()
@@ -104,17 +104,19 @@ def cross_entropy(logits, labels, *, label_smoothing=0.0, weights=None):
 def class_loss(logits, labels, config, class_weights=None):
     """The class term: the (class-weighted) mean cross-entropy over the known cameras' patches
     and, with `data.outliers`, `outlier_loss_weight` times the mean over the outliers' patches
-    of the cross-entropy to the uniform distribution, L = E_known[CE] + lambda E_outlier[CE_u]
-    (Hendrycks et al. 2019), whatever share of the batch the outliers are."""
-    weights = None if class_weights is None else jnp.asarray(class_weights)[jnp.maximum(labels, 0)]
+    (label `sources.OUTLIER`) of the cross-entropy to the uniform distribution,
+    L = E_known[CE] + lambda E_outlier[CE_u] (Hendrycks et al. 2019), whatever share of the
+    batch the outliers are. Without outliers it is the plain loss, to the last bit."""
     smoothing = config.label_smoothing
     if not config.data.get("outliers"):
+        weights = None if class_weights is None else jnp.asarray(class_weights)[labels]
         return cross_entropy(logits, labels, label_smoothing=smoothing, weights=weights)
     known = (labels >= 0).astype(jnp.float32)
-    known_term = cross_entropy(
-        logits, labels, label_smoothing=smoothing, weights=known * (1 if weights is None else weights)
-    )
-    outlier_term = cross_entropy(logits, labels, label_smoothing=smoothing, weights=1.0 - known)
+    labels = jnp.maximum(labels, 0)  # an outlier's row of the known term has weight 0
+    weights = known if class_weights is None else known * jnp.asarray(class_weights)[labels]
+    known_term = cross_entropy(logits, labels, label_smoothing=smoothing, weights=weights)
+    uniform = optax.softmax_cross_entropy(logits, jnp.full_like(logits, 1.0 / logits.shape[-1]))
+    outlier_term = (uniform * (1.0 - known)).sum() / jnp.maximum((1.0 - known).sum(), 1.0)
     return known_term + config.outlier_loss_weight * outlier_term
 
 
@@ -124,12 +126,13 @@ def _forward_loss(params, model_state, batch, rng, *, model_def, config, class_w
     out = model(images, batch["is_manipulated"], rngs=nnx.Rngs(dropout=rng))
     labels = batch["label"]
     loss = class_loss(out["logits"], labels, config, class_weights)
-    known = labels >= 0  # the rest are outliers (data.outliers)
-    hits = (jnp.argmax(out["logits"], -1) == labels) & known
-    metrics = {
-        "train/ce": loss,
-        "train/accuracy": hits.sum() / jnp.maximum(known.sum(), 1),
-    }
+    hits = jnp.argmax(out["logits"], -1) == labels
+    if config.data.get("outliers"):  # the accuracy of the known cameras' patches only
+        known = labels >= 0
+        accuracy = (hits & known).sum() / jnp.maximum(known.sum(), 1)
+    else:
+        accuracy = jnp.mean(hits)
+    metrics = {"train/ce": loss, "train/accuracy": accuracy}
     if "manip_logits" in out and config.aux_loss_weight > 0:
         aux = cross_entropy(out["manip_logits"], batch["manipulation"])
         loss = loss + config.aux_loss_weight * aux

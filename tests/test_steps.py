@@ -156,22 +156,25 @@ def _random_batches(seed, count, size):
 
 
 def test_an_outliers_target_is_the_uniform_distribution():
+    """With data.outliers the loss is the known patches' (class-weighted) mean cross-entropy
+    plus lambda times the outliers' mean cross-entropy to the uniform distribution."""
     from scipy.special import logsumexp
 
     logits = np.random.default_rng(3).normal(size=(6, 5)).astype(np.float32)
     labels = np.array([2, -1, 0, -1, 4, 1], np.int32)
-    weights = np.array([1, 0.5, 1, 0.5, 1, 1], np.float32)
     nll = logsumexp(logits, axis=1) - np.where(labels < 0, logits.mean(1), logits[np.arange(6), labels])
-    expected = (nll * weights).sum() / weights.sum()
-    got = steps.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), weights=jnp.asarray(weights))
-    assert float(got) == pytest.approx(expected, rel=1e-5)
-    # The loss with data.outliers: the known patches' mean plus lambda times the outliers' mean.
+    known = labels >= 0
     config = ml_collections.ConfigDict(dict(label_smoothing=0.0, data=dict(outliers="x"), outlier_loss_weight=0.25))
     loss = steps.class_loss(jnp.asarray(logits), jnp.asarray(labels), config)
-    assert float(loss) == pytest.approx(nll[labels >= 0].mean() + 0.25 * nll[labels < 0].mean(), rel=1e-5)
-    config.data.outliers = ""
-    plain = steps.class_loss(jnp.asarray(logits[labels >= 0]), jnp.asarray(labels[labels >= 0]), config)
-    assert float(plain) == pytest.approx(nll[labels >= 0].mean(), rel=1e-5)
+    assert float(loss) == pytest.approx(nll[known].mean() + 0.25 * nll[~known].mean(), rel=1e-5)
+    class_weights = np.array([0.5, 1.0, 2.0, 1.0, 3.0], np.float32)
+    weighted = steps.class_loss(jnp.asarray(logits), jnp.asarray(labels), config, class_weights)
+    w = class_weights[labels[known]]
+    expected = (w * nll[known]).sum() / w.sum() + 0.25 * nll[~known].mean()
+    assert float(weighted) == pytest.approx(expected, rel=1e-5)
+    config.data.outliers = ""  # without outliers: the plain cross-entropy
+    plain = steps.class_loss(jnp.asarray(logits[known]), jnp.asarray(labels[known]), config)
+    assert float(plain) == pytest.approx(nll[known].mean(), rel=1e-5)
 
 
 def test_outlier_batches_train_towards_not_knowing():
