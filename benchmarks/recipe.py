@@ -13,9 +13,10 @@ Forensic measurements ride on the same runs: the calibration on the test's known
 (ECE and NLL before and after the run's temperature) is always recorded, and with several
 seeds once more over all their test images together (a `recipe_pooled` line: one seed's test
 set is too small to show an ECE of 0.05, `common.pooled_calibration`); `--hold_out K`
-trains on all but K cameras (drawn by the seed, so seeds are also splits) and records the
-open-set report (AUROC of every score, false rejections and acceptances at the thresholds
-fitted on validation); `--shared` records the accuracy of the test set re-shared as online
+trains on all but K cameras (drawn by the seed, so seeds are also splits; `--split_seed S`
+draws them with S for every seed instead, so that the seeds measure how much training alone
+moves one split's scores) and records the open-set report (AUROC of every score, false
+rejections and acceptances at the thresholds fitted on validation); `--shared` records the accuracy of the test set re-shared as online
 photos (`evaluate --shared`).
 """
 
@@ -46,6 +47,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", default=str(common.REPO / "runs" / "recipe"), help="where run folders go")
     p.add_argument("--keep", action="store_true", help="keep the run folders (default: delete after scoring)")
     p.add_argument("--hold_out", type=int, default=0, help="cameras left out of training (drawn by the seed)")
+    p.add_argument(
+        "--split_seed", type=int, default=None, help="draw the held-out cameras with this seed for every seed"
+    )
     p.add_argument("--shared", action="store_true", help="also score the test set shared as online photos")
     return p.parse_args(argv)
 
@@ -65,9 +69,12 @@ def main(argv=None) -> None:
         held_out = set()
         if args.hold_out:  # the dataset's cameras are read only to draw the held-out ones
             classes = assembly.open_dataset(config.data, seed)[0].classes
-            held_out = held_out_cameras(classes, args.hold_out, seed)
+            held_out = held_out_for(args, classes, seed)
             config.data.classes = tuple(c for c in classes if c not in held_out)
-        tag = hashlib.sha256(json.dumps([args.config, args.set, args.root, args.hold_out]).encode()).hexdigest()[:8]
+        identity = [args.config, args.set, args.root, args.hold_out] + (
+            [] if args.split_seed is None else [args.split_seed]
+        )
+        tag = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:8]
         workdir = os.path.join(args.runs, f"{tag}-seed{seed}")
         shutil.rmtree(workdir, ignore_errors=True)
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
@@ -127,7 +134,13 @@ def described(args, config) -> dict:
         config=args.config,
         overrides=args.set,
         root=args.root or "synthetic",
+        **({} if args.split_seed is None else {"split_seed": args.split_seed}),
     )
+
+
+def held_out_for(args, classes, seed: int) -> set[str]:
+    """The cameras seed `seed`'s run leaves out: drawn by `--split_seed` when given, else by the seed."""
+    return held_out_cameras(classes, args.hold_out, seed if args.split_seed is None else args.split_seed)
 
 
 def held_out_cameras(classes, count: int, seed: int) -> set[str]:

@@ -379,6 +379,19 @@ def labelled_challenge_tree(tmp_path):
     return root, truth
 
 
+def test_split_seed_holds_the_same_cameras_out_for_every_seed():
+    sys.path.insert(0, str(BENCH))
+    import recipe
+
+    from camjax.cameras import CHALLENGE_CLASSES
+
+    fixed = recipe.parse_args(["--hold_out", "3", "--split_seed", "1"])
+    drawn = [recipe.held_out_for(fixed, CHALLENGE_CLASSES, seed) for seed in range(5)]
+    assert all(d == recipe.held_out_cameras(CHALLENGE_CLASSES, 3, 1) for d in drawn) and len(drawn[0]) == 3
+    by_seed = recipe.parse_args(["--hold_out", "3"])
+    assert len({frozenset(recipe.held_out_for(by_seed, CHALLENGE_CLASSES, seed)) for seed in range(5)}) > 1
+
+
 @pytest.mark.slow
 def test_recipe_trains_and_scores_each_seed(env, tmp_path):
     root, truth = labelled_challenge_tree(tmp_path)
