@@ -99,23 +99,25 @@ def layer_candidates(widths: tuple[int, ...], components):
     put on a common scale (median of the fit's own scores 0, its 5% quantile -1): the
     unweighted feature ensemble of Lee et al. (2018). The last layer is trained to tell the
     known cameras apart; earlier ones still describe what it has learnt to ignore."""
-    bounds = np.cumsum((0,) + widths)
+    from camjax.calibration import FeatureDensity
+
+    def columns(f) -> list[slice]:  # the embedding's, then each block's
+        edges = f.shape[1] - int(sum(widths)) + np.cumsum((0,) + widths)
+        return [slice(0, edges[0])] + [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
     def block(i):
         def score(f, y, m, q, qg):
-            width = f.shape[1] - bounds[-1]
-            sl = slice(width + bounds[i], width + bounds[i + 1])
+            sl = columns(f)[i + 1]
             return components(f[:, sl], y, m, q[:, sl], qg)
 
         return score
 
     def ensemble(f, y, m, q, qg):
-        width = f.shape[1] - bounds[-1]
-        slices = [slice(0, width)] + [slice(width + a, width + b) for a, b in zip(bounds[:-1], bounds[1:])]
         total = np.zeros(len(q))
-        for sl in slices:
-            own = components(f[:, sl], y, m, f[:, sl], _groups(m))
-            total += standardised(own, _groups(m), components(f[:, sl], y, m, q[:, sl], qg), qg, 0.05)
+        for sl in columns(f):
+            density = FeatureDensity.fit(f[:, sl], y, m)
+            own = density.raw(f[:, sl], _groups(m))
+            total += standardised(own, _groups(m), density.raw(q[:, sl], qg), qg, 0.05)
         return total
 
     out = {f"block_{i}": block(i) for i in range(len(widths))}
@@ -128,8 +130,8 @@ def layer_statistics():
     """While open, the embedding every prediction returns is followed by per-block statistics of
     camnet's feature maps: the per-channel standard deviation of the high-pass residual after
     the space-to-depth stem, then each block's per-channel mean and standard deviation (over
-    the tile, then averaged over tiles as the embedding is). Yields the list the blocks'
-    widths are put in."""
+    the tile, then averaged over tiles as the embedding is). The embedding is read from the
+    same pass (`Classifier.features_from`). Yields the list the blocks' widths are put in."""
     import jax.numpy as jnp
 
     from camjax import steps
@@ -142,15 +144,17 @@ def layer_statistics():
 
         model = nnx.merge(model_def.eval, params, model_state, copy=True)
         x = steps.preprocess(images, model_def.preprocess)
-        features = model.features(x)
-        h = model.highpass(x.astype(jnp.float32))
-        backbone = model.backbone
+        h = model.highpass(x.astype(jnp.float32)).astype(model.dtype)  # as Classifier.feature_map
+        if model.space_to_depth > 1:
+            h = space_to_depth(h, model.space_to_depth)
+        backbone = model.backbone  # CamNet.__call__, with each block's statistics kept
         h = space_to_depth(h, backbone.stem) if backbone.stem > 1 else h
         blocks = [h.std(axis=(1, 2))]
         for layer in backbone.layers:
             h = layer(h)
             blocks += [h.mean(axis=(1, 2)), h.std(axis=(1, 2))]
         widths[:] = [b.shape[-1] for b in blocks]
+        features = model.features_from(x, h.astype(jnp.float32))
         logits = model.head(features.astype(model.dtype), is_manipulated)["logits"]
         return jnp.concatenate([features, *[b.astype(jnp.float32) for b in blocks]], axis=-1), logits
 

@@ -16,8 +16,8 @@ set is too small to show an ECE of 0.05, `common.pooled_calibration`); `--hold_o
 trains on all but K cameras (drawn by the seed, so seeds are also splits; `--split_seed S`
 draws them with S for every seed instead, so that the seeds measure how much training alone
 moves one split's scores) and records the open-set report (AUROC of every score, false
-rejections and acceptances at the thresholds fitted on validation); `--shared` records the accuracy of the test set re-shared as online
-photos (`evaluate --shared`).
+rejections and acceptances at the thresholds fitted on validation); `--shared` records the
+accuracy of the test set re-shared as online photos (`evaluate --shared`).
 """
 
 from __future__ import annotations

@@ -92,11 +92,13 @@ def _problems(config, num_devices: int) -> list[str]:
             f"data.shared_prob={config.data.shared_prob!r}: the shared-photo recompression runs on the host only; "
             "expected data.manipulate_on='host'"
         )
-    outlier_weight = config.get("outlier_loss_weight", 0.5)
-    if config.data.get("outliers") and not outlier_weight > 0:
-        problems.append(f"outlier_loss_weight={outlier_weight!r}: expected a weight > 0 for data.outliers")
-    if config.data.get("outliers") and config.data.get("outliers") == config.data.root:
-        problems.append(f"data.outliers={config.data.outliers!r} is data.root: outliers are other cameras' photos")
+    outliers = config.data.get("outliers")
+    if outliers:
+        weight = config.get("outlier_loss_weight", 0.5)
+        if not weight > 0:
+            problems.append(f"outlier_loss_weight={weight!r}: expected a weight > 0 for data.outliers")
+        if outliers == config.data.root:
+            problems.append(f"data.outliers={outliers!r} is data.root: outliers are other cameras' photos")
     momentum = config.model.bn_momentum
     if momentum and not 0.0 < momentum < 1.0:
         problems.append(f"model.bn_momentum={momentum!r}: expected 0 (the family's default) or a value in (0, 1)")
