@@ -1,7 +1,7 @@
 """Which feature-space score tells held-out cameras best, judged on the same trained models.
 
     python benchmarks/recipe.py --seeds 0,1,2 --hold_out 3 --keep --runs RUNS   # train once
-    python benchmarks/openset_scores.py RUNS/*-seed* [--layers]
+    python benchmarks/openset_scores.py RUNS/*-seed* [--layers] [--ensemble]
 
 A post-hoc open-set score is a choice made after training, and seeds move a three-minute run
 by more than such a choice: so every candidate is scored on the same embeddings. For each kept
@@ -15,7 +15,12 @@ quantile -1), and the test images judged at -1. One JSON line per run: each cand
 (known against unknown cameras) with its false rejections and false acceptances, and, for the
 shipped score, each camera's median standardised score, share accepted and the known camera
 the model names most often for it (an unknown camera that the model takes for a sibling of
-the same maker is where a feature-space score fails). With `--layers` (camnet runs), the
+the same maker is where a feature-space score fails), and its verdicts on the unaltered and
+the manipulated test images apart and on each manipulation the test labels name (a resize
+or a second JPEG rewrites the traces; the first group is the photo an examiner receives).
+With `--ensemble`, the runs trained on the same cameras (seeds of one `recipe.py
+--split_seed`) are also scored as one ensemble: the mean of their standardised shipped
+scores, as `evaluate` would blend their probabilities. With `--layers` (camnet runs), the
 statistics of every earlier block are scored too (`layer_statistics`, `layer_candidates`): the
 last layer keeps only what tells the known cameras apart, an earlier one may still hold what
 tells a sibling camera from them.
@@ -180,7 +185,8 @@ def standardised(validation, validation_groups, test, test_groups, false_rejecti
 
 def embed(workdir: str):
     """(validation: features, labels, manipulation ids, frames; test: features, probs, camera
-    names, groups; the run's classes)."""
+    names, groups (from the file names, as `evaluate` reads them), manipulation names (from
+    the labels); the run's classes)."""
     from camjax import calibration, evaluator, postprocess, tta
     from camjax.data import sources
     from camjax.parallel import DataParallel
@@ -209,25 +215,58 @@ def embed(workdir: str):
         features=True,
     )
     fnames = [os.path.basename(p) for p in test_paths]
-    truth = {f: camera for f, camera, _ in postprocess.read_labels(os.path.join(root, "test_labels.csv"))}
+    truth = {f: (camera, m) for f, camera, m in postprocess.read_labels(os.path.join(root, "test_labels.csv"))}
     probs = postprocess.blend(predicted.probs, axis=1, agg=agg)
     return (
         (val_features.astype(np.float64), labels, manipulations, frames),
         (
             np.nan_to_num(predicted.features).astype(np.float64),
             probs,
-            np.array([truth[f] for f in fnames]),
+            np.array([truth[f][0] for f in fnames]),
             evaluator.manipulation_groups(fnames),
+            np.array([truth[f][1] for f in fnames]),
         ),
         list(restored.run.classes),
     )
 
 
-def score_run(workdir: str, false_rejection: float, layers: bool = False) -> dict:
+def verdicts(test: np.ndarray, known: np.ndarray) -> dict:
+    """AUROC of standardised scores (known against unknown cameras) and the verdict's error
+    rates at their threshold, -1."""
+    from camjax import calibration
+
+    return {
+        "auroc": common.rounded(calibration.auroc(test[known], test[~known]), 4),
+        "false_rejection": common.rounded(float(np.mean(test[known] < -1)), 4),
+        "false_acceptance": common.rounded(float(np.mean(test[~known] >= -1)), 4),
+    }
+
+
+def by_manipulation(test: np.ndarray, known: np.ndarray, manipulations: np.ndarray) -> dict:
+    """`verdicts` of the unaltered and the manipulated test images apart (`by_group`) and of
+    each manipulation (`by_manipulation`; a handful of images each in one run: read them pooled
+    over runs)."""
+    unaltered = manipulations == "none"
+    parts = {"by_group": {"unaltered": unaltered, "manipulated": ~unaltered}}
+    parts["by_manipulation"] = {m: manipulations == m for m in sorted(set(manipulations.tolist()))}
+    return {
+        part: {
+            name: {"known": int(known[rows].sum()), "unknown": int((~known[rows]).sum())}
+            | verdicts(test[rows], known[rows])
+            for name, rows in rows_of.items()
+            if len(set(known[rows])) == 2
+        }
+        for part, rows_of in parts.items()
+    }
+
+
+def score_run(workdir: str, false_rejection: float, layers: bool = False):
+    """(the run's record fields, its standardised `feature_distance` test scores, the test
+    images' cameras and manipulations)."""
     from camjax import calibration
 
     with layer_statistics() if layers else contextlib.nullcontext([]) as widths:
-        (vf, vl, vm, frames), (tf, probs, cameras, tg), classes = embed(workdir)
+        (vf, vl, vm, frames), (tf, probs, cameras, tg, manipulations), classes = embed(workdir)
     known = np.isin(cameras, classes)
     if known.all() or not known.any():
         raise SystemExit(f"{workdir}: its test set needs both trained and held-out cameras")
@@ -237,11 +276,11 @@ def score_run(workdir: str, false_rejection: float, layers: bool = False) -> dic
     for name, fn in candidates(tuple(widths)).items():
         oof = calibration.cross_fitted_scores(vf, vl, frames, vm, score=fn)
         test = standardised(oof, _groups(vm), fn(vf, vl, vm, tf, tg), tg, false_rejection)
-        out["auroc"][name] = common.rounded(calibration.auroc(test[known], test[~known]), 4)
-        out["false_rejection"][name] = common.rounded(float(np.mean(test[known] < -1)), 4)
-        out["false_acceptance"][name] = common.rounded(float(np.mean(test[~known] >= -1)), 4)
+        for field, value in verdicts(test, known).items():
+            out[field][name] = value
         if name == "feature_distance":
             shipped = test
+    out.update(by_manipulation(shipped, known, manipulations))
     named = np.array(classes)[probs.argmax(-1)]
     out["per_camera"] = {
         camera: {
@@ -252,7 +291,7 @@ def score_run(workdir: str, false_rejection: float, layers: bool = False) -> dic
         }
         for camera in sorted(set(cameras.tolist()))
     }
-    return out
+    return out, shipped, cameras, manipulations
 
 
 def main(argv=None) -> None:
@@ -265,14 +304,46 @@ def main(argv=None) -> None:
     p.add_argument(
         "--layers", action="store_true", help="camnet runs: also score each block's feature statistics (Lee et al.)"
     )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also score the runs trained on the same cameras as one ensemble (the mean of their standardised scores)",
+    )
     args = p.parse_args(argv)
     from camjax import assembly
 
     assembly.quiet_libraries()
+    splits = collections.defaultdict(list)  # (test cameras, trained cameras) -> [(workdir, scores)]
     for workdir in args.workdirs:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
-            result = score_run(workdir, args.false_rejection, args.layers)
+            result, shipped, cameras, manipulations = score_run(workdir, args.false_rejection, args.layers)
         common.emit(common.kept_run_record("openset_scores", workdir, args.name, **result))
+        trained = tuple(c for c, v in result["per_camera"].items() if v["known"])
+        split = (tuple(cameras.tolist()), tuple(manipulations.tolist()), trained)
+        splits[split].append((workdir, shipped, result["auroc"]["feature_distance"]))
+    if args.ensemble:
+        for (cameras, manipulations, trained), members in splits.items():
+            if len(members) > 1:
+                common.emit(ensemble_record(members, np.array(cameras), np.array(manipulations), trained, args.name))
+
+
+def ensemble_record(members, cameras: np.ndarray, manipulations: np.ndarray, trained, name: str) -> dict:
+    """The runs trained on the same cameras, scored as one ensemble: the mean of the members'
+    standardised `feature_distance`, judged at -1 as each member's is."""
+    known = np.isin(cameras, trained)
+    mean = np.mean([scores for _, scores, _ in members], axis=0)
+    return common.record(
+        "openset_ensemble",
+        model=",".join(sorted({common.run_model(w) for w, _, _ in members})),
+        name=name,
+        workdirs=[w for w, _, _ in members],
+        trained=list(trained),
+        member_auroc=[a for _, _, a in members],
+        **verdicts(mean, known),
+        **by_manipulation(mean, known, manipulations),
+        peak_rss_mb=common.peak_rss_mb(),
+        compiles_after_warmup=None,
+    )
 
 
 if __name__ == "__main__":

@@ -407,15 +407,38 @@ def test_report(uncalibrated: np.ndarray, calibrated: np.ndarray, labels: np.nda
 
 
 def open_set_report(
-    probs: np.ndarray, known: np.ndarray, calibration: Calibration | None, score: str, feature_scores=None
+    probs: np.ndarray,
+    known: np.ndarray,
+    calibration: Calibration | None,
+    score: str,
+    feature_scores=None,
+    manipulated=None,
 ) -> dict:
     """Known-vs-unknown camera separation of every open-set score (AUROC), and the false
     rejections of known cameras and false acceptances of unknown ones at the run's thresholds.
-    `feature_scores` [N] are the `FeatureDensity` scores of the same images, when the run has one."""
-    out = {"score": score, "known": int(known.sum()), "unknown": int((~known).sum()), "auroc": {}}
+    `feature_scores` [N] are the `FeatureDensity` scores of the same images, when the run has one.
+
+    With `manipulated` [N] (the test file names' flag), the same for the unaltered and the
+    manipulated images apart (`by_group`, each group that has both known and unknown cameras): a
+    resize or a second JPEG rewrites the traces that tell cameras apart, so the two are different
+    questions, and a photo an examiner receives straight from a camera is the first."""
+    known = np.asarray(known, bool)
     scores = open_set_scores(probs)
     if feature_scores is not None:
         scores[FEATURE_SCORE] = np.asarray(feature_scores, np.float64)
+    out = {"score": score, **_separation(scores, known, calibration)}
+    if manipulated is not None:
+        manipulated = np.asarray(manipulated, bool)
+        out["by_group"] = {
+            name: _separation({k: v[rows] for k, v in scores.items()}, known[rows], calibration)
+            for name, rows in (("unaltered", ~manipulated), ("manipulated", manipulated))
+            if known[rows].any() and not known[rows].all()
+        }
+    return out
+
+
+def _separation(scores: dict, known: np.ndarray, calibration: Calibration | None) -> dict:
+    out = {"known": int(known.sum()), "unknown": int((~known).sum()), "auroc": {}}
     for name, values in scores.items():
         out["auroc"][name] = auroc(values[known], values[~known])
         if calibration is not None and name in calibration.thresholds:

@@ -61,6 +61,9 @@ def main(argv):
                     f"; at the {o['score']} threshold: false rejection {o['false_rejection'][o['score']]:.4f},"
                     f" false acceptance {o['false_acceptance'][o['score']]:.4f}"
                 )
+            for group, g in o.get("by_group", {}).items():
+                counts = f"{g['known']} known, {g['unknown']} unknown"
+                line += f"; {group} ({counts}): AUROC[{o['score']}]={g['auroc'][o['score']]:.4f}"
             print(line)
         if "shared_online" in result:
             s = result["shared_online"]

@@ -470,6 +470,7 @@ def evaluate(
                 restored[0].calibration,
                 configured.get("open_set_score", "max_prob"),
                 feature_scores=feature_scores,
+                manipulated=groups[good] != 0,
             )
         if shared:
             per_shared, _, _ = predict_all(shared_photo_reader(read))

@@ -440,7 +440,7 @@ def test_recipe_trains_and_scores_each_seed(env, tmp_path):
 
 @pytest.mark.slow
 def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path):
-    root, _ = labelled_challenge_tree(tmp_path)
+    root, truth = labelled_challenge_tree(tmp_path)
     sets = [arg for item in TINY_RECIPE for arg in ("--set", item)]
     runs = tmp_path / "runs"
     [trained] = run(
@@ -474,8 +474,24 @@ def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path)
     # The candidate open-set scores: the shipped one, refitted by the script on its own
     # embeddings, must give what `evaluate` reported for the same model, also when every
     # block's statistics ride along after the embedding (--layers).
-    [scored] = run("openset_scores.py", str(workdir), "--layers", env=env)
-    assert scored["benchmark"] == "openset_scores"
+    # The same run twice with --ensemble: a split of two members whose ensemble (the mean of
+    # equal scores) gives the run's own verdicts.
+    scored, twice, ensemble = run("openset_scores.py", str(workdir), str(workdir), "--layers", "--ensemble", env=env)
+    assert scored["benchmark"] == "openset_scores" and twice["auroc"] == scored["auroc"]
+    assert ensemble["benchmark"] == "openset_ensemble" and ensemble["workdirs"] == [str(workdir)] * 2
+    assert ensemble["member_auroc"] == [scored["auroc"]["feature_distance"]] * 2
+    assert ensemble["auroc"] == scored["auroc"]["feature_distance"]
+    assert ensemble["by_group"] == scored["by_group"] and ensemble["by_manipulation"] == scored["by_manipulation"]
+    # Unaltered and manipulated apart (the tree's manipulated files are labelled jpeg70).
+    [held_out] = trained["held_out"]
+    for group, manipulated in (("unaltered", False), ("manipulated", True)):
+        files = [f for f in truth if ("manip" in f) == manipulated]
+        expected = sum(truth[f] != held_out for f in files), sum(truth[f] == held_out for f in files)
+        assert (scored["by_group"][group]["known"], scored["by_group"][group]["unknown"]) == expected
+    assert scored["by_group"]["unaltered"] == scored["by_manipulation"]["none"]
+    for group, g in trained["open_set"]["by_group"].items():  # evaluate's report, the same split
+        assert g["auroc"]["feature_distance"] == pytest.approx(scored["by_group"][group]["auroc"], abs=1e-4)
+    assert scored["by_group"]["manipulated"] == scored["by_manipulation"]["jpeg70"]
     assert scored["known"] == trained["open_set"]["known"] and scored["unknown"] == trained["open_set"]["unknown"]
     assert scored["auroc"]["feature_distance"] == pytest.approx(
         again["open_set"]["auroc"]["feature_distance"], abs=1e-4
@@ -485,7 +501,6 @@ def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path)
     blocks = 1 + 2 * len(config["widths"]) * config["blocks"]  # the residual, then each layer's mean and std
     assert {f"block_{i}" for i in range(blocks)} <= set(scored["auroc"]) and f"block_{blocks}" not in scored["auroc"]
     assert all(0 <= v <= 1 for v in scored["auroc"].values())
-    [held_out] = trained["held_out"]
     assert [c for c, row in scored["per_camera"].items() if not row["known"]] == [held_out]
     # --set rewrites an eval setting of the run before it is fitted again: two crops of each
     # validation frame, twice the calibration samples.

@@ -77,6 +77,35 @@ def test_auroc_matches_scikit_learn_with_ties():
     assert calibration.auroc(known, unknown) == pytest.approx(reference, abs=1e-12)
 
 
+def test_open_set_report_judges_unaltered_and_manipulated_images_apart():
+    """Feature scores that part known from unknown cameras on the unaltered images and not on
+    the manipulated ones: the pooled AUROC hides both, the groups show each (against
+    scikit-learn), and a group without unknown cameras is left out rather than scored as 0.5."""
+    rng = np.random.default_rng(3)
+    known = np.r_[np.ones(60), np.zeros(40)].astype(bool)
+    manipulated = np.tile([False, True], 50)
+    scores = np.where(manipulated, rng.normal(0, 1, 100), np.where(known, 3.0, -3.0) + rng.normal(0, 0.1, 100))
+    probs = rng.dirichlet(np.ones(4), 100)
+    c = calibration.fit(probs[known], rng.integers(0, 4, 60))
+    c.thresholds[calibration.FEATURE_SCORE] = -1.0
+    r = calibration.open_set_report(probs, known, c, calibration.FEATURE_SCORE, scores, manipulated)
+    assert set(r["by_group"]) == {"unaltered", "manipulated"}
+    for name, rows in (("unaltered", ~manipulated), ("manipulated", manipulated)):
+        g = r["by_group"][name]
+        assert (g["known"], g["unknown"]) == ((known & rows).sum(), (~known & rows).sum())
+        reference = roc_auc_score(known[rows], scores[rows])
+        assert g["auroc"][calibration.FEATURE_SCORE] == pytest.approx(reference, abs=1e-12)
+        assert g["false_rejection"]["max_prob"] == pytest.approx(
+            np.mean(probs[known & rows].max(-1) < c.thresholds["max_prob"])
+        )
+    assert r["by_group"]["unaltered"]["auroc"][calibration.FEATURE_SCORE] == 1.0
+    assert r["auroc"][calibration.FEATURE_SCORE] < 0.9  # the pooled figure, dragged down by the manipulated half
+    assert r["by_group"]["unaltered"]["false_acceptance"][calibration.FEATURE_SCORE] == 0.0
+    only_known_manipulated = calibration.open_set_report(probs, known, c, "max_prob", scores, manipulated & known)
+    assert set(only_known_manipulated["by_group"]) == {"unaltered"}
+    assert "by_group" not in calibration.open_set_report(probs, known, c, "max_prob", scores)
+
+
 def test_thresholds_reject_the_asked_share_of_known_images():
     probs, labels = overconfident(seed=2)
     c = calibration.fit(probs, labels, false_rejection=0.1)
@@ -359,6 +388,11 @@ def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
     assert r["calibration"]["ece_if_calibrated"]["median"] > 0  # 4 images: a floor far above any target
     assert sum(r["confusion"][0]) + sum(r["confusion"][1]) == 4  # closed-set scores: known cameras only
     assert set(r["shared_online"]) == {"long_side", "qualities", "before", "after"}
+    # Unaltered and manipulated apart: the Sony has one test file of each.
+    assert {g: (v["known"], v["unknown"]) for g, v in o["by_group"].items()} == {
+        "unaltered": (2, 1),
+        "manipulated": (2, 1),
+    }
     assert json.load(open(tmp_path / "sub_report.json"))["open_set"] == o
 
 
