@@ -129,6 +129,12 @@ def run_model(workdir: str) -> str:
         return json.load(f)["model"]["name"]
 
 
+def run_classes(workdir: str) -> list[str]:
+    """The cameras a training run was trained on, in its class order (its run.json)."""
+    with open(os.path.join(workdir, "run.json")) as f:
+        return list(json.load(f)["classes"])
+
+
 def kept_run_record(benchmark: str, workdir: str, name: str, **fields) -> dict:
     """A record of scores refitted on a kept training run (`recipe.py --keep`): whole
     evaluations, nothing timed."""

@@ -12,16 +12,22 @@ than such a change. Each run is calibrated again (`camjax.calibration.calibrate_
 overwrites DIR/calibration.json and DIR/feature_density.npz) and evaluated on its own test set
 as `recipe.py` evaluates it; one JSON line per run with the calibration and open-set reports,
 and with several runs a `rescore_pooled` line: the calibration over all their known test
-images together (`common.pooled_calibration`).
+images together (`common.pooled_calibration`). With `--ensemble`, the runs trained on the same
+cameras of the same dataset (seeds of one `recipe.py --split_seed`) are then evaluated together
+as `evaluate --workdir A --workdir B ...` would (a `rescore_ensemble` line each), and the
+ensembles' known test images pooled (`rescore_ensemble_pooled`): how far an ensemble's
+calibration carries to the cameras' other devices, against its members'.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import os
 import sys
+import tempfile
 
 import common
 
@@ -36,6 +42,11 @@ def main(argv=None) -> None:
         default=[],
         help="eval.KEY=VALUE (Python literal), written into each run's config.json before it is calibrated again",
     )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also evaluate the runs trained on the same cameras of the same dataset as one ensemble",
+    )
     args = p.parse_args(argv)
     if any(not item.startswith("eval.") for item in args.set):
         p.error(f"--set takes eval.* settings only (what is fitted after training), got {args.set}")
@@ -43,6 +54,7 @@ def main(argv=None) -> None:
 
     assembly.quiet_libraries()
     known_tests = []  # each run's calibration arrays, pooled at the end
+    splits = collections.defaultdict(list)  # (data root, trained cameras) -> the runs
     for workdir in args.workdirs:
         if args.set:
             configure(workdir, args.set)
@@ -66,16 +78,49 @@ def main(argv=None) -> None:
                 os.path.join(workdir, "rescored_probs.npz"), os.path.join(result["data_root"], "test_labels.csv")
             )
         )
+        splits[(result["data_root"], tuple(common.run_classes(workdir)))].append(workdir)
     if len(known_tests) > 1:
-        common.emit(
-            common.pooled_record(
-                "rescore_pooled",
-                known_tests,
-                model=",".join(sorted({common.run_model(w) for w in args.workdirs})),
-                name=args.name,
-                workdirs=args.workdirs,
-            )
+        common.emit(pooled(args.workdirs, "rescore_pooled", known_tests, args.name))
+    if args.ensemble:
+        ensembles = [members for members in splits.values() if len(members) > 1]
+        known_tests = [evaluate_ensemble(members, args.name) for members in ensembles]
+        if len(known_tests) > 1:
+            workdirs = [w for members in ensembles for w in members]
+            common.emit(pooled(workdirs, "rescore_ensemble_pooled", known_tests, args.name))
+
+
+def evaluate_ensemble(members, name: str):
+    """Evaluates the runs as one ensemble (their probabilities blended as `evaluate` blends
+    them; the open-set report is the first run's feature density); emits its record and returns
+    its known test images' calibration arrays."""
+    from camjax import evaluator
+
+    with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(sys.stderr):
+        result = evaluator.evaluate(members, out=os.path.join(out, "ensemble.csv"))
+        known = common.known_test_predictions(
+            os.path.join(out, "ensemble_probs.npz"), os.path.join(result["data_root"], "test_labels.csv")
         )
+    common.emit(
+        common.record(
+            "rescore_ensemble",
+            model=",".join(sorted({common.run_model(w) for w in members})),
+            name=name,
+            workdirs=members,
+            test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
+            calibration={
+                k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")
+            },
+            open_set=result.get("open_set"),
+            peak_rss_mb=common.peak_rss_mb(),
+            compiles_after_warmup=None,
+        )
+    )
+    return known
+
+
+def pooled(workdirs, benchmark: str, known_tests, name: str) -> dict:
+    model = ",".join(sorted({common.run_model(w) for w in workdirs}))
+    return common.pooled_record(benchmark, known_tests, model=model, name=name, workdirs=workdirs)
 
 
 def configure(workdir: str, overrides) -> None:

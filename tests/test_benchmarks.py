@@ -461,9 +461,17 @@ def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path)
     density = workdir / "feature_density.npz"
     density.unlink()  # rescore must write it again, not read the old one
     # The same run twice: its pooled calibration is its own (every bin's count doubles).
-    again, twice, pooled = run("rescore.py", str(workdir), str(workdir), "--name", "again", env=env)
+    # With --ensemble the two are also evaluated as one ensemble: a blend of a run with itself
+    # is the run.
+    again, twice, pooled, ensemble = run(
+        "rescore.py", str(workdir), str(workdir), "--name", "again", "--ensemble", env=env
+    )
     assert again["benchmark"] == "rescore" and again["name"] == "again" and density.exists()
     assert twice["calibration"] == again["calibration"] and pooled["benchmark"] == "rescore_pooled"
+    assert ensemble["benchmark"] == "rescore_ensemble" and ensemble["workdirs"] == [str(workdir)] * 2
+    assert ensemble["test_weighted_accuracy"] == again["test_weighted_accuracy"]
+    for when in ("before", "after"):
+        assert ensemble["calibration"][when] == pytest.approx(again["calibration"][when])
     assert pooled["calibration"]["images"] == 2 * trained["open_set"]["known"]
     for when in ("before", "after"):
         assert pooled["calibration"][when] == pytest.approx(again["calibration"][when])
