@@ -448,11 +448,16 @@ def _separation(scores: dict, known: np.ndarray, calibration: Calibration | None
     return out
 
 
-def test_like_samples(records, read, data_config, size: int = TEST_SIZE, crops: int = 1):
+def test_like_samples(records, read, data_config, size: int = TEST_SIZE, crops: int = 1, unaltered_crops: int = 1):
     """Each validation frame cut like a challenge test image: the `size` centre crop on the
-    crop grid (and `crops` - 1 more, tiling the frame) under every manipulation. Returns
+    crop grid (and `crops` - 1 more, tiling the frame) under every manipulation, then unaltered
+    crops only from the tiling's next origins up to `unaltered_crops` per frame. Returns
     (images, is_manipulated, manipulation ids, labels, the index of each sample's record);
-    unreadable files are skipped and logged."""
+    unreadable files are skipped and logged.
+
+    Under every manipulation one sample in nine is unaltered, while half of a challenge test set
+    is: the unaltered group's feature density and threshold (fitted per group) would rest on one
+    sample per frame, and the temperature on a mix unlike the test's."""
     images, flags, manipulation_ids, labels, frames = [], [], [], [], []
     for index, rec in enumerate(records):
         loaded = eval_batches.load_or_skip(rec.path, 0, read)
@@ -462,8 +467,8 @@ def test_like_samples(records, read, data_config, size: int = TEST_SIZE, crops: 
         h, w = frame.shape[:2]
         step = grid.crop_step(data_config.crop_step, jpeg)
         side = min(size, h // step * step, w // step * step)
-        for top, left in grid.eval_origins(h, w, side, step, crops):
-            for m in MANIPULATIONS:
+        for i, (top, left) in enumerate(grid.eval_origins(h, w, side, step, max(crops, unaltered_crops))):
+            for m in MANIPULATIONS if i < crops else MANIPULATIONS[:1]:
                 images.append(eval_batches.manipulated_at(frame, top, left, side, m))
                 flags.append(float(m.id != 0))
                 manipulation_ids.append(m.id)
@@ -482,7 +487,11 @@ def test_like_predictions(restored, dp, where: str = ""):
     records, read = evaluator.validation_records(restored)
     configured = restored.config.get("eval", {})
     images, flags, manipulation_ids, labels, frames = test_like_samples(
-        records, read, restored.config.data, crops=configured.get("calibration_crops", 1)
+        records,
+        read,
+        restored.config.data,
+        crops=configured.get("calibration_crops", 1),
+        unaltered_crops=configured.get("calibration_unaltered_crops", 1),
     )
     if not len(labels):
         raise ValueError(f"{where}: no readable validation frame to calibrate on")

@@ -69,6 +69,7 @@ def _problems(config, num_devices: int) -> list[str]:
     positive("data.patches_per_image", config.data.patches_per_image)
     positive("data.val_crops", config.data.val_crops)
     positive("eval.calibration_crops", config.eval.get("calibration_crops", 1))
+    positive("eval.calibration_unaltered_crops", config.eval.get("calibration_unaltered_crops", 1))
     positive("model.jpeg_trace", config.model.get("jpeg_trace", 0), minimum=0)
     if positive("data.patch", config.data.patch, minimum=8) and config.data.patch % 8:
         problems.append(f"data.patch={config.data.patch}: expected a multiple of 8 (the JPEG grid patches are cut on)")

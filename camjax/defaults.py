@@ -103,6 +103,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Crops cut from each validation frame for that fit: the centre, then an even tiling
     # (calibration.test_like_samples); each costs a prediction of every frame under nine manipulations.
     c.eval.calibration_crops = 1
+    # Unaltered crops of each validation frame, counting those (the tiling's next origins, one
+    # prediction each): under nine manipulations one sample in nine is unaltered, so that
+    # group's open-set density and threshold would rest on one sample per frame.
+    c.eval.calibration_unaltered_crops = 1
     # Which score says "none of the known cameras": feature_distance (the embedding's distance to
     # the nearest known camera's mean: the only score measured to separate held-out cameras at
     # all, benchmarks/RESULTS.md) | max_prob | neg_entropy | margin (the calibrated probabilities).

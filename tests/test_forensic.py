@@ -297,10 +297,12 @@ def test_config_check_names_a_bad_open_set_score():
     c.eval.open_set_score = "energy"
     c.eval.false_rejection = 1.5
     c.eval.calibration_crops = 0
+    c.eval.calibration_unaltered_crops = 0
     with pytest.raises(config_checks.ConfigError) as e:
         config_checks.validate(c, shapes=False)
     assert "eval.open_set_score='energy'" in str(e.value) and "eval.false_rejection=1.5" in str(e.value)
     assert "eval.calibration_crops=0: expected an integer >= 1" in str(e.value)
+    assert "eval.calibration_unaltered_crops=0: expected an integer >= 1" in str(e.value)
     c = repo_config("configs/camnet.py:quick")
     c.data.root = c.data.outliers = "data/cameras"
     c.outlier_loss_weight = 0.0
@@ -365,6 +367,18 @@ def test_calibration_crops_add_crops_after_the_centre_one_under_every_manipulati
             np.testing.assert_array_equal(three[0][3 * n * frame + m], one[0][n * frame + m])
         others = [three[0][3 * n * frame + k * n] for k in (1, 2)]  # unaltered, crops 2 and 3
         assert not any(np.array_equal(o, one[0][n * frame]) for o in others)
+    # `eval.calibration_unaltered_crops = 4`: after the three crops under every manipulation,
+    # the tiling's fourth origin unaltered only; the same unaltered crops as four crops would cut.
+    more = calibration.test_like_samples(records, read_bytes, data, size=64, crops=3, unaltered_crops=4)
+    four = calibration.test_like_samples(records, read_bytes, data, size=64, crops=4)
+    assert len(more[0]) == 2 * (3 * n + 1) and list(more[4]) == [0] * (3 * n + 1) + [1] * (3 * n + 1)
+    assert list(more[2]) == ([m.id for m in calibration.MANIPULATIONS] * 3 + [0]) * 2
+    assert list(more[1]) == [float(i != 0) for i in more[2]]
+    for frame in range(2):
+        np.testing.assert_array_equal(more[0][(3 * n + 1) * frame + 3 * n], four[0][4 * n * frame + 3 * n])
+        assert not np.array_equal(more[0][(3 * n + 1) * frame + 3 * n], more[0][(3 * n + 1) * frame])
+    fewer = calibration.test_like_samples(records, read_bytes, data, size=64, crops=3, unaltered_crops=2)
+    assert len(fewer[0]) == len(three[0])  # never fewer unaltered crops than crops
 
 
 def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
