@@ -486,7 +486,7 @@ def test_rescore_fits_kept_runs_again_and_reproduces_their_scores(env, tmp_path)
     # equal scores) gives the run's own verdicts.
     scored, twice, ensemble = run("openset_scores.py", str(workdir), str(workdir), "--layers", "--ensemble", env=env)
     assert scored["benchmark"] == "openset_scores" and twice["auroc"] == scored["auroc"]
-    assert ensemble["benchmark"] == "openset_ensemble" and ensemble["workdirs"] == [str(workdir)] * 2
+    assert ensemble["benchmark"] == "openset_scores_ensemble" and ensemble["workdirs"] == [str(workdir)] * 2
     assert ensemble["member_auroc"] == [scored["auroc"]["feature_distance"]] * 2
     assert ensemble["auroc"] == scored["auroc"]["feature_distance"]
     assert ensemble["by_group"] == scored["by_group"] and ensemble["by_manipulation"] == scored["by_manipulation"]
