@@ -129,6 +129,21 @@ def run_model(workdir: str) -> str:
         return json.load(f)["model"]["name"]
 
 
+def runs_model(workdirs) -> str:
+    """The models of several training runs, as one record field."""
+    return ",".join(sorted({run_model(w) for w in workdirs}))
+
+
+def evaluation_fields(result: dict) -> dict:
+    """What a record keeps of an `evaluator.evaluate` report: the test score of every view set,
+    the calibration before and after, and the open-set report."""
+    return dict(
+        test_weighted_accuracy={k: rounded(v, 4) for k, v in result["tta_subsets"].items()},
+        calibration={k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")},
+        open_set=result.get("open_set"),
+    )
+
+
 def run_classes(workdir: str) -> list[str]:
     """The cameras a training run was trained on, in its class order (its run.json)."""
     with open(os.path.join(workdir, "run.json")) as f:

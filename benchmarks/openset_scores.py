@@ -334,7 +334,7 @@ def ensemble_record(members, cameras: np.ndarray, manipulations: np.ndarray, tra
     mean = np.mean([scores for _, scores, _ in members], axis=0)
     return common.record(
         "openset_scores_ensemble",
-        model=",".join(sorted({common.run_model(w) for w, _, _ in members})),
+        model=common.runs_model(w for w, _, _ in members),
         name=name,
         workdirs=[w for w, _, _ in members],
         trained=list(trained),

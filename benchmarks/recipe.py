@@ -98,14 +98,10 @@ def main(argv=None) -> None:
                 images_per_sec=common.rounded(steps * config.batch_size / train_seconds, 1),
                 val_weighted_accuracy=common.rounded(val["val/weighted_accuracy"], 4),
                 trained_views=result["tta"][0],
-                test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
+                **common.evaluation_fields(result),
                 test_balanced=common.rounded(result["balanced_weighted_accuracy"], 4),
                 test_unbalanced=common.rounded(result["unbalanced_weighted_accuracy"], 4),
                 held_out=sorted(held_out),
-                calibration={
-                    k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")
-                },
-                open_set=result.get("open_set"),
                 shared_online=result.get("shared_online"),
                 peak_rss_mb=common.peak_rss_mb(),
                 compiles_after_warmup=None,  # a whole run, not a timed loop: the trainer logs its own count

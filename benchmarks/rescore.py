@@ -61,18 +61,7 @@ def main(argv=None) -> None:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON lines only
             calibration.calibrate_run(workdir)
             result = evaluator.evaluate([workdir], out=os.path.join(workdir, "rescored.csv"))
-        common.emit(
-            common.kept_run_record(
-                "rescore",
-                workdir,
-                args.name,
-                test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
-                calibration={
-                    k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")
-                },
-                open_set=result.get("open_set"),
-            )
-        )
+        common.emit(common.kept_run_record("rescore", workdir, args.name, **common.evaluation_fields(result)))
         known_tests.append(
             common.known_test_predictions(
                 os.path.join(workdir, "rescored_probs.npz"), os.path.join(result["data_root"], "test_labels.csv")
@@ -103,14 +92,10 @@ def evaluate_ensemble(members, name: str):
     common.emit(
         common.record(
             "rescore_ensemble",
-            model=",".join(sorted({common.run_model(w) for w in members})),
+            model=common.runs_model(members),
             name=name,
             workdirs=members,
-            test_weighted_accuracy={k: common.rounded(v, 4) for k, v in result["tta_subsets"].items()},
-            calibration={
-                k: v for k, v in result["calibration"].items() if k in ("before", "after", "ece_if_calibrated")
-            },
-            open_set=result.get("open_set"),
+            **common.evaluation_fields(result),
             peak_rss_mb=common.peak_rss_mb(),
             compiles_after_warmup=None,
         )
@@ -119,8 +104,7 @@ def evaluate_ensemble(members, name: str):
 
 
 def pooled(workdirs, benchmark: str, known_tests, name: str) -> dict:
-    model = ",".join(sorted({common.run_model(w) for w in workdirs}))
-    return common.pooled_record(benchmark, known_tests, model=model, name=name, workdirs=workdirs)
+    return common.pooled_record(benchmark, known_tests, model=common.runs_model(workdirs), name=name, workdirs=workdirs)
 
 
 def configure(workdir: str, overrides) -> None:

@@ -468,7 +468,7 @@ def test_like_samples(records, read, data_config, size: int = TEST_SIZE, crops: 
         step = grid.crop_step(data_config.crop_step, jpeg)
         side = min(size, h // step * step, w // step * step)
         for i, (top, left) in enumerate(grid.eval_origins(h, w, side, step, max(crops, unaltered_crops))):
-            for m in MANIPULATIONS if i < crops else MANIPULATIONS[:1]:
+            for m in MANIPULATIONS if i < crops else MANIPULATIONS[:1]:  # id 0: unaltered
                 images.append(eval_batches.manipulated_at(frame, top, left, side, m))
                 flags.append(float(m.id != 0))
                 manipulation_ids.append(m.id)
