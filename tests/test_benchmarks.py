@@ -540,3 +540,37 @@ def test_every_figure_in_a_results_table_has_its_raw_line(tmp_path):
     assert [
         (row.split("|")[1].strip(), figure) for _, row, figure in check_results.missing(tmp_path / "RESULTS.md")
     ] == [("`a.py`", "12.5"), ("any", "0.77")]
+
+
+def test_profile_step_sums_the_traced_kernels_of_the_train_step(env):
+    (rec,) = run("profile_step.py", env=env)
+    assert rec["model"] == "camnet" and rec["step_ms_median"] > 0 and rec["compiles_after_warmup"] == 0
+    assert rec["kernel_ms_per_step"] > 0
+    assert sum(k["ms_per_step"] for k in rec["by_kind"]) == pytest.approx(rec["kernel_ms_per_step"], rel=1e-3)
+    assert sum(k["share"] for k in rec["by_kind"]) == pytest.approx(1.0, abs=0.01)
+    kinds = {k["name"] for k in rec["by_kind"]}
+    assert "ynnpack" in kinds and any(k.startswith("xla fusion") for k in kinds)  # camnet has both
+    assert rec["top"] and all(t["shape"] and t["calls_per_step"] > 0 for t in rec["top"])
+
+
+def test_profile_step_puts_each_instruction_in_its_kind():
+    sys.path.insert(0, str(BENCH))
+    from profile_step import family, instructions
+
+    hlo = """
+ENTRY %main (x: f32[8,32,32,64], w: f32[3,3,64,64]) -> f32[8,32,32,64] {
+  %ynn_fusion.3 = f32[8,32,32,64]{3,2,1,0} fusion(%x, %w), kind=kCustom, calls=%fc, backend_config={"fusion_config":{"kind":"__ynn_fusion"}}
+  %add_pad_fusion.12 = f32[8,34,34,64]{3,2,1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fc.1
+  %convolution.1 = f32[8,32,32,64]{3,2,1,0} convolution(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f
+  ROOT %copy.4 = f32[8,32,32,64]{3,2,1,0} copy(%convolution.1)
+}
+"""
+    assert instructions(hlo) == {
+        "ynn_fusion.3": ("f32[8,32,32,64]{3,2,1,0}", "ynnpack"),
+        "add_pad_fusion.12": ("f32[8,34,34,64]{3,2,1,0}", "xla fusion (loop)"),
+        "convolution.1": ("f32[8,32,32,64]{3,2,1,0}", "xla convolution"),
+        "copy.4": ("f32[8,32,32,64]{3,2,1,0}", "other"),
+    }
+    assert (
+        family("add_pad_fusion.12") == "add_pad_fusion" and family("divide_multiply_fusion") == "divide_multiply_fusion"
+    )
