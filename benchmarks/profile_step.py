@@ -11,8 +11,8 @@ XLA kernel, and its durations are summed per step. Each instruction is put in a 
 `ynnpack` (a YNNPACK fusion: convolutions, products and the reductions XLA hands it),
 `xla dot`/`xla convolution` (XLA's own library calls), `xla fusion (loop)` or `(input)`
 (XLA's code-generated elementwise, pad and reduction loops: batch normalisation, activations,
-the shifted-slice depthwise convolutions) or `other`. The record also gives each XLA thread's busy time over
-the wall time: a kind whose kernels each run on one thread cannot use the second core.
+the shifted-slice depthwise convolutions) or `other`. The record also gives each traced
+thread's summed kernel time over the wall time, a rough view of how busy the cores were.
 
 One JSON line (`"benchmark": "profile_step"`): the median step, the kernels' summed time per
 step by kind, by instruction family (the name without its number), and the `--top` single
