@@ -172,9 +172,11 @@ def predict_files(
     read=read_bytes,
     phase=None,
     features: bool = False,
+    manipulated: bool | None = None,
 ) -> Predictions:
     """Per-file probabilities under the views, tiles blended, streaming from the files (and
-    with `features`, each file's mean embedding)."""
+    with `features`, each file's mean embedding). The model's manipulation flag is
+    `manipulated` for every file when given, else read from the file names."""
     batches = eval_batches.make_test_batches(
         test_paths,
         patch=restored.run.patch,
@@ -184,6 +186,7 @@ def predict_files(
         skip_bad=skip_bad,
         read=read,
         phase=phase,
+        manipulated=manipulated,
     )
     probs, agreement, embedded = predict_tiles(
         restored, dp, batches, len(test_paths), view_ids, agg=agg, p=p, features=features

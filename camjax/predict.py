@@ -11,6 +11,13 @@ and ensemble exactly as `camjax.evaluate` does, with the runs' calibration
 that agree with the answer, the open-set score and the verdict `unknown` when it falls
 below the run's threshold. Unreadable files are listed with the reason; the others are
 still answered.
+
+Whether a photo was manipulated after the camera (resized, recompressed, gamma-corrected, as
+a photo taken off the web is) sets the model's manipulation flag and the group the open-set
+score is read in. It comes from the file name (the challenge's `_manip`; anything else is
+unaltered) unless `--manipulated` (or `--nomanipulated`) says it for every image. The
+`unknown` verdict of a manipulated photo is close to a coin toss (benchmarks/RESULTS.md,
+"Unknown cameras: unaltered and manipulated test images apart"), and the table says so.
 """
 
 from __future__ import annotations
@@ -38,6 +45,12 @@ cli.define_model_flags()
 _TOP = flags.DEFINE_integer("top", 3, "Cameras listed per image.")
 _JSON = flags.DEFINE_string("json", None, "Write the answers as JSON to this file ('-': standard output).")
 _CSV = flags.DEFINE_string("csv", None, "Write the answers as CSV to this file ('-': standard output).")
+_MANIPULATED = flags.DEFINE_bool(
+    "manipulated",
+    None,
+    "Treat every image as manipulated after the camera (resized, recompressed: a photo taken off "
+    "the web), or with --nomanipulated as unaltered. Default: from the file name ('_manip').",
+)
 
 
 def find_images(paths) -> tuple[list[str], list[tuple[str, str]]]:
@@ -72,10 +85,16 @@ def predict_images(
     max_tiles=None,
     top=3,
     progress=False,
+    manipulated=None,
 ):
     """One answer per image of `paths` (files or folders), and the (path, reason) of those
-    that could not be read."""
+    that could not be read. `manipulated` (True/False) states for every image whether it was
+    manipulated after the camera; None reads it from each file name."""
     files, problems = find_images(paths)
+    if manipulated is None:
+        groups = evaluator.manipulation_groups([os.path.basename(f) for f in files])  # as the model's flag
+    else:
+        groups = np.full(len(files), int(bool(manipulated)))
     dp = DataParallel("sharded")
     restored = evaluator.restore_runs(workdirs, dp)
     agg, batch_size, max_tiles = evaluator.prediction_settings(restored[0], agg, batch_size, max_tiles)
@@ -101,6 +120,7 @@ def predict_images(
             skip_bad=True,
             phase=phases,
             features=density is not None and i == 0,
+            manipulated=manipulated,
         )
         for i, (r, v) in enumerate(zip(restored, view_sets))
     ]
@@ -113,8 +133,7 @@ def predict_images(
     if score_name != calibration.FEATURE_SCORE:
         scores = calibration.OPEN_SET_SCORES[score_name](probs)
     elif density is not None:
-        manipulated = evaluator.manipulation_groups([os.path.basename(f) for f in files])  # as the model's flag
-        scores = density.score(np.nan_to_num(predicted[0].features), manipulated)
+        scores = density.score(np.nan_to_num(predicted[0].features), groups)
     else:  # a run calibrated before camjax stored the density: no verdict
         scores, threshold = np.full(len(files), np.nan), None
     answers = []
@@ -134,6 +153,8 @@ def predict_images(
                 "open_set_threshold": threshold,
                 "verdict": "no calibration" if threshold is None else ("unknown" if score < threshold else "known"),
                 "calibrated": cal is not None,
+                "manipulated": bool(groups[i]),
+                "manipulated_from": "file name" if manipulated is None else "--manipulated",
                 "exif_orientation": exif_orientation(read_bytes(path)[0]),
                 **phases.found[path],
             }
@@ -146,6 +167,8 @@ def table(answers, problems) -> str:
     for a in answers:
         tops = ", ".join(f"{t['camera']} {t['probability']:.3f}" for t in a["top"])
         extra = "" if a["exif_orientation"] == 1 else f", EXIF orientation {a['exif_orientation']} (not applied)"
+        if a["manipulated"]:
+            extra += "; read as manipulated: its open-set verdict is near chance"
         lines.append(
             f"{a['path']}: {a['camera'] if a['verdict'] != 'unknown' else 'unknown camera'} ({a['verdict']}; "
             f"{tops}; tiles agreeing {a['tiles_agreeing']:.2f}; open-set score {a['open_set_score']:.3f}; "
@@ -169,6 +192,7 @@ def write_csv(answers, f) -> None:
             "grid_col",
             "grid_source",
             "exif_orientation",
+            "manipulated",
         ]
     )
     for a in answers:
@@ -183,6 +207,7 @@ def write_csv(answers, f) -> None:
                 *a["grid_phase"],
                 a["grid_source"],
                 a["exif_orientation"],
+                int(a["manipulated"]),
             ]
         )
 
@@ -203,7 +228,13 @@ def main(argv):
     assembly.quiet_libraries()
     assembly.enable_compilation_cache(".cache/jax")
     answers, problems = cli.run_or_exit(
-        predict_images, flags.FLAGS.workdir, paths, top=_TOP.value, progress=sys.stderr.isatty(), **cli.model_options()
+        predict_images,
+        flags.FLAGS.workdir,
+        paths,
+        top=_TOP.value,
+        progress=sys.stderr.isatty(),
+        manipulated=_MANIPULATED.value,
+        **cli.model_options(),
     )
     if _JSON.value:
         _write(

@@ -410,19 +410,25 @@ def test_training_stores_a_calibration_that_evaluate_reports(trained, tmp_path):
     assert json.load(open(tmp_path / "sub_report.json"))["open_set"] == o
 
 
-def test_predict_gives_the_feature_distance_verdict_when_the_run_asks_for_it(trained, tmp_path):
-    """`eval.open_set_score = "feature_distance"`: predict scores each image by the stored
-    density on the embedding of the same model call, against the calibrated threshold."""
+def feature_distance_run(trained, tmp_path) -> Path:
+    """A copy of the trained run whose verdict is `feature_distance`."""
     import shutil
-
-    from camjax import predict
-    from camjax.parallel import DataParallel
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     config = json.load(open(run / "config.json"))
     config["eval"]["open_set_score"] = calibration.FEATURE_SCORE
     json.dump(config, open(run / "config.json", "w"))
+    return run
+
+
+def test_predict_gives_the_feature_distance_verdict_when_the_run_asks_for_it(trained, tmp_path):
+    """`eval.open_set_score = "feature_distance"`: predict scores each image by the stored
+    density on the embedding of the same model call, against the calibrated threshold."""
+    from camjax import predict
+    from camjax.parallel import DataParallel
+
+    run = feature_distance_run(trained, tmp_path)
     photo = tmp_path / "photo.png"
     Image.fromarray(manipulations.jpeg_compress(texture(96, 96, 8), 90)).save(photo)
     answers, problems = predict.predict_images([str(run)], [str(photo)])
@@ -452,6 +458,36 @@ def test_predict_gives_the_feature_distance_verdict_when_the_run_asks_for_it(tra
     )
     expected = calibration.FeatureDensity.load(str(run)).score(direct.features, [0])[0]  # photo.png: unaltered
     assert answer["open_set_score"] == pytest.approx(expected, rel=1e-5) and expected <= 0
+
+
+def test_predict_reads_a_photo_as_manipulated_when_told_or_when_its_name_says_so(trained, tmp_path):
+    """`manipulated=True` gives a photo the model's flag and open-set group that a `_manip`
+    file name gives it, and `manipulated=False` those of an unaltered photo, whatever the name."""
+    from camjax import predict
+
+    run = feature_distance_run(trained, tmp_path)
+    image = Image.fromarray(manipulations.jpeg_compress(texture(96, 96, 9), 90))
+    for name in ("shot.png", "shot_manip.png"):
+        image.save(tmp_path / name)
+
+    def answer(name, manipulated=None):
+        answers, problems = predict.predict_images([str(run)], [str(tmp_path / name)], manipulated=manipulated)
+        assert problems == []
+        return answers[0]
+
+    plain, named = answer("shot.png"), answer("shot_manip.png")
+    told, told_not = answer("shot.png", True), answer("shot_manip.png", False)
+    assert [a["manipulated"] for a in (plain, named, told, told_not)] == [False, True, True, False]
+    assert (plain["manipulated_from"], told["manipulated_from"]) == ("file name", "--manipulated")
+    for got, want in ((told, named), (told_not, plain)):
+        assert [t["camera"] for t in got["top"]] == [t["camera"] for t in want["top"]]
+        np.testing.assert_allclose([t["probability"] for t in got["top"]], [t["probability"] for t in want["top"]])
+        assert got["open_set_score"] == pytest.approx(want["open_set_score"], rel=1e-5)
+    # The flag reaches the model and the density: the two readings of one photo differ.
+    assert plain["open_set_score"] != pytest.approx(named["open_set_score"], rel=1e-5)
+    assert "read as manipulated" in predict.table([told], []) and "read as manipulated" not in predict.table(
+        [plain], []
+    )
 
 
 def test_evaluate_on_the_found_grid_reads_an_unaligned_crop_as_its_aligned_twin(trained, tmp_path):
