@@ -574,3 +574,24 @@ ENTRY %main (x: f32[8,32,32,64], w: f32[3,3,64,64]) -> f32[8,32,32,64] {
     assert (
         family("add_pad_fusion.12") == "add_pad_fusion" and family("divide_multiply_fusion") == "divide_multiply_fusion"
     )
+
+
+def test_manipulation_flag_scores_known_cameras_by_group_and_manipulation():
+    sys.path.insert(0, str(BENCH))
+    from manipulation_flag import accuracies
+
+    labels = {
+        "a_unalt.tif": ("Sony-NEX-7", "none"),
+        "b_manip.tif": ("Sony-NEX-7", "jpeg70"),
+        "c_manip.tif": ("HTC-1-M7", "resize0.5"),
+        "d_manip.tif": ("Nikon-D70", "jpeg70"),  # not a trained camera: left out
+    }
+    answers = [
+        {"path": "/x/a_unalt.tif", "camera": "Sony-NEX-7"},
+        {"path": "/x/b_manip.tif", "camera": "HTC-1-M7"},
+        {"path": "/x/c_manip.tif", "camera": "HTC-1-M7"},
+        {"path": "/x/d_manip.tif", "camera": "HTC-1-M7"},
+    ]
+    got = accuracies(answers, labels, ["HTC-1-M7", "Sony-NEX-7"])
+    assert got["images"] == {"unaltered": 1, "none": 1, "manipulated": 2, "jpeg70": 1, "resize0.5": 1}
+    assert got["accuracy"] == {"unaltered": 1.0, "none": 1.0, "manipulated": 0.5, "jpeg70": 0.0, "resize0.5": 1.0}
