@@ -154,7 +154,9 @@ def predict_images(
                 "verdict": "no calibration" if threshold is None else ("unknown" if score < threshold else "known"),
                 "calibrated": cal is not None,
                 "manipulated": bool(groups[i]),
-                "manipulated_from": "file name" if manipulated is None else "--manipulated",
+                "manipulated_from": (
+                    "file name" if manipulated is None else ("--manipulated" if manipulated else "--nomanipulated")
+                ),
                 "exif_orientation": exif_orientation(read_bytes(path)[0]),
                 **phases.found[path],
             }

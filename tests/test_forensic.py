@@ -478,7 +478,7 @@ def test_predict_reads_a_photo_as_manipulated_when_told_or_when_its_name_says_so
     plain, named = answer("shot.png"), answer("shot_manip.png")
     told, told_not = answer("shot.png", True), answer("shot_manip.png", False)
     assert [a["manipulated"] for a in (plain, named, told, told_not)] == [False, True, True, False]
-    assert (plain["manipulated_from"], told["manipulated_from"]) == ("file name", "--manipulated")
+    assert [a["manipulated_from"] for a in (plain, told, told_not)] == ["file name", "--manipulated", "--nomanipulated"]
     for got, want in ((told, named), (told_not, plain)):
         assert [t["camera"] for t in got["top"]] == [t["camera"] for t in want["top"]]
         np.testing.assert_allclose([t["probability"] for t in got["top"]], [t["probability"] for t in want["top"]])
