@@ -172,11 +172,11 @@ def predict_files(
     read=read_bytes,
     phase=None,
     features: bool = False,
-    manipulated: bool | None = None,
+    manipulated=None,
 ) -> Predictions:
     """Per-file probabilities under the views, tiles blended, streaming from the files (and
-    with `features`, each file's mean embedding). The model's manipulation flag is
-    `manipulated` for every file when given, else read from the file names."""
+    with `features`, each file's mean embedding). The model's manipulation flag is each
+    file's entry of `manipulated` when given, else read from the file names."""
     batches = eval_batches.make_test_batches(
         test_paths,
         patch=restored.run.patch,

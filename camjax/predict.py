@@ -91,8 +91,8 @@ def predict_images(
     that could not be read. `manipulated` (True/False) states for every image whether it was
     manipulated after the camera; None reads it from each file name."""
     files, problems = find_images(paths)
-    if manipulated is None:
-        groups = evaluator.manipulation_groups([os.path.basename(f) for f in files])  # as the model's flag
+    if manipulated is None:  # the model's flag and the open-set group, one per file
+        groups = evaluator.manipulation_groups([os.path.basename(f) for f in files])
     else:
         groups = np.full(len(files), int(bool(manipulated)))
     dp = DataParallel("sharded")
@@ -120,7 +120,7 @@ def predict_images(
             skip_bad=True,
             phase=phases,
             features=density is not None and i == 0,
-            manipulated=manipulated,
+            manipulated=groups,
         )
         for i, (r, v) in enumerate(zip(restored, view_sets))
     ]

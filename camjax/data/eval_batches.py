@@ -158,14 +158,14 @@ def make_test_batches(
     skip_bad: bool = False,
     read: Reader = read_bytes,
     phase: Callable[[str, np.ndarray, bool], tuple[int, int]] | None = None,
-    manipulated: bool | None = None,
+    manipulated: Sequence[bool] | None = None,
 ) -> _Batches:
     """Streams the test images as batches of tiles (fields image, is_manipulated, file_index,
     mask). Tiles sit on the 8 px grid, which starts at the top-left corner unless `phase`
     (path, frame, is_jpeg) -> (row, column) places it. An image smaller than the patch is an
     error unless `pad` (mirrored at the bottom/right edges, keeping the grid phase); a bad
     file is an error unless `skip_bad` (then listed in `.skipped`). Each tile's manipulation
-    flag is `manipulated` for every file when given, else what the file's name says (the
+    flag is its file's entry of `manipulated` when given, else what the file's name says (the
     challenge's `_manip` / `_unalt`; unaltered when it says neither)."""
 
     def rows():
@@ -177,8 +177,10 @@ def make_test_batches(
             h, w = frame.shape[:2]
             if (h < patch or w < patch) and not pad:
                 raise BadImageError(path, f"image is {h}x{w}, smaller than the {patch}x{patch} patch (pass pad=True)")
-            named = is_manipulated_from_fname(path.replace("\\", "/").rsplit("/", 1)[-1])
-            flag = float(bool(named if manipulated is None else manipulated))
+            if manipulated is None:
+                flag = float(bool(is_manipulated_from_fname(path.replace("\\", "/").rsplit("/", 1)[-1])))
+            else:
+                flag = float(bool(manipulated[f]))
             yield from _tile_rows(f, frame, flag, patch, max_tiles, phase(path, frame, jpeg) if phase else (0, 0))
 
     batches = _Batches(rows, _tile_spec(patch), batch_size, read)
