@@ -9,9 +9,10 @@ A ratio against torch says how far behind a step is, not where. This runs the sa
 the profiler writes: every event named after an instruction of the compiled step's HLO is an
 XLA kernel, and its durations are summed per step. Each instruction is put in a kind:
 `ynnpack` (a YNNPACK fusion: convolutions, products and the reductions XLA hands it),
-`xla dot`/`xla convolution` (XLA's own library calls), `xla fusion (loop)` or `(input)`
-(XLA's code-generated elementwise, pad and reduction loops: batch normalisation, activations,
-the shifted-slice depthwise convolutions) or `other`. The record also gives each traced
+`onednn` (a oneDNN fusion, under XLA_FLAGS that ask for them), `xla (kLoop)` or `xla
+(kInput)` (XLA's code-generated elementwise, pad and reduction loops: batch normalisation,
+activations, the shifted-slice depthwise convolutions; the fusion labels of
+`xla_cpu_kernels.py`), `xla dot`/`xla convolution` (XLA's own library calls) or `other`. The record also gives each traced
 thread's summed kernel time over the wall time, a rough view of how busy the cores were.
 
 One JSON line (`"benchmark": "profile_step"`): the median step, the kernels' summed time per
@@ -34,6 +35,7 @@ import tempfile
 import common
 import compare
 import jax
+from xla_cpu_kernels import fusion_library
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.-]+) = (\S+) ([a-z][\w-]*)\(")
 
@@ -53,20 +55,18 @@ def parse_args(argv=None):
 
 
 def instructions(hlo: str) -> dict[str, tuple[str, str]]:
-    """(output shape, kind) of every instruction of a compiled HLO module, by name."""
+    """(output shape, kind) of every instruction of a compiled HLO module, by name: a fusion's
+    kind is its library as `xla_cpu_kernels.fusion_library` reads it."""
     out = {}
     for line in hlo.splitlines():
         m = _INSTRUCTION.match(line)
         if not m:
             continue
         name, shape, op = m.groups()
-        if '"__ynn_fusion"' in line:
-            kind = "ynnpack"
+        if op == "fusion":
+            kind = fusion_library(line)
         elif op in ("dot", "convolution"):
             kind = f"xla {op}"
-        elif op == "fusion":
-            fused = re.search(r"kind=k(\w+)", line)
-            kind = f"xla fusion ({fused.group(1).lower() if fused else '?'})"
         else:
             kind = "other"
         out[name] = (shape, kind)
