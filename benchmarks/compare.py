@@ -339,15 +339,17 @@ RUNNERS = {
 def time_in_rounds(runners, rounds: int, steps: int) -> None:
     """`steps` timed calls of each runner's step per round, each round starting one runner
     later, so no runner always runs first or right after the same neighbour; appends to each
-    runner's `times` and counts compilations into its `compiles`."""
+    runner's `times`, counts compilations into its `compiles` and minor page faults into its
+    `faults` (memory the C library maps afresh: camjax.hostmem)."""
     from camjax.parallel import compile_count
 
     for i in range(rounds):
         first = i % len(runners) if runners else 0
         for r in runners[first:] + runners[:first]:
-            before = compile_count()
+            before, faults_before = compile_count(), common.minor_faults()
             r.times += common.time_calls(r.step, steps)
             r.compiles += compile_count() - before
+            r.faults += common.minor_faults() - faults_before
 
 
 def base_record(args, kwargs, framework: str, **fields) -> dict:
@@ -403,7 +405,7 @@ def main(argv=None) -> None:
         except LookupError as e:
             common.emit(skipped(args, kwargs, name, str(e)))
     for r in runners:
-        r.times, r.compiles = [], 0
+        r.times, r.compiles, r.faults = [], 0, 0
         for _ in range(args.warmup):
             r.step()
     load_before = common.load_average()
@@ -422,6 +424,7 @@ def main(argv=None) -> None:
                 images_per_sec=common.rounded(ips[r.name], 3),
                 **spread(r.times),
                 timed_steps=len(r.times),
+                minor_faults_per_step=round(r.faults / len(r.times)),
                 rounds=args.rounds,
                 warmup=args.warmup,
                 load_avg_before=load_before,
@@ -452,13 +455,16 @@ def summary(args, runners, ips) -> None:
     """The records in a table, on stderr (stdout stays JSON lines)."""
     out = sys.stderr
     print(f"\n{args.model} patch {args.patch} batch {args.batch} {args.dtype}:", file=out)
-    print(f"{'framework':<22} {'img/s':>9} {'median ms':>10} {'min-max ms':>19} {'IQR ms':>19} {'steps':>5}", file=out)
+    print(
+        f"{'framework':<22} {'img/s':>9} {'median ms':>10} {'min-max ms':>19} {'IQR ms':>19} {'steps':>5} {'faults/step':>11}",
+        file=out,
+    )
     for r in runners:
         s = spread(r.times)
         print(
             f"{r.name:<22} {ips[r.name]:9.2f} {s['step_ms_median']:10.1f} "
             f"{s['step_ms_min']:9.1f}-{s['step_ms_max']:<9.1f} {s['step_ms_q1']:9.1f}-{s['step_ms_q3']:<9.1f} "
-            f"{len(r.times):5d}",
+            f"{len(r.times):5d} {r.faults / len(r.times):11.0f}",
             file=out,
         )
     for other in RATIOS:
