@@ -4,14 +4,15 @@ Each run of a compiled XLA:CPU program allocates its outputs and one block of te
 `malloc` and frees them when it ends: hundreds of MiB for a training step at 224 px. glibc
 serves a block that large with a fresh `mmap` and unmaps it on `free` (its mmap threshold
 stops growing at 32 MiB), so every step faults every page of that memory in again, 4 KiB at a
-time, and the kernel zeroes each one. On a 2-vCPU EPYC VM a MobileNetV2 train step at 224x224,
-batch 4, took 84,600 minor page faults and about 260 ms; with glibc's `glibc.malloc.hugetlb=1`
-tunable, which has malloc ask for transparent huge pages (2 MiB) on its mappings, 460 faults
-and about 185 ms (`benchmarks/RESULTS.md`, "Host memory and page faults").
+time, and the kernel zeroes each one. On a 2-vCPU EPYC VM a MobileNetV2 train step at
+224x224, batch 4, took 84,592 minor page faults and 310 ms; with glibc's
+`glibc.malloc.hugetlb=1` tunable, which has malloc ask for transparent huge pages (2 MiB) on
+its mappings, 489 faults and 200 ms (`benchmarks/RESULTS.md`, "Huge pages for XLA:CPU's
+per-step buffers").
 
 glibc reads its tunables once, when the process starts, so a camjax command started without
 this one starts itself again with it: `os.execve` of the same command line, in the same
-process (same pid, same signals), before anything heavy is imported. `python -m camjax.<cmd>`
+process (same pid, so a supervisor's signals still reach it), before anything heavy is imported. `python -m camjax.<cmd>`
 does that from `camjax/__init__.py`; the benchmark scripts from `benchmarks/common.py`. Set
 `CAMJAX_HUGE_PAGES=0` to run as started (to measure without, or where a re-exec is unwelcome).
 Nothing happens off glibc >= 2.35 on Linux, or where transparent huge pages are switched off
