@@ -338,11 +338,13 @@ RUNNERS = {
 
 def time_in_rounds(runners, rounds: int, steps: int) -> None:
     """`steps` timed calls of each runner's step per round, each round starting one runner
-    later, so no runner always runs first or right after the same neighbour; appends to each
-    runner's `times`, counts compilations into its `compiles` and minor page faults into its
-    `faults` (memory the C library maps afresh: camjax.hostmem)."""
+    later, so no runner always runs first or right after the same neighbour. Sets each runner's
+    `times`, its compilations (`compiles`) and its minor page faults (`faults`: memory the C
+    library maps afresh, camjax.hostmem) over those calls."""
     from camjax.parallel import compile_count
 
+    for r in runners:
+        r.times, r.compiles, r.faults = [], 0, 0
     for i in range(rounds):
         first = i % len(runners) if runners else 0
         for r in runners[first:] + runners[:first]:
@@ -405,7 +407,6 @@ def main(argv=None) -> None:
         except LookupError as e:
             common.emit(skipped(args, kwargs, name, str(e)))
     for r in runners:
-        r.times, r.compiles, r.faults = [], 0, 0
         for _ in range(args.warmup):
             r.step()
     load_before = common.load_average()

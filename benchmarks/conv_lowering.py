@@ -117,7 +117,6 @@ def time_models(args, choices) -> None:
             runner.first_loss = float(jax.device_get(metrics["train/loss"]))
             for _ in range(args.warmup - 1):
                 runner.step()
-            runner.times, runner.compiles = [], 0
             runners[choice] = runner
         load_before = common.load_average()
         compare.time_in_rounds(list(runners.values()), args.rounds, args.steps)
