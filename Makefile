@@ -24,17 +24,13 @@ peers: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m camjax.demo --workdir runs/demo
 
-# pytest's own process runs with malloc's huge pages, as every camjax command does once it has
-# started itself again (camjax/hostmem): a test process cannot restart itself.
-HUGE_PAGES := GLIBC_TUNABLES=$(if $(GLIBC_TUNABLES),$(GLIBC_TUNABLES):)glibc.malloc.hugetlb=1
-
 test: lint
-	$(HUGE_PAGES) $(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The edit-run loop: everything but the tests marked slow (multi-process, kill-and-resume,
 # Keras comparisons of whole networks, benchmark smoke runs). CI runs `make test`.
 test-fast: $(STAMP)
-	$(HUGE_PAGES) $(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINTED)
