@@ -112,11 +112,6 @@ def child_peak_rss_mb() -> dict[int, float]:
     return out
 
 
-def minor_faults() -> int:
-    """Minor page faults of this process so far (each a page the kernel maps and zeroes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def load_average() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]

@@ -341,6 +341,7 @@ def time_in_rounds(runners, rounds: int, steps: int) -> None:
     later, so no runner always runs first or right after the same neighbour. Sets each runner's
     `times`, its compilations (`compiles`) and its minor page faults (`faults`: memory the C
     library maps afresh, camjax.hostmem) over those calls."""
+    from camjax.hostmem import minor_faults
     from camjax.parallel import compile_count
 
     for r in runners:
@@ -348,10 +349,10 @@ def time_in_rounds(runners, rounds: int, steps: int) -> None:
     for i in range(rounds):
         first = i % len(runners) if runners else 0
         for r in runners[first:] + runners[:first]:
-            before, faults_before = compile_count(), common.minor_faults()
+            before, faults_before = compile_count(), minor_faults()
             r.times += common.time_calls(r.step, steps)
             r.compiles += compile_count() - before
-            r.faults += common.minor_faults() - faults_before
+            r.faults += minor_faults() - faults_before
 
 
 def base_record(args, kwargs, framework: str, **fields) -> dict:

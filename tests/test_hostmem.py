@@ -49,9 +49,15 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
     assert hostmem.thp_mode(tmp_path / "missing") is None
 
 
+def unset_environ() -> dict:
+    """This environment without the tunables and the opt-out: a command started plainly."""
+    return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostmem.OPT_OUT)}
+
+
 def run_hostmem(**env) -> tuple[dict, int]:
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostmem.OPT_OUT)}
-    proc = subprocess.Popen([sys.executable, "-m", "camjax.hostmem"], env={**environ, **env}, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "camjax.hostmem"], env={**unset_environ(), **env}, stdout=subprocess.PIPE
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
     return json.loads(out), proc.pid
@@ -62,8 +68,7 @@ def test_a_command_starts_itself_again_with_huge_pages():
     and a 64 MiB malloc block faults far fewer pages in than its 16,384 4 KiB ones; with the
     opt-out, as started. Where this host cannot use the tunable, the command says why and runs
     as started."""
-    started = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostmem.OPT_OUT)}
-    reason = hostmem.why_not(started)
+    reason = hostmem.why_not(unset_environ())
     seen, pid = run_hostmem()
     assert seen["pid"] == pid  # execve in place: no second process
     if reason is None:

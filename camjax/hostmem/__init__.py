@@ -12,11 +12,12 @@ per-step buffers").
 
 glibc reads its tunables once, when the process starts, so a camjax command started without
 this one starts itself again with it: `os.execve` of the same command line, in the same
-process (same pid, so a supervisor's signals still reach it), before anything heavy is imported. `python -m camjax.<cmd>`
-does that from `camjax/__init__.py`; the benchmark scripts from `benchmarks/common.py`. Set
-`CAMJAX_HUGE_PAGES=0` to run as started (to measure without, or where a re-exec is unwelcome).
-Nothing happens off glibc >= 2.35 on Linux, or where transparent huge pages are switched off
-(`/sys/kernel/mm/transparent_hugepage/enabled` reads `[never]`): the tunable could not help.
+process (same pid, so a supervisor's signals still reach it), before anything heavy is
+imported. `python -m camjax.<cmd>` does that from `camjax/__init__.py`; the benchmark scripts
+from `benchmarks/common.py`. Set `CAMJAX_HUGE_PAGES=0` to run as started (to measure without,
+or where a re-exec is unwelcome). Nothing happens unless this is Linux with glibc >= 2.35 and
+transparent huge pages are not switched off (`/sys/kernel/mm/transparent_hugepage/enabled`
+reading `[never]`): elsewhere the tunable could not help.
 """
 
 from __future__ import annotations
@@ -90,22 +91,28 @@ def reexec_with_huge_pages() -> None:
     os.execve(sys.executable, sys.orig_argv, env)
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (each a page the kernel maps and zeroes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def faults_per_block(mib: int = 64, repeats: int = 8) -> float:
     """Minor page faults per `malloc` + touch + `free` of a `mib` MiB block: what each XLA:CPU
     step pays per block of that size (4 KiB pages: mib * 256; huge pages: a few)."""
     import ctypes
-    import resource
 
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     size = mib << 20
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = minor_faults()
     for _ in range(repeats):
         block = libc.malloc(size)
         if not block:
             raise MemoryError(f"malloc({size}) failed")
         ctypes.memset(block, 1, size)
         libc.free(block)
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / repeats
+    return (minor_faults() - before) / repeats
