@@ -41,6 +41,8 @@ CASES = [  # size, channels, multiplier, kernel, strides, padding
     (11, 4, 1, 3, (2, 2), "VALID"),
     (8, 2, 2, 3, (1, 1), "SAME"),
     (12, 3, 1, 5, (1, 2), ((2, 1), (0, 3))),
+    (10, 4, 1, 3, (2, 2), "VALID"),  # the last row and column meet no tap: zero gradient there
+    (13, 2, 1, 5, (3, 2), "SAME"),
 ]
 
 
@@ -60,6 +62,16 @@ def test_shifted_depthwise_bfloat16_close_to_float32():
     got = layers.shifted_depthwise(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.1)
+
+    def loss(x, kernel):
+        return jnp.sum(layers.shifted_depthwise(x, kernel, (2, 2)).astype(jnp.float32) ** 2)
+
+    want_grads = jax.grad(loss, (0, 1))(x, kernel)
+    got_grads = jax.grad(loss, (0, 1))(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    for got_grad, want_grad in zip(got_grads, want_grads):
+        assert got_grad.dtype == jnp.bfloat16
+        scale = float(jnp.abs(want_grad).max())
+        np.testing.assert_allclose(np.asarray(got_grad, np.float32) / scale, want_grad / scale, atol=0.05)
 
 
 def _depthwise_conv(impl, channels=4, groups=None):
