@@ -127,8 +127,8 @@ def _taps_conv_fwd(xp, kernel, strides):
 def _taps_conv_bwd(strides, residuals, g):
     """Both gradients in passes XLA:CPU runs fast (RESULTS, "The depthwise gradient from
     slices"):
-    - the kernel's: each tap's slice of the input times g, the products' rows folded onto a
-      few (`_fold_rows`) in one fused pass, then one reduction for all taps;
+    - the kernel's: each tap's slice of the input times g, each product's rows folded onto an
+      eighth of them (`_fold_rows`) in one fused pass, then one reduction for all taps;
     - the input's: the 'full' correlation of g with the flipped kernel, i.e. the forward's
       shifted slices over g dilated by the strides and padded by kernel size - 1 once, which
       XLA fuses into one pass.
@@ -156,7 +156,7 @@ def _taps_conv_bwd(strides, residuals, g):
     return dxp.astype(xp.dtype), dk.reshape(kh, kw, c).astype(kernel.dtype)
 
 
-_FOLD = 8  # rows summed onto one before the kernel gradient's reduction (RESULTS: 8 beats 4 or 16)
+_FOLD = 8  # rows summed onto one before the kernel gradient's reduction (RESULTS: 8 beat 16, tied or beat 4)
 
 
 def _fold_rows(x: jax.Array) -> jax.Array:
