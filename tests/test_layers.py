@@ -41,7 +41,7 @@ CASES = [  # size, channels, multiplier, kernel, strides, padding
     (11, 4, 1, 3, (2, 2), "VALID"),
     (8, 2, 2, 3, (1, 1), "SAME"),
     (12, 3, 1, 5, (1, 2), ((2, 1), (0, 3))),
-    (10, 4, 1, 3, (2, 2), "VALID"),  # the last row and column meet no tap: zero gradient there
+    (10, 4, 1, 3, (2, 2), "VALID"),  # the last row meets no tap (the (11, ...) case: the last column)
     (13, 2, 1, 5, (3, 2), "SAME"),
 ]
 
