@@ -1,6 +1,7 @@
 """Dense convolutions on the CPU: XLA's convolution ('conv') against the matrix product over
 gathered taps of camjax.models.layers.conv_lowering ('gather'), and the rule 'auto' applies
-(a product for 1x1 kernels and for kernels larger than their input map).
+(a product for 1x1 kernels, for kernels larger than their input map, and for convolutions
+with 256 or more channels in and out over at most 256 positions: `layers._gather_wins`).
 
     python benchmarks/conv_lowering.py --layers [--shapes 8x2x512x3,4x56x64x3,...]
     python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...

@@ -176,6 +176,22 @@ def test_conv_lowering_auto_gathers_pointwise_and_overhanging_kernels_on_the_cpu
         np.testing.assert_allclose(outs[name + " kernel grad"], outs["conv kernel grad"], rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "batch,side,cin,cout,auto_gathers",
+    [
+        (4, 7, 256, 256, True),  # ResNet50's last stage at patch 224, batch 4: 196 positions
+        (16, 4, 256, 256, True),  # its third stage at patch 64, batch 16: 256 positions
+        (32, 4, 256, 256, False),  # batch 32: 512 positions, YNNPACK's convolution keeps up
+        (4, 7, 128, 256, False),  # narrow in: the gathered copy costs more per multiply-add
+        (4, 7, 256, 32, False),  # narrow out (DenseNet's growth layers)
+    ],
+)
+def test_conv_lowering_auto_gathers_wide_convolutions_over_few_positions(batch, side, cin, cout, auto_gathers):
+    conv = nnx.Conv(cin, cout, (3, 3), conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
+    x = jax.ShapeDtypeStruct((batch, side, side, cin), jnp.float32)
+    assert _has_convolution(lambda x: conv(x), x) != auto_gathers
+
+
 def test_conv_lowering_leaves_dilated_and_grouped_convolutions_to_xla():
     x = jnp.ones((1, 6, 6, 4), jnp.float32)
     dilated = nnx.Conv(

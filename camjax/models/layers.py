@@ -213,8 +213,8 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     Depthwise (one input channel per group), undilated NHWC convolutions go through
     `shifted_depthwise` when `depthwise` is 'shifts', or 'auto' on the CPU backend. Ungrouped,
     undilated NHWC convolutions go through `gathered_taps_conv` when `dense` is 'gather', or
-    'auto' on the CPU backend for a 1x1 kernel or a kernel larger than its input map
-    (`_gather_wins`). Everything else, and 'conv', goes through XLA's
+    'auto' on the CPU backend for a 1x1 kernel, a kernel larger than its input map, or a wide
+    kernel over few positions (`_gather_wins`). Everything else, and 'conv', goes through XLA's
     convolution. The kernel parameter is the same either way, so checkpoints and imported Keras
     weights do not depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
     """
@@ -245,8 +245,7 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
             if depthwise == "shifts" or (depthwise == "auto" and on_cpu):
                 return shifted_depthwise(lhs, rhs, tuple(window_strides), padding)
         elif plain and feature_group_count == 1 and kwargs.get("out_sharding") is None:
-            kh, kw = rhs.shape[:2]
-            if dense == "gather" or (dense == "auto" and on_cpu and _gather_wins(lhs.shape, kh, kw)):
+            if dense == "gather" or (dense == "auto" and on_cpu and _gather_wins(lhs.shape, rhs.shape)):
                 return gathered_taps_conv(
                     lhs,
                     rhs,
@@ -270,15 +269,27 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     return conv_general_dilated
 
 
-def _gather_wins(lhs_shape, kh: int, kw: int) -> bool:
+def _gather_wins(lhs_shape, rhs_shape) -> bool:
     """Where XLA:CPU's convolution loses to the product (benchmarks/conv_lowering.py; RESULTS,
-    "Convolutions as matrix products on the CPU"): a 1x1 convolution is 2.0-2.3x slower than the
-    same product on any map, and a kernel larger than its map (ResNet50's 3x3 layers on the 2x2
-    maps of patch 64) is left to Eigen and takes about 36x the product. On other maps the
-    convolution holds its own, and the gathered taps would cost kh*kw times the activation
-    memory."""
-    _, h, w, _ = lhs_shape
-    return kh == kw == 1 or kh > h or kw > w
+    "Convolutions as matrix products on the CPU" and "Wide convolutions on small maps"):
+    - a 1x1 convolution is 2.0-2.3x slower than the same product on any map;
+    - a kernel larger than its map (ResNet50's 3x3 layers on the 2x2 maps of patch 64) is left
+      to Eigen and takes about 36x the product;
+    - a wide convolution (256 or more channels in and out) over few positions (a batch of at
+      most `_FEW_POSITIONS` map positions: ResNet50's last stage at patch 224, batch 4) runs
+      YNNPACK's convolution and both its gradients well below the product's rate, while the
+      gathered copy stays small (nine times a few hundred positions).
+    On other maps the convolution holds its own, and the gathered taps would cost kh*kw times
+    the activation memory."""
+    n, h, w, cin = lhs_shape
+    kh, kw, _, cout = rhs_shape
+    if kh == kw == 1 or kh > h or kw > w:
+        return True
+    return n * h * w <= _FEW_POSITIONS and min(cin, cout) >= _WIDE
+
+
+_FEW_POSITIONS = 256
+_WIDE = 256
 
 
 def _fixed_filter(x: jax.Array, kernel: np.ndarray) -> jax.Array:
