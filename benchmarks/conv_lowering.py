@@ -7,7 +7,7 @@ with 256 or more channels in and out over at most 256 positions: `layers._gather
     python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...
 
 `--layers`: one convolution (stride 1, 'SAME'), forward plus both gradients, median ms per
-call, each lowering in turn; the shapes are batch x side x channels x kernel, with as many
+call, the lowerings timed in alternating rounds; the shapes are batch x side x channels x kernel, with as many
 output channels as input channels (ResNet50's 3x3 layers at patch 64 and 224) unless a
 fifth field gives them. `--models`: the train step `camjax.train` runs (as in compare.py: the
 registry model, plain head, Adam, state donated, batch resident) built once per
@@ -37,9 +37,9 @@ def parse_args(argv=None):
     what.add_argument("--models", help="model:patch:batch,... - time whole train steps")
     p.add_argument("--shapes", default="2x2x8x3,2x6x8x3,2x12x8x1x4" if smoke else DEFAULT_SHAPES)
     p.add_argument("--choices", default=",".join(CHOICES), help="conv_impl values to compare")
-    p.add_argument("--repeats", type=int, default=2 if smoke else 7, help="timed calls per layer (median)")
+    p.add_argument("--repeats", type=int, default=2 if smoke else 7, help="timed calls per layer and round (median)")
     p.add_argument("--steps", type=int, default=2 if smoke else 5, help="timed steps per round (--models)")
-    p.add_argument("--rounds", type=int, default=2 if smoke else 4, help="alternating rounds (--models)")
+    p.add_argument("--rounds", type=int, default=2 if smoke else 4, help="alternating rounds")
     p.add_argument("--warmup", type=int, default=1 if smoke else 3, help="untimed steps per choice (--models)")
     return p.parse_args(argv)
 
@@ -67,22 +67,23 @@ def time_layers(args, choices) -> None:
         kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
         weights = jnp.asarray(rng.normal(size=(batch, side, side, cout)), jnp.float32)
         dims = numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
-        results = {}
+        steps, outputs, times, compiles = {}, {}, {c: [] for c in choices}, dict.fromkeys(choices, 0)
         for choice in choices:
             lowering = layers.conv_lowering(dense=choice)
 
             def loss(x, kernel, lowering=lowering, dims=dims, weights=weights):
                 return jnp.vdot(lowering(x, kernel, (1, 1), "SAME", dimension_numbers=dims), weights)
 
-            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-            outputs = jax.block_until_ready(step(x, kernel))
-            before = compile_count()
-            ms = 1e3 * common.median(
-                common.time_calls(
-                    lambda step=step, x=x, kernel=kernel: jax.block_until_ready(step(x, kernel)), args.repeats
+            steps[choice] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            outputs[choice] = jax.tree.leaves(jax.block_until_ready(steps[choice](x, kernel)))
+        for i in range(args.rounds):  # alternating, each round starting one choice later
+            for choice in choices[i % len(choices) :] + choices[: i % len(choices)]:
+                before = compile_count()
+                times[choice] += common.time_calls(
+                    lambda step=steps[choice]: jax.block_until_ready(step(x, kernel)), args.repeats
                 )
-            )
-            results[choice] = (ms, jax.tree.leaves(outputs), compile_count() - before)
+                compiles[choice] += compile_count() - before
+        results = {c: (1e3 * common.median(times[c]), outputs[c], compiles[c]) for c in choices}
         reference = results[choices[0]][1]
         for choice, (ms, outputs, compiles) in results.items():
             diff = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-12)) for a, b in zip(outputs, reference))
@@ -91,7 +92,7 @@ def time_layers(args, choices) -> None:
                     "conv_lowering",
                     model=f"conv{k}x{k} {side}x{side}x{cin}->{cout}",
                     positions=side * side,
-                    gathered_by_auto=k == 1 or k > side,
+                    gathered_by_auto=layers._gather_wins(x.shape, kernel.shape),
                     impl=choice,
                     batch=batch,
                     train_ms=common.rounded(ms, 3),
