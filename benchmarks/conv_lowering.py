@@ -80,7 +80,7 @@ def time_layers(args, choices) -> None:
             for choice in choices[i % len(choices) :] + choices[: i % len(choices)]:
                 before = compile_count()
                 times[choice] += common.time_calls(
-                    lambda step=steps[choice]: jax.block_until_ready(step(x, kernel)), args.repeats
+                    lambda step=steps[choice], x=x, kernel=kernel: jax.block_until_ready(step(x, kernel)), args.repeats
                 )
                 compiles[choice] += compile_count() - before
         results = {c: (1e3 * common.median(times[c]), outputs[c], compiles[c]) for c in choices}
