@@ -305,3 +305,52 @@ def test_batchnorm_updates_like_flax_and_tracing_never_asks_a_tracer_for_its_sha
     assert messages == []
     trace(nnx.BatchNorm)
     assert len(messages) >= 16  # the probe it guards against: flax asks at each statistic update
+
+
+@pytest.mark.parametrize(
+    "shape,window,strides",
+    [
+        ((2, 9, 9, 3), (3, 3), (2, 2)),  # ResNet50's stem pool on a small map (odd: the last row meets one window)
+        ((1, 10, 8, 2), (3, 3), (2, 2)),  # even: the last row and column meet no window
+        ((2, 7, 11, 2), (3, 2), (1, 3)),  # unequal windows and strides
+        ((1, 12, 12, 1), (2, 2), (2, 2)),  # windows that do not overlap
+    ],
+)
+def test_max_pool_from_slices_equals_lax_in_value_and_gradient_ties_included(shape, window, strides):
+    rng = np.random.default_rng(sum(shape))
+    x = jnp.asarray(rng.integers(0, 3, size=shape), jnp.float32)  # three values: most windows tie
+    want = nnx.max_pool(x, window, strides=strides, padding="VALID")
+    got = layers.max_pool(x, window, strides, impl="shifts")
+    np.testing.assert_array_equal(got, want)
+    origin = tuple(-(k // 2) for k in window)  # scipy centres even windows one step later
+    full = ndimage.maximum_filter(np.asarray(x), size=(1, *window, 1), mode="constant", origin=(0, *origin, 0))
+    np.testing.assert_array_equal(
+        got, full[:, : (shape[1] - window[0]) + 1 : strides[0], : (shape[2] - window[1]) + 1 : strides[1]]
+    )
+    weights = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    grads = [
+        jax.grad(lambda x, impl=impl: jnp.sum(layers.max_pool(x, window, strides, impl=impl) * weights))(x)
+        for impl in ("shifts", "lax")
+    ]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
+    assert float(jnp.sum(grads[0] != 0)) > 0
+
+
+def test_max_pool_from_slices_keeps_bfloat16_and_checks_its_name():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 9, 9, 2)), jnp.bfloat16)
+    got = layers.max_pool(x, (3, 3), (2, 2), impl="shifts")
+    assert got.dtype == jnp.bfloat16
+    grad = jax.grad(lambda x: jnp.sum(layers.max_pool(x, (3, 3), (2, 2), impl="shifts").astype(jnp.float32)))(x)
+    assert grad.dtype == jnp.bfloat16
+    with pytest.raises(ValueError, match="max pool implementation"):
+        layers.max_pool(x, (3, 3), (2, 2), impl="slices")
+
+
+def test_max_pool_auto_takes_slices_on_the_cpu_and_lax_for_an_empty_map():
+    def reduce_windows(x):
+        return str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(layers.max_pool(x, (3, 3), (2, 2)))))(x)).count(
+            "reduce_window"
+        )
+
+    assert reduce_windows(jnp.ones((1, 9, 9, 2))) == 0
+    assert layers.max_pool(jnp.ones((1, 2, 9, 2)), (3, 3), (2, 2)).shape == (1, 0, 4, 2)  # as lax: an empty map

@@ -113,6 +113,7 @@ class DenseNet(nnx.Module):
         x = nnx.relu(self.conv1_bn(self.conv1_conv(x)))
         if self.stem_pool:  # Keras' ZeroPadding2D(1) before the 'valid' max pool.
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            # lax's pool: the slices of layers.max_pool lose here (its docstring says why).
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         for stage in self.stages:
             for layer in stage:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers
+from camjax.models.layers import Layers, max_pool
 from camjax.models.registry import register
 
 MIN_SIZE = 75
@@ -63,7 +63,7 @@ class Branch(nnx.Module):
         if self.pool == "avg":
             x = nnx.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False)
         elif self.pool == "max":
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+            x = max_pool(x, (3, 3), (2, 2))
         for unit in self.units:
             x = unit(x)
         return x
@@ -207,7 +207,7 @@ class InceptionResNetV2(nnx.Module):
         for i, unit in enumerate(self.stem):
             x = unit(x)
             if i in (2, 4):
-                x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+                x = max_pool(x, (3, 3), (2, 2))
         x = self.mixed_5b(x)
         for block in self.block35:
             x = block(x)

@@ -176,6 +176,73 @@ def _fold_rows(x: jax.Array) -> jax.Array:
 _taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
 
 
+def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], impl: str = "auto") -> jax.Array:
+    """A 'VALID' NHWC max pool. `impl` 'shifts' (or 'auto' on the CPU backend) takes the maximum
+    of one strided slice per window position, with the gradient of `_shifted_max_bwd`; 'lax' (or
+    'auto' elsewhere) is `nnx.max_pool`. Equal outputs and gradients, ties included.
+
+    Why: autodiff's gradient of `lax.reduce_window` max tracks each window's argmax through a
+    variadic reduce-window over four int32 index maps the size of the input, which XLA:CPU
+    writes out on one thread (`wrapped_iota`, 22-27 ms of ResNet50's step at patch 224;
+    benchmarks/RESULTS.md, "Where the train step's time goes", "Max pools from slices"). DenseNet keeps `nnx.max_pool`: its pooled map feeds a whole dense block, and XLA
+    fuses that block's summed cotangent into this gradient's loop, recomputing it per window
+    position (0.93-1.01x there)."""
+    if impl not in ("auto", "shifts", "lax"):
+        raise ValueError(f"unknown max pool implementation {impl!r}; expected auto, shifts or lax")
+    (kh, kw), (sh, sw) = window, strides
+    empty = _out_size(x.shape[1], kh, sh) < 1 or _out_size(x.shape[2], kw, sw) < 1
+    if impl == "lax" or (impl == "auto" and jax.default_backend() != "cpu") or empty:
+        return nnx.max_pool(x, tuple(window), strides=tuple(strides), padding="VALID")
+    return _shifted_max(x, tuple(window), tuple(strides))
+
+
+def _window_taps(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> list[jax.Array]:
+    out_hw = (_out_size(x.shape[1], window[0], strides[0]), _out_size(x.shape[2], window[1], strides[1]))
+    return [_tap(x, i, j, out_hw, strides) for i in range(window[0]) for j in range(window[1])]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _shifted_max(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> jax.Array:
+    return functools.reduce(jnp.maximum, _window_taps(x, window, strides))
+
+
+def _shifted_max_fwd(x, window, strides):
+    """Also keeps which window position holds each maximum: the first in row-major window
+    order, the one `lax.reduce_window`'s gradient picks among ties (int8: a quarter of the
+    output's float32 bytes). An argmax is a reduction, so XLA writes it out once rather than
+    fusing it, recomputed, into the gradient's loop."""
+    taps = _window_taps(x, window, strides)
+    first = jnp.argmax(jnp.stack(taps), axis=0).astype(jnp.int8)
+    return functools.reduce(jnp.maximum, taps), (first, x.shape)
+
+
+def _shifted_max_bwd(window, strides, residuals, g):
+    """Each window's cotangent goes to its first maximum. Window position (i, j) of output row
+    o reads input row o * sh + i: row phase i % sh, row o + i // sh of that phase. So each
+    phase's gradient is a sum of plain shifted pads of the selected cotangents, and the phases
+    interleave into the input grid with one reshape. (Interior-padding each tap's cotangent
+    onto the input grid instead fuses into a loop XLA:CPU runs about 8x slower.)"""
+    first, (n, h, w, c) = residuals
+    (kh, kw), (sh, sw) = window, strides
+    oh, ow = g.shape[1:3]
+    ph, pw = -(-h // sh), -(-w // sw)  # rows and columns per phase
+    zero = jnp.zeros((), g.dtype)
+    phases = [[jnp.zeros((n, ph, pw, c), g.dtype)] * sw for _ in range(sh)]
+    for i in range(kh):
+        for j in range(kw):
+            (qi, ri), (qj, rj) = divmod(i, sh), divmod(j, sw)
+            selected = jnp.where(first == i * kw + j, g, zero)
+            phases[ri][rj] = phases[ri][rj] + jnp.pad(
+                selected, ((0, 0), (qi, ph - oh - qi), (qj, pw - ow - qj), (0, 0))
+            )
+    rows = [jnp.stack(row, axis=3) for row in phases]  # (n, ph, pw, sw, c) per row phase
+    dx = jnp.stack(rows, axis=2).reshape(n, ph * sh, pw * sw, c)  # (n, ph, sh, pw, sw, c) interleaved
+    return (dx[:, :h, :w],)
+
+
+_shifted_max.defvjp(_shifted_max_fwd, _shifted_max_bwd)
+
+
 def gathered_taps_conv(lhs, rhs, window_strides, padding, precision=None, preferred_element_type=None):
     """An ungrouped, undilated NHWC x HWIO convolution as one matrix product: every kernel tap's
     (strided) slice of the padded input side by side in the channels, times the kernel reshaped

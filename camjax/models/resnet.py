@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers
+from camjax.models.layers import Layers, max_pool
 from camjax.models.registry import register
 
 BN_EPSILON = 1.001e-5
@@ -138,7 +138,7 @@ class ResNet50(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nnx.relu(self.bn1(self.conv1(zero_pad(x, 3))))
         if self.stem_pool:
-            x = nnx.max_pool(zero_pad(x, 1), (3, 3), strides=(2, 2), padding="VALID")
+            x = max_pool(zero_pad(x, 1), (3, 3), (2, 2))
         for block in self.blocks:
             x = block(x)
         return x
