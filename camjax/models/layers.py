@@ -184,9 +184,10 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], im
     Why: autodiff's gradient of `lax.reduce_window` max tracks each window's argmax through a
     variadic reduce-window over four int32 index maps the size of the input, which XLA:CPU
     writes out on one thread (`wrapped_iota`, 22-27 ms of ResNet50's step at patch 224;
-    benchmarks/RESULTS.md, "Where the train step's time goes", "Max pools from slices"). DenseNet keeps `nnx.max_pool`: its pooled map feeds a whole dense block, and XLA
-    fuses that block's summed cotangent into this gradient's loop, recomputing it per window
-    position (0.93-1.01x there)."""
+    benchmarks/RESULTS.md, "Where the train step's time goes", "Max pools from slices").
+    DenseNet keeps `nnx.max_pool`: its pooled map feeds a whole dense block, and XLA fuses that
+    block's summed cotangent into this gradient's loop, recomputing it per window position
+    (0.93-1.01x there)."""
     if impl not in ("auto", "shifts", "lax"):
         raise ValueError(f"unknown max pool implementation {impl!r}; expected auto, shifts or lax")
     (kh, kw), (sh, sw) = window, strides
@@ -220,8 +221,7 @@ def _shifted_max_bwd(window, strides, residuals, g):
     """Each window's cotangent goes to its first maximum. Window position (i, j) of output row
     o reads input row o * sh + i: row phase i % sh, row o + i // sh of that phase. So each
     phase's gradient is a sum of plain shifted pads of the selected cotangents, and the phases
-    interleave into the input grid with one reshape. (Interior-padding each tap's cotangent
-    onto the input grid instead fuses into a loop XLA:CPU runs about 8x slower.)"""
+    interleave into the input grid with one reshape."""
     first, (n, h, w, c) = residuals
     (kh, kw), (sh, sw) = window, strides
     oh, ow = g.shape[1:3]
@@ -338,7 +338,7 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
 
 def _gather_wins(lhs_shape, rhs_shape) -> bool:
     """Where XLA:CPU's convolution loses to the product (benchmarks/conv_lowering.py; RESULTS,
-    "Convolutions as matrix products on the CPU" and "Wide convolutions on small maps"):
+    "Convolutions as matrix products on the CPU" and "Wide convolutions over few positions"):
     - a 1x1 convolution is 2.0-2.3x slower than the same product on any map;
     - a kernel larger than its map (ResNet50's 3x3 layers on the 2x2 maps of patch 64) is left
       to Eigen and takes about 36x the product;
