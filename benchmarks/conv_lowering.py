@@ -7,9 +7,9 @@ with 256 or more channels in and out over at most 256 positions: `layers._gather
     python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...
 
 `--layers`: one convolution (stride 1, 'SAME'), forward plus both gradients, median ms per
-call, the lowerings timed in alternating rounds; the shapes are batch x side x channels x kernel, with as many
-output channels as input channels (ResNet50's 3x3 layers at patch 64 and 224) unless a
-fifth field gives them. `--models`: the train step `camjax.train` runs (as in compare.py: the
+call, the lowerings timed in alternating rounds (`compare.time_in_rounds`); the shapes are
+batch x side x channels x kernel, with as many output channels as input channels (ResNet50's
+3x3 layers at patch 64 and 224) unless a fifth field gives them. `--models`: the train step `camjax.train` runs (as in compare.py: the
 registry model, plain head, Adam, state donated, batch resident) built once per
 `model.kwargs.conv_impl` choice in one process and timed in alternating rounds, so the
 choices share the machine's state; images/sec medians and each choice's ratio to 'conv'.
@@ -53,11 +53,13 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
 
 
 def time_layers(args, choices) -> None:
+    import types
+
+    import compare
     import jax
     import jax.numpy as jnp
 
     from camjax.models import layers
-    from camjax.parallel import compile_count
 
     numbers = jax.lax.conv_dimension_numbers
     for spec in common.csv_strs(args.shapes):
@@ -67,26 +69,23 @@ def time_layers(args, choices) -> None:
         kernel = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
         weights = jnp.asarray(rng.normal(size=(batch, side, side, cout)), jnp.float32)
         dims = numbers(x.shape, kernel.shape, ("NHWC", "HWIO", "NHWC"))
-        steps, outputs, times, compiles = {}, {}, {c: [] for c in choices}, dict.fromkeys(choices, 0)
+        runners = {}
         for choice in choices:
             lowering = layers.conv_lowering(dense=choice)
 
             def loss(x, kernel, lowering=lowering, dims=dims, weights=weights):
                 return jnp.vdot(lowering(x, kernel, (1, 1), "SAME", dimension_numbers=dims), weights)
 
-            steps[choice] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-            outputs[choice] = jax.tree.leaves(jax.block_until_ready(steps[choice](x, kernel)))
-        for i in range(args.rounds):  # alternating, each round starting one choice later
-            for choice in choices[i % len(choices) :] + choices[: i % len(choices)]:
-                before = compile_count()
-                times[choice] += common.time_calls(
-                    lambda step=steps[choice], x=x, kernel=kernel: jax.block_until_ready(step(x, kernel)), args.repeats
-                )
-                compiles[choice] += compile_count() - before
-        results = {c: (1e3 * common.median(times[c]), outputs[c], compiles[c]) for c in choices}
-        reference = results[choices[0]][1]
-        for choice, (ms, outputs, compiles) in results.items():
-            diff = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-12)) for a, b in zip(outputs, reference))
+            step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+            runners[choice] = types.SimpleNamespace(
+                outputs=jax.tree.leaves(jax.block_until_ready(step(x, kernel))),  # compiles once
+                step=lambda step=step, x=x, kernel=kernel: jax.block_until_ready(step(x, kernel)),
+            )
+        compare.time_in_rounds(list(runners.values()), args.rounds, args.repeats)
+        ms = {c: 1e3 * common.median(r.times) for c, r in runners.items()}
+        reference = runners[choices[0]].outputs
+        for choice, r in runners.items():
+            diff = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-12)) for a, b in zip(r.outputs, reference))
             common.emit(
                 common.record(
                     "conv_lowering",
@@ -95,11 +94,11 @@ def time_layers(args, choices) -> None:
                     gathered_by_auto=layers._gather_wins(x.shape, kernel.shape),
                     impl=choice,
                     batch=batch,
-                    train_ms=common.rounded(ms, 3),
-                    speedup_vs_first=common.rounded(results[choices[0]][0] / ms, 2),
+                    train_ms=common.rounded(ms[choice], 3),
+                    speedup_vs_first=common.rounded(ms[choices[0]] / ms[choice], 2),
                     max_rel_diff=diff,
                     peak_rss_mb=common.peak_rss_mb(),
-                    compiles_after_warmup=compiles,
+                    compiles_after_warmup=r.compiles,
                 )
             )
 

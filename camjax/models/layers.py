@@ -249,18 +249,12 @@ def gathered_taps_conv(lhs, rhs, window_strides, padding, precision=None, prefer
     to (kh*kw*cin, cout). A 1x1 stride-1 convolution is the product alone."""
     kh, kw, cin, cout = rhs.shape
     n, h, w, _ = lhs.shape
-    sh, sw = window_strides
     pads = jax.lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding) if isinstance(padding, str) else padding
     (pt, pb), (pl, pr) = pads
     if pt or pb or pl or pr:
         lhs = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    hp, wp = lhs.shape[1:3]
-    oh, ow = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    taps = [
-        jax.lax.slice(lhs, (0, i, j, 0), (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, cin), (1, sh, sw, 1))
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    taps = _window_taps(lhs, (kh, kw), tuple(window_strides))
+    oh, ow = taps[0].shape[1:3]
     cols = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
     out = jax.lax.dot_general(
         cols.reshape(n * oh * ow, kh * kw * cin),
