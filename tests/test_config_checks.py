@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 from camjax_testdata import REPO, make_challenge_tree, repo_config
+from test_train_evaluate import tiny_config
 
 from camjax import config_checks, trainer
 from camjax.config_checks import ConfigError, validate
@@ -123,12 +124,7 @@ def root(tmp_path_factory):
 
 
 def tiny(root, **overrides):
-    c = repo_config("configs/camnet.py:quick")
-    c.data.root, c.data.workers, c.data.patch, c.data.patches_per_image, c.data.val_crops = str(root), 0, 32, 4, 1
-    c.model.kwargs.widths, c.model.head.hidden = (8, 16), (16, 8)
-    c.batch_size, c.steps_per_epoch, c.num_epochs, c.log_every, c.compilation_cache = 8, 3, 1, 2, ""
-    c.update_from_flattened_dict(overrides)
-    return c
+    return tiny_config(root, **{"num_epochs": 1, **overrides})
 
 
 def test_an_invalid_config_writes_nothing(root, tmp_path):

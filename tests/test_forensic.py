@@ -11,6 +11,7 @@ from camjax_testdata import REPO, make_challenge_tree, repo_config, texture, wri
 from PIL import Image
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score
+from test_train_evaluate import tiny_config
 
 from camjax import calibration, config_checks, evaluator, trainer
 from camjax.data import manipulations, sources
@@ -323,23 +324,10 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(root, tmp_path_factory):
-    c = repo_config("configs/camnet.py:quick")
-    c.data.root = str(root)
-    c.data.classes = TRAINED
     # Trained with outlier exposure, so the whole chain (calibration, evaluate, predict) runs
     # on a model that has seen photos of a camera that is none of its classes.
     other = make_challenge_tree(tmp_path_factory.mktemp("other"), classes=("Nikon-D70",), per_class=3, seed=7)
-    c.data.outliers = str(other)
-    c.data.workers = 0
-    c.data.patch = 32
-    c.data.patches_per_image = 4
-    c.data.val_crops = 1
-    c.model.kwargs.widths = (8, 16)
-    c.model.head.hidden = (16, 8)
-    c.batch_size = 8
-    c.steps_per_epoch = 3
-    c.num_epochs = 2
-    c.compilation_cache = ""
+    c = tiny_config(root, **{"data.classes": TRAINED, "data.outliers": str(other)})
     workdir = tmp_path_factory.mktemp("run")
     trainer.train_and_evaluate(c, str(workdir))
     return workdir
@@ -494,7 +482,9 @@ def test_evaluate_on_the_found_grid_reads_an_unaligned_crop_as_its_aligned_twin(
     """A test image cut 1 row and 3 columns off the JPEG grid, tiled on the grid its pixels
     show, gives exactly the probabilities of the aligned crop tiled from its corner."""
     decoded = manipulations.jpeg_compress(texture(700, 700, 7), 90)
-    crops = {"aligned": decoded[8:520, 8:520], "unaligned": decoded[7:527, 5:525]}  # 16 x 16 tiles of 32 px each
+    # The unaligned crop starts 1 row and 3 columns before the grid: cut there, it is the aligned
+    # one, 16 x 16 tiles of 32 px (a larger crop would be tiled 17 x 17, overlapping).
+    crops = {"aligned": decoded[8:520, 8:520], "unaligned": decoded[7:520, 5:520]}
     probs = {}
     for name, crop in crops.items():
         (tmp_path / name / "test").mkdir(parents=True)

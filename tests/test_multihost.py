@@ -30,6 +30,7 @@ OVERRIDES = {
     "data.patch": 32,
     "data.patches_per_image": 4,
     "data.val_crops": 1,
+    "eval.max_tiles": 4,
     "data.shards": 2,
     "model.kwargs.widths": (8, 16),
     "model.head.hidden": (16, 8),

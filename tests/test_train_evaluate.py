@@ -40,6 +40,7 @@ def tiny_config(root, **overrides):
     c.num_epochs = 2
     c.log_every = 2
     c.compilation_cache = ""
+    c.eval.max_tiles = 4  # calibration and evaluation read 4 tiles of each crop, not all 64-256
     c.update_from_flattened_dict(overrides)
     return c
 
@@ -132,6 +133,7 @@ def _train_cmd(root, workdir, **extra):
         "batch_size": 8,
         "num_epochs": 1,
         "log_every": 1,
+        "eval.max_tiles": 4,
         **extra,
     }
     cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
