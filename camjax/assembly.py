@@ -236,14 +236,15 @@ def build(
     return Assembled(dp, model_def, tx, host_state)
 
 
-def build_abstract(model_config, num_classes: int, dp: DataParallel, *, dtype: str, optim_config) -> Assembled:
+def build_abstract(model_config, num_classes: int, dp: DataParallel, **build_kwargs) -> Assembled:
     """`build` traced, not run: the same model definition and optimizer, and an initial state
-    of `jax.ShapeDtypeStruct`s. Nothing is allocated, so a full-size model's steps lower in
+    of `jax.ShapeDtypeStruct`s. Nothing is allocated or initialised, so a checkpoint restores
+    into it at once (a resumed run, `evaluator.restore`), and a full-size model's steps lower in
     seconds on any machine (the CUDA lowering test, `benchmarks/trace_time.py`)."""
     made = {}
 
     def make():
-        made["built"] = build(model_config, num_classes, dp, dtype=dtype, optim_config=optim_config)
+        made["built"] = build(model_config, num_classes, dp, **build_kwargs)
         return made["built"].host_state
 
     state = jax.eval_shape(make)

@@ -52,7 +52,8 @@ def restore(workdir: str, dp: DataParallel, step: int | None = None) -> Restored
     run = assembly.Run.load(workdir)
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    built = assembly.build(run.model_config, len(run.classes), dp, dtype=run.dtype, optim_config=config.optim)
+    # Shapes only: the checkpoint fills every array, so nothing is initialised (seconds per model).
+    built = assembly.build_abstract(run.model_config, len(run.classes), dp, dtype=run.dtype, optim_config=config.optim)
     ckpt = Checkpointer(workdir, best_metric=config.optim.plateau.metric, read_only=True)
     step = ckpt.best_step() if step is None else step
     if step is None:

@@ -192,7 +192,10 @@ def _train(config, workdir: str) -> dict[str, float]:
     )
     total_steps = steps_per_epoch * config.num_epochs
 
-    built = assembly.build(
+    ckpt = Checkpointer(workdir, keep_best=config.checkpoint_keep_best, best_metric=config.optim.plateau.metric)
+    resuming = ckpt.latest_step() is not None
+    # A resumed run takes every array from its checkpoint: the state is built as shapes only.
+    built = (assembly.build_abstract if resuming else assembly.build)(
         config.model,
         len(run.classes),
         dp,
@@ -201,16 +204,15 @@ def _train(config, workdir: str) -> dict[str, float]:
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         seed=config.seed,
-        init_from=config.model.init_from,
+        init_from="" if resuming else config.model.init_from,
     )
     host_state = built.host_state
     plateau = optim.PlateauTracker.from_config(config.optim.plateau, config.optim.learning_rate)
     schedule = optim.learning_rate_schedule(config.optim, steps_per_epoch, total_steps)
 
-    ckpt = Checkpointer(workdir, keep_best=config.checkpoint_keep_best, best_metric=config.optim.plateau.metric)
     writer = MetricWriter(workdir)
     step, data_state = 0, None
-    if ckpt.latest_step() is not None:
+    if resuming:
         _check_same_run(workdir, run)
         step, host_state, record = ckpt.restore(built.restore_target(dp.restore_sharding))
         plateau = optim.PlateauTracker.from_state_dict(record["plateau"])

@@ -77,12 +77,26 @@ def test_training_writes_the_contracted_outputs(trained):
     assert Checkpointer(str(workdir), read_only=True).latest_step() == 6
 
 
-def test_resume_is_exact(root, trained, tmp_path):
+def test_resume_is_exact(root, trained, tmp_path, monkeypatch):
     """Stopped after epoch 1 (same config, so the same schedule), resumed: bit-identical to the
-    uninterrupted run."""
+    uninterrupted run. The resumed run, and the restore its calibration makes, build the initial
+    state as shapes only: the checkpoint fills it."""
+    from camjax import steps
+
     trainer.train_and_evaluate(tiny_config(root, max_train_seconds=1e-9), str(tmp_path))
     assert Checkpointer(str(tmp_path), read_only=True).latest_step() == 3
+    initial_steps = []
+
+    def init_state(*args, **kwargs):
+        out = init_state_of_steps(*args, **kwargs)
+        initial_steps.append(out[1].step)
+        return out
+
+    init_state_of_steps = steps.init_state
+    monkeypatch.setattr(steps, "init_state", init_state)
     trainer.train_and_evaluate(tiny_config(root), str(tmp_path))
+    assert len(initial_steps) == 2 and all(isinstance(x, jax.core.Tracer) for x in initial_steps), initial_steps
+    monkeypatch.undo()
     step_a, a = final_params(trained[0])
     step_b, b = final_params(tmp_path)
     assert step_a == step_b == 6
