@@ -9,6 +9,7 @@ set-up every entry point shares.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -247,5 +248,27 @@ def build_abstract(model_config, num_classes: int, dp: DataParallel, **build_kwa
         made["built"] = build(model_config, num_classes, dp, **build_kwargs)
         return made["built"].host_state
 
-    state = jax.eval_shape(make)
+    with _tracer_probes_without_origin():
+        state = jax.eval_shape(make)
     return dataclasses.replace(made["built"], host_state=state)
+
+
+@contextlib.contextmanager
+def _tracer_probes_without_origin():
+    """flax's `Variable.set_value` probes `value.sharding` at every RNG draw. On a tracer, jax's
+    `sharding` property builds an error message naming the value's origin, by walking every
+    equation traced so far, and then drops it (`Tracer.__getattr__` answers the probe with a
+    message of its own): tracing a model's construction is quadratic in its layers
+    (jax-ml/jax#40041), 5 of DenseNet201's 6.6 s. Inside, tracer errors leave the origin out."""
+    from jax._src.interpreters import partial_eval
+
+    tracer = getattr(partial_eval, "DynamicJaxprTracer", None)
+    if tracer is None or "_origin_msg" not in vars(tracer):  # a jax without the walk
+        yield
+        return
+    walk = vars(tracer)["_origin_msg"]
+    tracer._origin_msg = lambda self: ""
+    try:
+        yield
+    finally:
+        tracer._origin_msg = walk
