@@ -27,44 +27,49 @@ SCRIPT = textwrap.dedent(
     from camjax.parallel import DataParallel, compile_count
     from camjax import defaults
 
-    mode, accum = sys.argv[1], int(sys.argv[2])
-    config = defaults.load_config("configs/camnet.py:quick")
-    config.model.kwargs.widths = (8, 16)
-    config.model.head.hidden = (16, 8)
-    config.model.head.dropout = (0.0, 0.0)  # dropout masks legitimately differ between layouts
-    config.grad_accum = accum
-    config.optim.learning_rate = 1e-2
-    config.optim.ema_decay = 0.9  # the weight average rides along in the donated state of both layouts
-    dp = DataParallel(mode)
-    built = assembly.build(config.model, 4, dp, dtype=config.dtype, optim_config=config.optim, steps_per_epoch=10,
-                           total_steps=100, seed=0)
-    state = dp.put_state(built.host_state)
-    step = built.train_step(config)
-    rng = np.random.default_rng(0)
-    batch = {  # one batch, fitted four times: its loss must fall
-        "image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
-        "label": rng.integers(0, 4, 16).astype(np.int32),
-        "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
-        "manipulation": rng.integers(0, 9, 16).astype(np.int32),
-    }
-    losses, compiles = [], []
-    for i in range(4):
-        state, metrics = step(state, dp.put_batch(batch))
-        losses.append(dp.fetch_metrics(metrics)["train/loss"])
-        compiles.append(compile_count())
-    host = dp.get_state(state)
-    stats = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host.model_state)))
-    average = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host.ema)))
-    print(json.dumps({"devices": dp.num_devices, "losses": losses, "compiles": compiles, "bn_stats": stats,
-                      "average": average}))
+    def fit_one_batch(mode, accum):
+        config = defaults.load_config("configs/camnet.py:quick")
+        config.model.kwargs.widths = (8, 16)
+        config.model.head.hidden = (16, 8)
+        config.model.head.dropout = (0.0, 0.0)  # dropout masks legitimately differ between layouts
+        config.grad_accum = accum
+        config.optim.learning_rate = 1e-2
+        config.optim.ema_decay = 0.9  # the weight average rides along in the donated state of both layouts
+        dp = DataParallel(mode)
+        built = assembly.build(config.model, 4, dp, dtype=config.dtype, optim_config=config.optim, steps_per_epoch=10,
+                               total_steps=100, seed=0)
+        state = dp.put_state(built.host_state)
+        step = built.train_step(config)
+        rng = np.random.default_rng(0)
+        batch = {  # one batch, fitted four times: its loss must fall
+            "image": rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+            "label": rng.integers(0, 4, 16).astype(np.int32),
+            "is_manipulated": (rng.random(16) < 0.5).astype(np.float32),
+            "manipulation": rng.integers(0, 9, 16).astype(np.int32),
+        }
+        losses, compiles = [], []
+        for i in range(4):
+            state, metrics = step(state, dp.put_batch(batch))
+            losses.append(dp.fetch_metrics(metrics)["train/loss"])
+            compiles.append(compile_count())
+        host = dp.get_state(state)
+        stats = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host.model_state)))
+        average = float(sum(np.abs(x).sum() for x in jax.tree.leaves(host.ema)))
+        return {"devices": dp.num_devices, "losses": losses, "compiles": compiles, "bn_stats": stats,
+                "average": average}
+
+    for item in sys.argv[1:]:  # mode:accum, each from the same initial state
+        mode, accum = item.split(":")
+        print(json.dumps({"run": item, **fit_one_batch(mode, int(accum))}), flush=True)
     """
 )
 
 
-def run(mode, accum=1, devices=8):
+def run(devices, *items):
+    """SCRIPT on `devices` CPU devices, one record per `mode:accum` item."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode, str(accum)],
+        [sys.executable, "-c", SCRIPT, *items],
         env=env,
         capture_output=True,
         text=True,
@@ -72,31 +77,30 @@ def run(mode, accum=1, devices=8):
         cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["run"] for r in records] == list(items)
+    return records
 
 
 @pytest.mark.slow
-def test_pmap_and_sharded_agree_on_8_devices():
-    sharded, pmapped = run("sharded"), run("pmap")
-    assert sharded["devices"] == pmapped["devices"] == 8
+def test_every_layout_fits_a_batch_alike():
+    """The same batch fitted four times from the same state: sharded and pmap on 8 devices,
+    sharded on 1, and with 2 micro-batches on 2 (three interpreters, one per device count)."""
+    sharded, pmapped = run(8, "sharded:1", "pmap:1")
+    (one,) = run(1, "sharded:1")
+    (accum,) = run(2, "sharded:2")
+    assert (sharded["devices"], pmapped["devices"], one["devices"], accum["devices"]) == (8, 8, 1, 2)
     # Global BatchNorm statistics in both layouts -> the same loss curve and running stats.
     assert sharded["losses"] == pytest.approx(pmapped["losses"], rel=2e-4)
     assert sharded["bn_stats"] == pytest.approx(pmapped["bn_stats"], rel=2e-4)
     assert sharded["average"] == pytest.approx(pmapped["average"], rel=2e-4)
     assert sharded["losses"][-1] < sharded["losses"][0]
-    for r in (sharded, pmapped):
-        assert r["compiles"][1] == r["compiles"][-1], f"recompiled after the first step: {r['compiles']}"
-
-
-@pytest.mark.slow
-def test_single_device_matches_8_devices_and_grad_accum():
-    one, eight = run("sharded", devices=1), run("sharded")
-    assert one["losses"] == pytest.approx(eight["losses"], rel=2e-4)
-    accum = run("sharded", accum=2, devices=2)
+    assert one["losses"] == pytest.approx(sharded["losses"], rel=2e-4)
     # Micro-batches see half the batch each: BatchNorm statistics differ, so the losses are
     # close but not equal; the first step's parameters are the same, so its loss is too.
     assert accum["losses"][0] == pytest.approx(one["losses"][0], rel=0.05)
-    assert accum["compiles"][1] == accum["compiles"][-1]
+    for r in (sharded, pmapped, one, accum):
+        assert r["compiles"][1] == r["compiles"][-1], f"{r['run']} recompiled after the first step: {r['compiles']}"
 
 
 class _NoBatchNorm(nnx.Module):
