@@ -27,6 +27,10 @@ from camjax.runlock import WorkdirBusyError, WorkdirLock
 from camjax.writers import MetricWriter
 
 log = logging.getLogger("camjax")
+# curves.png is redrawn at an epoch's end at most this often, and once when training stops:
+# drawing takes about a second, which runs of seconds-long epochs (tests, smoke runs) would
+# otherwise pay every epoch.
+CURVES_EVERY_SECONDS = 60.0
 
 
 class _StopFlag:
@@ -283,8 +287,16 @@ def _train(config, workdir: str) -> dict[str, float]:
         ckpt.save(step, dp.saveable(state), record, metrics, force=force)
         faults.check("save", step)
 
+    def draw_curves():
+        if is_main:
+            from camjax import plots
+
+            plots.curves_png(writer.path, os.path.join(workdir, "curves.png"))
+        return time.time()
+
     position = data_state
     interrupted = False
+    curves_drawn = time.time()
     try:
         with _StopFlag() as stop:
             while step < total_steps:
@@ -338,10 +350,8 @@ def _train(config, workdir: str) -> dict[str, float]:
                         if is_main:
                             bar.write(f"epoch {step // steps_per_epoch}: {line}")
                     save(last_val)
-                    if is_main:
-                        from camjax import plots
-
-                        plots.curves_png(writer.path, os.path.join(workdir, "curves.png"))
+                    if time.time() - curves_drawn > CURVES_EVERY_SECONDS:
+                        curves_drawn = draw_curves()
                     if config.max_train_seconds and dp.any_process(time.time() - start > config.max_train_seconds):
                         logging.warning("max_train_seconds reached at step %d", step)
                         break
@@ -353,6 +363,7 @@ def _train(config, workdir: str) -> dict[str, float]:
         bar.close()
         batches.close()
         loader.close()
+    draw_curves()
     ckpt.wait()
     ckpt.close()
     writer.close()

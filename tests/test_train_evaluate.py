@@ -80,8 +80,9 @@ def test_training_writes_the_contracted_outputs(trained):
 def test_resume_is_exact(root, trained, tmp_path, monkeypatch):
     """Stopped after epoch 1 (same config, so the same schedule), resumed: bit-identical to the
     uninterrupted run. The resumed run, and the restore its calibration makes, build the initial
-    state as shapes only: the checkpoint fills it."""
-    from camjax import steps
+    state as shapes only: the checkpoint fills it. Its epoch, seconds long, draws curves.png
+    once, when training stops, not also at the epoch's end."""
+    from camjax import plots, steps
 
     trainer.train_and_evaluate(tiny_config(root, max_train_seconds=1e-9), str(tmp_path))
     assert Checkpointer(str(tmp_path), read_only=True).latest_step() == 3
@@ -94,8 +95,12 @@ def test_resume_is_exact(root, trained, tmp_path, monkeypatch):
 
     init_state_of_steps = steps.init_state
     monkeypatch.setattr(steps, "init_state", init_state)
+    drawn = []
+    curves_png = plots.curves_png
+    monkeypatch.setattr(plots, "curves_png", lambda *a: drawn.append(a) or curves_png(*a))
     trainer.train_and_evaluate(tiny_config(root), str(tmp_path))
     assert len(initial_steps) == 2 and all(isinstance(x, jax.core.Tracer) for x in initial_steps), initial_steps
+    assert len(drawn) == 1 and (tmp_path / "curves.png").stat().st_size > 0
     monkeypatch.undo()
     step_a, a = final_params(trained[0])
     step_b, b = final_params(tmp_path)
