@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import jax
 
@@ -17,9 +18,7 @@ class MetricWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.enabled:
-            from tensorboardX import SummaryWriter  # no TensorFlow needed
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -46,3 +45,18 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter (no TensorFlow needed), imported without torch: its writer
+    module imports torch when installed, only to accept torch tensors, which adds a second to
+    every run's start. A torch the process already holds is left as it is."""
+    block = "torch" not in sys.modules
+    if block:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if block:
+            del sys.modules["torch"]
+    return SummaryWriter

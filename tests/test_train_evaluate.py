@@ -77,6 +77,28 @@ def test_training_writes_the_contracted_outputs(trained):
     assert Checkpointer(str(workdir), read_only=True).latest_step() == 6
 
 
+def test_metric_writer_leaves_torch_unimported_and_writes_events(tmp_path):
+    """tensorboardX imports torch when it is installed (a second of every run's start) unless
+    the writer keeps it out; a process that already holds torch keeps it, and both write."""
+    script = (
+        "import sys, glob; from camjax.writers import MetricWriter\n"
+        "w = MetricWriter(sys.argv[1]); w.write(1, {'train/loss': 0.5}); w.close()\n"
+        "assert glob.glob(sys.argv[1] + '/tensorboard/events.out.tfevents.*')\n"
+        "print('torch' in sys.modules)"
+    )
+    import importlib.util
+
+    holding = [("import torch; ", "True")] if importlib.util.find_spec("torch") else []  # a peer, not a dependency
+    for first, held in [("", "False"), *holding]:
+        workdir = tmp_path / held
+        r = subprocess.run(
+            [sys.executable, "-c", first + script, str(workdir)], capture_output=True, text=True, cwd=REPO
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.split() == [held]
+        assert json.loads((workdir / "metrics.jsonl").read_text())["train/loss"] == 0.5
+
+
 def test_resume_is_exact(root, trained, tmp_path, monkeypatch):
     """Stopped after epoch 1 (same config, so the same schedule), resumed: bit-identical to the
     uninterrupted run. The resumed run, and the restore its calibration makes, build the initial
