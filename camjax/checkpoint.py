@@ -95,6 +95,12 @@ class Checkpointer:
         return bool(saved)
 
     def _write_failure(self, what: str, error: OSError) -> CheckpointWriteError:
+        # An earlier step's asynchronous save may still be committing: which step is the last
+        # complete one is known once it has finished (or failed in turn).
+        try:
+            self.manager.wait_until_finished()
+        except OSError:
+            pass
         # The failed step's temporary folder is never listed as a step.
         self.manager.reload()
         last = self.latest_step()
