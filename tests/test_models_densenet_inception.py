@@ -64,22 +64,6 @@ def pair(request):
     return name, keras_model, backbone
 
 
-@pytest.mark.slow
-def test_keras_layers_follow_keras_order(pair):
-    """Names (auto names included: fresh session), kinds and shapes, position by position."""
-    _, keras_model, backbone = pair
-    keras_layers = [layer for layer in keras_model.layers if layer.weights]
-    ours = backbone.keras_layers()
-    assert [name for name, _ in ours] == [layer.name for layer in keras_layers]
-    for (_, module), layer in zip(ours, keras_layers):
-        theirs = [tuple(w.shape) for w in layer.weights]
-        if isinstance(module, nnx.Conv):
-            mine = [module.kernel.shape] + ([module.bias.shape] if module.bias is not None else [])
-        else:
-            mine = [v.shape for v in (module.scale, module.bias, module.mean, module.var) if v is not None]
-        assert mine == theirs, layer.name
-
-
 SIZES = {"densenet121": ((2, 32), (2, 45)), "inception_resnet_v2": ((1, 75), (1, 83))}
 
 
@@ -88,9 +72,22 @@ def _pooled(backbone, x):
     return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).mean(axis=(1, 2)))(state, x)
 
 
-@pytest.mark.slow
-def test_features_match_keras(pair):
+@pytest.mark.slow  # one test per model: the Keras model is built once per worker that needs it
+def test_layers_and_features_match_keras(pair):
+    """Layer names (auto names included: fresh session), kinds and shapes, position by position;
+    then the pooled features at two input sizes."""
     name, keras_model, backbone = pair
+    keras_layers = [layer for layer in keras_model.layers if layer.weights]
+    ours = backbone.keras_layers()
+    assert [layer_name for layer_name, _ in ours] == [layer.name for layer in keras_layers]
+    for (_, module), layer in zip(ours, keras_layers):
+        theirs = [tuple(w.shape) for w in layer.weights]
+        if isinstance(module, nnx.Conv):
+            mine = [module.kernel.shape] + ([module.bias.shape] if module.bias is not None else [])
+        else:
+            mine = [v.shape for v in (module.scale, module.bias, module.mean, module.var) if v is not None]
+        assert mine == theirs, layer.name
+
     for batch, size in SIZES[name]:
         x = np.random.default_rng(size).normal(size=(batch, size, size, 3)).astype(np.float32)
         ref = np.asarray(keras_model.predict(x, verbose=0)).mean(axis=(1, 2))
