@@ -19,6 +19,21 @@ def repo_config(spec: str):
     return defaults.load_config(f"{REPO / path}{sep}{preset}")
 
 
+# The sizes of the end-to-end tests' tiny camnet runs (configs/camnet.py:quick below them), as
+# flattened config overrides: in-process configs and `--config.` flags take the same ones.
+# Calibration and evaluation read 4 tiles of each crop, not all 64-256.
+TINY_RUN = {
+    "data.workers": 0,
+    "data.patch": 32,
+    "data.patches_per_image": 4,
+    "data.val_crops": 1,
+    "model.kwargs.widths": (8, 16),
+    "model.head.hidden": (16, 8),
+    "batch_size": 8,
+    "eval.max_tiles": 4,
+}
+
+
 def texture(height: int, width: int, seed: int) -> np.ndarray:
     """A uint8 RGB image with gradients, blobs and noise (JPEG-compressible, never flat)."""
     rng = np.random.default_rng(seed)

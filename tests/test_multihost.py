@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from camjax_testdata import make_challenge_tree, repo_config
+from camjax_testdata import TINY_RUN, make_challenge_tree, repo_config
 
 from camjax import evaluator, parallel, trainer
 from camjax.data import decode, sources, train_loader
@@ -26,15 +26,8 @@ CLASSES = ("HTC-1-M7", "iPhone-4s", "Sony-NEX-7")
 STEPS = 3  # per epoch; the runs below cover 3 epochs
 # data.shards=2 fixes the global batch, whatever the process count (see train_loader.make_process_loader).
 OVERRIDES = {
-    "data.workers": 0,
-    "data.patch": 32,
-    "data.patches_per_image": 4,
-    "data.val_crops": 1,
-    "eval.max_tiles": 4,
+    **TINY_RUN,
     "data.shards": 2,
-    "model.kwargs.widths": (8, 16),
-    "model.head.hidden": (16, 8),
-    "batch_size": 8,
     "steps_per_epoch": STEPS,
     "num_epochs": 3,
     "log_every": 1,

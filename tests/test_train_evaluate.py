@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from camjax_testdata import make_challenge_tree, repo_config, write_test_labels
+from camjax_testdata import TINY_RUN, make_challenge_tree, repo_config, write_test_labels
 
 from camjax import assembly, trainer
 from camjax.checkpoint import Checkpointer
@@ -29,19 +29,9 @@ def root(tmp_path_factory):
 def tiny_config(root, **overrides):
     c = repo_config("configs/camnet.py:quick")
     c.data.root = str(root)
-    c.data.workers = 0
-    c.data.patch = 32
-    c.data.patches_per_image = 4
-    c.data.val_crops = 1
-    c.model.kwargs.widths = (8, 16)
-    c.model.head.hidden = (16, 8)
-    c.batch_size = 8
-    c.steps_per_epoch = 3
-    c.num_epochs = 2
-    c.log_every = 2
-    c.compilation_cache = ""
-    c.eval.max_tiles = 4  # calibration and evaluation read 4 tiles of each crop, not all 64-256
-    c.update_from_flattened_dict(overrides)
+    c.update_from_flattened_dict(
+        {**TINY_RUN, "steps_per_epoch": 3, "num_epochs": 2, "log_every": 2, "compilation_cache": "", **overrides}
+    )
     return c
 
 
@@ -163,20 +153,7 @@ def test_resume_refuses_another_model(root, trained):
 
 def _train_cmd(root, workdir, **extra):
     """`python -m camjax.train` on the tiny set, with tiny_config's sizes as flag overrides."""
-    overrides = {
-        "data.root": str(root),
-        "data.workers": 0,
-        "data.patch": 32,
-        "data.patches_per_image": 4,
-        "data.val_crops": 1,
-        "model.kwargs.widths": "(8, 16)",
-        "model.head.hidden": "(16, 8)",
-        "batch_size": 8,
-        "num_epochs": 1,
-        "log_every": 1,
-        "eval.max_tiles": 4,
-        **extra,
-    }
+    overrides = {"data.root": str(root), **TINY_RUN, "num_epochs": 1, "log_every": 1, **extra}
     cmd = [sys.executable, "-m", "camjax.train", "--config", "configs/camnet.py:quick", "--workdir", str(workdir)]
     return cmd + [f"--config.{k}={v}" for k, v in overrides.items()]
 
