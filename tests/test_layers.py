@@ -97,6 +97,7 @@ def test_depthwise_lowering_choices_agree(groups):
 def test_conv_lowering_is_one_function_per_choice_and_checks_its_names():
     assert layers.conv_lowering("shifts") is layers.conv_lowering("shifts")
     assert layers.conv_lowering("auto", "gather") is not layers.conv_lowering("auto", "conv")
+    assert layers.conv_lowering("auto", "taps") is layers.conv_lowering("auto", "taps")
     with pytest.raises(ValueError, match="unknown depthwise lowering 'fast'"):
         layers.conv_lowering("fast")
     with pytest.raises(ValueError, match="unknown dense convolution lowering 'im2col'"):
@@ -190,6 +191,69 @@ def test_conv_lowering_auto_gathers_wide_convolutions_over_few_positions(batch, 
     conv = nnx.Conv(cin, cout, (3, 3), conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
     x = jax.ShapeDtypeStruct((batch, side, side, cin), jnp.float32)
     assert _has_convolution(lambda x: conv(x), x) != auto_gathers
+
+
+TAPS_CASES = [  # size, cin, cout, kernel (h, w), padding: stride 1 only
+    (7, 12, 3, (3, 3), "SAME"),  # a DenseNet growth layer, narrowed
+    (6, 5, 4, (3, 3), "VALID"),
+    (8, 4, 4, (1, 7), "SAME"),
+    (8, 4, 2, (3, 1), ((1, 1), (0, 0))),
+    (5, 3, 2, (3, 3), ((2, 0), (1, 2))),  # uneven pads, wider than 'SAME'
+]
+
+
+@pytest.mark.parametrize("size,cin,cout,k,padding", TAPS_CASES)
+def test_taps_product_conv_matches_lax_forward_and_takes_its_gradients(size, cin, cout, k, padding):
+    """The forward to float rounding; the gradients are XLA's convolution's own, so equal."""
+    rng = np.random.default_rng(size * 10 + cout)
+    x = jnp.asarray(rng.normal(size=(2, size, size + 1, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*k, cin, cout)), jnp.float32)
+    pads = layers._explicit_pads(x.shape, kernel.shape, (1, 1), padding)
+    want, pull_want = jax.vjp(lambda x, w: lax_conv(x, w, (1, 1), padding), x, kernel)
+    got, pull_got = jax.vjp(lambda x, w: layers.taps_product_conv(x, w, pads), x, kernel)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    for got_grad, want_grad in zip(pull_got(cotangent), pull_want(cotangent)):
+        np.testing.assert_array_equal(got_grad, want_grad)
+
+
+def test_taps_product_conv_sums_bfloat16_taps_in_float32():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 16)), jnp.float32).astype(jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 4)), jnp.float32).astype(jnp.bfloat16)
+    exact = lax_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), (1, 1), "SAME")
+    got = layers.taps_product_conv(x, kernel, ((1, 1), (1, 1)))
+    assert got.dtype == jnp.bfloat16
+    # one rounding to bfloat16 at the end (half an ulp, 2**-9 relative), not one per tap
+    np.testing.assert_allclose(np.asarray(got, np.float32), exact, rtol=2**-8, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "batch,side,cin,cout,kernel,auto_takes_taps",
+    [
+        (4, 56, 128, 32, 3, True),  # DenseNet121's first block at patch 224, batch 4
+        (4, 14, 128, 32, 3, True),  # its third block: 784 positions
+        (4, 7, 128, 32, 3, False),  # its last: 196 positions, the convolution is as fast
+        (16, 56, 128, 32, 3, False),  # batch 16: 14.5 M taps' outputs cost more than they save
+        (4, 28, 128, 128, 3, False),  # wide out: YNNPACK runs it on both cores
+        (4, 28, 32, 32, 3, False),  # taps' outputs 9x the input's channels
+        (4, 28, 128, 32, 1, False),  # a 1x1 kernel is gathered (a plain product)
+    ],
+)
+def test_conv_lowering_auto_takes_taps_for_narrow_layers_on_the_cpu(batch, side, cin, cout, kernel, auto_takes_taps):
+    conv = nnx.Conv(cin, cout, (kernel, kernel), conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
+    jaxpr = str(jax.make_jaxpr(lambda x: conv(x))(jax.ShapeDtypeStruct((batch, side, side, cin), jnp.float32)))
+    assert ("custom_vjp_call" in jaxpr) == auto_takes_taps
+    assert ("conv_general_dilated" in jaxpr) == (kernel > 1 and not auto_takes_taps)
+
+
+def test_conv_lowering_taps_on_request_everywhere_stride_one():
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 5, 5, 4)), jnp.float32)
+    taps, conv = _dense_conv("taps"), _dense_conv("conv")
+    assert not _has_convolution(lambda x: taps(x), x)
+    np.testing.assert_allclose(taps(x), conv(x), rtol=1e-5, atol=1e-5)
+    strided = _dense_conv("taps", strides=2)
+    assert _has_convolution(lambda x: strided(x), x)  # a strided layer stays XLA's
 
 
 def test_conv_lowering_leaves_dilated_and_grouped_convolutions_to_xla():

@@ -37,7 +37,7 @@ class CamNet(nnx.Module):
         widths: Sequence[int] = (64, 128, 256),
         blocks: int = 2,
         in_channels: int = 3,
-        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,

@@ -72,7 +72,7 @@ class DenseNet(nnx.Module):
         stem_stride: int = 2,  # the 7x7 stem convolution's stride (Keras: 2)
         stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
         in_channels: int = 3,
-        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,

@@ -139,7 +139,7 @@ class InceptionResNetV2(nnx.Module):
         self,
         *,
         in_channels: int = 3,
-        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,

@@ -1,6 +1,6 @@
 """Layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth, the CPU
-convolution lowerings (depthwise as shifted slices, dense as gathered-tap products), and
-`Layers`, the one factory every family builds its convolutions with."""
+convolution lowerings (depthwise as shifted slices, dense as products of gathered taps or of
+every tap's kernel), and `Layers`, the one factory every family builds its convolutions with."""
 
 from __future__ import annotations
 
@@ -266,6 +266,61 @@ def gathered_taps_conv(lhs, rhs, window_strides, padding, precision=None, prefer
     return out.reshape(n, oh, ow, cout)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def taps_product_conv(lhs, rhs, pads, precision=None, preferred_element_type=None):
+    """A stride-1, undilated NHWC x HWIO convolution computed from the output side: one product
+    of the input with every tap's kernel side by side, (positions, cin) x (cin, kh*kw*cout),
+    then each tap's outputs shifted into place and summed. XLA:CPU runs the product on every
+    core, where YNNPACK runs a convolution with 64 or fewer output channels on one, and for a
+    layer that narrows (DenseNet's 128 -> 32) the taps' outputs are small to shift. The
+    gradients are XLA's convolution's: autodiff of the product would gather the cotangent's
+    shifted taps, and in a whole step that gather and its products lost to the convolution's
+    gradients (benchmarks/RESULTS.md, "Narrow convolutions as products of their taps")."""
+    kh, kw, cin, cout = rhs.shape
+    n, h, w, _ = lhs.shape
+    (pt, pb), (pl, pr) = pads
+    oh, ow = h + pt + pb - kh + 1, w + pl + pr - kw + 1
+    out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+    taps = jax.lax.dot_general(
+        lhs.reshape(n * h * w, cin),
+        rhs.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout),
+        (((1,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=jnp.promote_types(out_dtype, jnp.float32),  # nine terms summed below
+    ).reshape(n, h, w, kh, kw, cout)
+    taps = jnp.pad(taps, ((0, 0), (pt, pb), (pl, pr), (0, 0), (0, 0), (0, 0)))
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            term = taps[:, i : i + oh, j : j + ow, i, j]
+            out = term if out is None else out + term
+    return out.astype(out_dtype)
+
+
+def _xla_conv(lhs, rhs, pads, precision, preferred_element_type):
+    return jax.lax.conv_general_dilated(
+        lhs,
+        rhs,
+        (1, 1),
+        pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def _taps_product_conv_fwd(lhs, rhs, pads, precision, preferred_element_type):
+    return taps_product_conv(lhs, rhs, pads, precision, preferred_element_type), (lhs, rhs)
+
+
+def _taps_product_conv_bwd(pads, precision, preferred_element_type, residuals, g):
+    _, pullback = jax.vjp(lambda x, k: _xla_conv(x, k, pads, precision, preferred_element_type), *residuals)
+    return pullback(g)
+
+
+taps_product_conv.defvjp(_taps_product_conv_fwd, _taps_product_conv_bwd)
+
+
 @functools.cache  # one function per choice: equal static attributes, equal graph definitions
 def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     """A `lax.conv_general_dilated` stand-in for nnx.Conv(conv_general_dilated=...), choosing per
@@ -275,14 +330,16 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     `shifted_depthwise` when `depthwise` is 'shifts', or 'auto' on the CPU backend. Ungrouped,
     undilated NHWC convolutions go through `gathered_taps_conv` when `dense` is 'gather', or
     'auto' on the CPU backend for a 1x1 kernel, a kernel larger than its input map, or a wide
-    kernel over few positions (`_gather_wins`). Everything else, and 'conv', goes through XLA's
-    convolution. The kernel parameter is the same either way, so checkpoints and imported Keras
+    kernel over few positions (`_gather_wins`); stride-1 ones go through `taps_product_conv`
+    when `dense` is 'taps', or 'auto' on the CPU backend for a narrow layer over a mid-sized
+    map (`_taps_product_wins`: DenseNet's growth layers). Everything else, and 'conv', goes
+    through XLA's convolution. The kernel parameter is the same either way, so checkpoints and imported Keras
     weights do not depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
     """
     if depthwise not in ("auto", "shifts", "conv"):
         raise ValueError(f"unknown depthwise lowering {depthwise!r}; expected auto, shifts or conv")
-    if dense not in ("auto", "gather", "conv"):
-        raise ValueError(f"unknown dense convolution lowering {dense!r}; expected auto, gather or conv")
+    if dense not in ("auto", "gather", "taps", "conv"):
+        raise ValueError(f"unknown dense convolution lowering {dense!r}; expected auto, gather, taps or conv")
 
     def conv_general_dilated(
         lhs,
@@ -315,6 +372,12 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
                     precision=kwargs.get("precision"),
                     preferred_element_type=kwargs.get("preferred_element_type"),
                 )
+            pads = _explicit_pads(lhs.shape, rhs.shape, window_strides, padding)
+            if tuple(window_strides) == (1, 1) and min(min(p) for p in pads) >= 0:
+                if dense == "taps" or (dense == "auto" and on_cpu and _taps_product_wins(lhs.shape, rhs.shape)):
+                    return taps_product_conv(
+                        lhs, rhs, pads, kwargs.get("precision"), kwargs.get("preferred_element_type")
+                    )
         return jax.lax.conv_general_dilated(
             lhs,
             rhs,
@@ -328,6 +391,32 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
         )
 
     return conv_general_dilated
+
+
+def _explicit_pads(lhs_shape, rhs_shape, strides, padding) -> tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        return tuple(jax.lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], tuple(strides), padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _taps_product_wins(lhs_shape, rhs_shape) -> bool:
+    """Where `taps_product_conv` beats XLA:CPU's convolution (RESULTS, "Narrow convolutions as
+    products of their taps"): a kernel larger than 1x1 with at most `_NARROW` output channels
+    (which YNNPACK runs on one core) over more than `_FEW_POSITIONS` map positions, whose taps'
+    outputs (kh*kw*cout per position) stay within `_TAPS_GROWTH` times the input's channels and
+    `_TAPS_ELEMENTS` elements in all: DenseNet's 128 -> 32 layers at batch 4 up to patch 224, or
+    batch 8 at patch 64. Past those sizes writing the taps' outputs costs more than the second
+    core gives."""
+    n, h, w, cin = lhs_shape
+    kh, kw, _, cout = rhs_shape
+    if kh * kw == 1 or cout > _NARROW or n * h * w <= _FEW_POSITIONS:
+        return False
+    return kh * kw * cout <= _TAPS_GROWTH * cin and n * h * w * kh * kw * cout <= _TAPS_ELEMENTS
+
+
+_NARROW = 64
+_TAPS_GROWTH = 6
+_TAPS_ELEMENTS = 4 * 2**20
 
 
 def _gather_wins(lhs_shape, rhs_shape) -> bool:
@@ -496,7 +585,7 @@ class Layers:
     conv_bias: bool = False
     conv_padding: typing.Any = "SAME"
     depthwise_impl: str = "auto"  # auto | shifts | conv: see conv_lowering
-    conv_impl: str = "auto"  # auto | gather | conv: see conv_lowering
+    conv_impl: str = "auto"  # auto | gather | taps | conv: see conv_lowering
 
     def conv(self, cin: int, cout: int, kernel, **overrides) -> nnx.Conv:
         kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)

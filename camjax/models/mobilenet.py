@@ -86,7 +86,7 @@ class MobileNet(nnx.Module):
         alpha: float = 1.0,
         depth_multiplier: int = 1,
         depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.conv_lowering
-        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
         stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
         in_channels: int = 3,
         dtype=jnp.float32,
@@ -185,7 +185,7 @@ class MobileNetV2(nnx.Module):
         *,
         alpha: float = 1.0,
         depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.conv_lowering
-        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
         stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
         zero_init_residual: bool = False,  # residual blocks' projection BatchNorm scale starts at 0
         in_channels: int = 3,

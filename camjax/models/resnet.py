@@ -95,7 +95,7 @@ class ResNet50(nnx.Module):
         stem_stride: int = 2,  # the 7x7 stem convolution's stride (Keras: 2)
         stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
         zero_init_residual: bool = False,  # each block's last BatchNorm scale starts at 0 (Goyal et al.)
-        conv_impl: str = "auto",  # auto | gather | conv: see layers.conv_lowering
+        conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
