@@ -1,7 +1,10 @@
-"""Dense convolutions on the CPU: XLA's convolution ('conv') against the matrix product over
-gathered taps of camjax.models.layers.conv_lowering ('gather'), and the rule 'auto' applies
-(a product for 1x1 kernels, for kernels larger than their input map, and for convolutions
-with 256 or more channels in and out over at most 256 positions: `layers._gather_wins`).
+"""Dense convolutions on the CPU: XLA's convolution ('conv') against the lowerings of
+camjax.models.layers.conv_lowering - the matrix product over gathered taps ('gather'), the
+product with every tap's kernel and a shifted sum ('taps', stride 1; its gradients are the
+convolution's) - and the rule 'auto' applies (a gathered product for 1x1 kernels, for kernels
+larger than their input map, and for convolutions with 256 or more channels in and out over at
+most 256 positions: `layers._gather_wins`; the taps' product for narrow layers over mid-sized
+maps: `layers._taps_product_wins`).
 
     python benchmarks/conv_lowering.py --layers [--shapes 8x2x512x3,4x56x64x3,...]
     python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...
@@ -26,7 +29,7 @@ import numpy as np
 
 DEFAULT_SHAPES = "8x2x512x3,8x4x256x3,8x8x128x3,8x16x64x3,4x14x256x3,4x28x128x3,4x56x64x3,8x16x64x1x256,4x56x64x1x256"
 DEFAULT_MODELS = "resnet50:64:8,resnet50:224:4"
-CHOICES = ("conv", "auto", "gather")
+CHOICES = ("conv", "auto", "gather", "taps")
 
 
 def parse_args(argv=None):
@@ -92,6 +95,7 @@ def time_layers(args, choices) -> None:
                     model=f"conv{k}x{k} {side}x{side}x{cin}->{cout}",
                     positions=side * side,
                     gathered_by_auto=layers._gather_wins(x.shape, kernel.shape),
+                    taps_by_auto=layers._taps_product_wins(x.shape, kernel.shape),
                     impl=choice,
                     batch=batch,
                     train_ms=common.rounded(ms[choice], 3),
