@@ -38,7 +38,7 @@ def parse_args(argv=None):
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--layers", action="store_true", help="time single convolutions (--shapes)")
     what.add_argument("--models", help="model:patch:batch,... - time whole train steps")
-    p.add_argument("--shapes", default="2x2x8x3,2x6x8x3,2x12x8x1x4" if smoke else DEFAULT_SHAPES)
+    p.add_argument("--shapes", default="2x2x8x3,2x6x8x3,2x12x8x1x4,2x12x8x3x2" if smoke else DEFAULT_SHAPES)
     p.add_argument("--choices", default=",".join(CHOICES), help="conv_impl values to compare")
     p.add_argument("--repeats", type=int, default=2 if smoke else 7, help="timed calls per layer and round (median)")
     p.add_argument("--steps", type=int, default=2 if smoke else 5, help="timed steps per round (--models)")

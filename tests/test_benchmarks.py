@@ -212,9 +212,14 @@ def test_depthwise_lowerings_agree(env):
 
 def test_conv_lowering_choices_agree_per_layer_and_per_train_step(env):
     recs = run("conv_lowering.py", "--layers", env=env)
-    assert {r["impl"] for r in recs} == {"conv", "auto", "gather"}
-    by_layer = {r["model"]: r["gathered_by_auto"] for r in recs}
-    assert by_layer == {"conv3x3 2x2x8->8": True, "conv3x3 6x6x8->8": False, "conv1x1 12x12x8->4": True}
+    assert {r["impl"] for r in recs} == {"conv", "auto", "gather", "taps"}
+    by_layer = {r["model"]: (r["gathered_by_auto"], r["taps_by_auto"]) for r in recs}
+    assert by_layer == {
+        "conv3x3 2x2x8->8": (True, False),
+        "conv3x3 6x6x8->8": (False, False),
+        "conv1x1 12x12x8->4": (True, False),
+        "conv3x3 12x12x8->2": (False, True),  # 288 positions, taps' outputs 18 channels per 8 in
+    }
     for r in recs:
         assert r["train_ms"] > 0 and r["compiles_after_warmup"] == 0
         assert r["max_rel_diff"] < 1e-4  # the same convolution, summed in another order

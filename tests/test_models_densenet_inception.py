@@ -96,6 +96,18 @@ def test_layers_and_features_match_keras(pair):
         assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-4, (name, size)
 
 
+def test_densenet_growth_layers_on_the_cpu_are_products_of_their_taps_forward():
+    """At patch 224, batch 4, `conv_impl='auto'` runs DenseNet121's 3x3 growth layers (128 -> 32)
+    on the 56x56, 28x28 and 14x14 maps (6 + 12 + 24 of its 58) as `layers.taps_product_conv`;
+    the 7x7 ones (196 positions) and the stem stay XLA convolutions."""
+    graphdef, state = nnx.split(_abstract("densenet121"))
+    loss = lambda state, x: nnx.merge(graphdef, state)(x).sum()  # noqa: E731
+    images = jax.ShapeDtypeStruct((4, 224, 224, 3), jnp.float32)
+    forward = str(jax.make_jaxpr(loss)(state, images))
+    assert forward.count("custom_vjp_call") == 6 + 12 + 24
+    assert forward.count("conv_general_dilated[") == 1 + 16  # the stem, the last block's growth layers
+
+
 def test_bfloat16_forward_close_to_float32():
     """bf16 compute with f32 params, on a short DenseNet (same modules, cheap compile)."""
 
