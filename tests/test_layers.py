@@ -237,6 +237,7 @@ def test_taps_product_conv_sums_bfloat16_taps_in_float32():
         (16, 56, 128, 32, 3, False),  # batch 16: 14.5 M taps' outputs cost more than they save
         (4, 28, 128, 128, 3, False),  # wide out: YNNPACK runs it on both cores
         (4, 28, 32, 32, 3, False),  # taps' outputs 9x the input's channels
+        (32, 16, 48, 32, 3, False),  # the demo camnet's first layer: 6x, left as it was measured
         (4, 28, 128, 32, 1, False),  # a 1x1 kernel is gathered (a plain product)
     ],
 )

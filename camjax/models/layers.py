@@ -415,7 +415,7 @@ def _taps_product_wins(lhs_shape, rhs_shape) -> bool:
 
 
 _NARROW = 64
-_TAPS_GROWTH = 6
+_TAPS_GROWTH = 4
 _TAPS_ELEMENTS = 4 * 2**20
 
 
