@@ -340,10 +340,22 @@ def time_in_rounds(runners, rounds: int, steps: int) -> None:
     """`steps` timed calls of each runner's step per round, each round starting one runner
     later, so no runner always runs first or right after the same neighbour. Sets each runner's
     `times`, its compilations (`compiles`) and its minor page faults (`faults`: memory the C
-    library maps afresh, camjax.hostmem) over those calls."""
+    library maps afresh, camjax.hostmem) over those calls.
+
+    Says so on stderr when this process lacks the malloc huge pages camjax's commands start
+    with: a script run from outside benchmarks/ that imports this module does not start itself
+    again with them, and its steps then fault their memory in 4 KiB at a time (DenseNet121 at
+    patch 224: 195,338 faults a step against 456), so its times are not the ones camjax gets."""
+    from camjax import hostmem
     from camjax.hostmem import minor_faults
     from camjax.parallel import compile_count
 
+    if hostmem.why_not() is None:
+        print(
+            f"compare.time_in_rounds: this process runs without {hostmem.WANTED} (camjax.hostmem), unlike "
+            f"camjax's commands; start it with GLIBC_TUNABLES={hostmem.WANTED} to time what they get",
+            file=sys.stderr,
+        )
     for r in runners:
         r.times, r.compiles, r.faults = [], 0, 0
     for i in range(rounds):

@@ -55,6 +55,19 @@ def smoke_run(compare, monkeypatch, capsys, frameworks: str) -> tuple[dict, str]
     return {r["framework"]: r for r in map(json.loads, out.splitlines())}, err
 
 
+def test_time_in_rounds_says_when_the_process_lacks_huge_pages(compare, monkeypatch, capsys):
+    """A script outside benchmarks/ timing through compare does not get the huge pages camjax's
+    commands start with (camjax.hostmem); its times would be a different machine's."""
+    from camjax import hostmem
+
+    runner = types.SimpleNamespace(step=lambda: None)
+    for reason, warned in ((None, True), ("GLIBC_TUNABLES already sets glibc.malloc.hugetlb", False)):
+        monkeypatch.setattr(hostmem, "why_not", lambda reason=reason: reason)
+        compare.time_in_rounds([runner], 1, 2)
+        assert len(runner.times) == 2 and runner.compiles == 0
+        assert ("runs without glibc.malloc.hugetlb=1" in capsys.readouterr().err) == warned
+
+
 def test_camjax_and_keras_records(compare, monkeypatch, capsys):
     """The smoke defaults (2 rounds of 1 step, 1 warm-up) through camjax and both Keras paths, a
     tiny camnet against a tiny Keras CNN, in this process: seconds."""
