@@ -347,7 +347,6 @@ def time_in_rounds(runners, rounds: int, steps: int) -> None:
     again with them, and its steps then fault their memory in 4 KiB at a time (DenseNet121 at
     patch 224: 195,338 faults a step against 456), so its times are not the ones camjax gets."""
     from camjax import hostmem
-    from camjax.hostmem import minor_faults
     from camjax.parallel import compile_count
 
     if hostmem.why_not() is None:
@@ -361,10 +360,10 @@ def time_in_rounds(runners, rounds: int, steps: int) -> None:
     for i in range(rounds):
         first = i % len(runners) if runners else 0
         for r in runners[first:] + runners[:first]:
-            before, faults_before = compile_count(), minor_faults()
+            before, faults_before = compile_count(), hostmem.minor_faults()
             r.times += common.time_calls(r.step, steps)
             r.compiles += compile_count() - before
-            r.faults += minor_faults() - faults_before
+            r.faults += hostmem.minor_faults() - faults_before
 
 
 def base_record(args, kwargs, framework: str, **fields) -> dict:

@@ -82,9 +82,7 @@ def shifted_depthwise(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="
     c = x.shape[-1]
     if cout != c:  # depth multiplier m: output channel c * m + j reads input channel c
         x = jnp.repeat(x, cout // c, axis=-1)
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
-    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    x = jnp.pad(x, ((0, 0), *_explicit_pads(x.shape, kernel.shape, strides, padding), (0, 0)))
     return _taps_conv(x, kernel.reshape(kh, kw, cout), tuple(strides))
 
 
@@ -249,8 +247,7 @@ def gathered_taps_conv(lhs, rhs, window_strides, padding, precision=None, prefer
     to (kh*kw*cin, cout). A 1x1 stride-1 convolution is the product alone."""
     kh, kw, cin, cout = rhs.shape
     n, h, w, _ = lhs.shape
-    pads = jax.lax.padtype_to_pads((h, w), (kh, kw), window_strides, padding) if isinstance(padding, str) else padding
-    (pt, pb), (pl, pr) = pads
+    (pt, pb), (pl, pr) = _explicit_pads(lhs.shape, rhs.shape, window_strides, padding)
     if pt or pb or pl or pr:
         lhs = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     taps = _window_taps(lhs, (kh, kw), tuple(window_strides))
@@ -394,6 +391,8 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
 
 
 def _explicit_pads(lhs_shape, rhs_shape, strides, padding) -> tuple[tuple[int, int], ...]:
+    """((top, bottom), (left, right)) for an NHWC input and an HW... kernel, from 'SAME'/'VALID'
+    or given pairs."""
     if isinstance(padding, str):
         return tuple(jax.lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], tuple(strides), padding))
     return tuple((int(lo), int(hi)) for lo, hi in padding)
