@@ -1,10 +1,12 @@
 """Huge pages for malloc: the tunable merge, when a command starts itself again, and that a
 camjax command really runs with fewer page faults per block (camjax.hostmem says why)."""
 
+import ctypes.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +53,7 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
 
 def unset_environ() -> dict:
     """This environment without the tunables and the opt-out: a command started plainly."""
-    return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostmem.OPT_OUT)}
+    return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", hostmem.OPT_OUT)}
 
 
 def run_hostmem(**env) -> tuple[dict, int]:
@@ -81,3 +83,18 @@ def test_a_command_starts_itself_again_with_huge_pages():
     assert opted_out["glibc_tunables"] == "" and opted_out["why_not"] == "CAMJAX_HUGE_PAGES=0"
     if hostmem.thp_mode() != "always":  # with THP always, the kernel gives huge pages unasked
         assert opted_out["faults_per_64mib_block"] >= 0.9 * PAGES_4K
+
+
+def test_a_preloaded_allocator_survives_the_restart_and_is_recorded():
+    """An allocator preloaded in glibc's place (`LD_PRELOAD`, as RESULTS measures tcmalloc) is
+    still loaded after the command starts itself again, and every benchmark record names it
+    (`hostmem.state`). glibc's own libanl stands in for it: on every glibc host, and loaded by
+    nothing else in the command."""
+    lib = ctypes.util.find_library("anl")
+    assert lib, "no libanl on this host"
+    seen, _ = run_hostmem(LD_PRELOAD=lib)
+    assert seen["ld_preload"] == lib
+    assert any(Path(path).name == lib for path in seen["mapped_libraries"])
+    plain, _ = run_hostmem()
+    assert plain["ld_preload"] == ""
+    assert not any(Path(path).name == lib for path in plain["mapped_libraries"])

@@ -73,8 +73,15 @@ def why_not(environ=os.environ, glibc=None, thp=None) -> str | None:
 
 
 def state() -> dict:
-    """What a measurement should record about host memory: the tunables and the kernel's mode."""
-    return {"glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "transparent_hugepage": thp_mode()}
+    """What a measurement should record about host memory: the tunables, the kernel's mode and
+    any allocator preloaded in glibc's place (`LD_PRELOAD`: with tcmalloc, which keeps freed
+    blocks mapped, XLA:CPU's per-step block faults nothing in after the first step, for torch
+    in the same process as well; RESULTS "Another allocator for XLA:CPU's per-step block")."""
+    return {
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "transparent_hugepage": thp_mode(),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+    }
 
 
 def reexec_with_huge_pages() -> None:
@@ -96,6 +103,20 @@ def minor_faults() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def mapped_libraries() -> list[str]:
+    """The shared libraries mapped into this process (Linux: /proc/self/maps), by address."""
+    seen = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if ".so" in path and path not in seen:
+                    seen.append(path)
+    except OSError:
+        pass
+    return seen
 
 
 def faults_per_block(mib: int = 64, repeats: int = 8) -> float:
