@@ -52,7 +52,8 @@ def test_thp_mode_reads_the_bracketed_word(tmp_path):
 
 
 def unset_environ() -> dict:
-    """This environment without the tunables and the opt-out: a command started plainly."""
+    """This environment without the tunables, a preloaded library and the opt-out: a command
+    started plainly."""
     return {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD", hostmem.OPT_OUT)}
 
 
