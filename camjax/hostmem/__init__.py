@@ -111,8 +111,8 @@ def mapped_libraries() -> list[str]:
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
-                fields = line.split()  # address perms offset dev inode [path]
-                path = fields[5] if len(fields) >= 6 else ""
+                fields = line.split(maxsplit=5)  # address perms offset dev inode [path, spaces kept]
+                path = fields[5].strip() if len(fields) == 6 else ""
                 if ".so" in path and path not in seen:
                     seen.append(path)
     except OSError:
