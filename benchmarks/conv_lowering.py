@@ -108,44 +108,17 @@ def time_layers(args, choices) -> None:
 
 
 def time_models(args, choices) -> None:
-    import compare
-    import jax
+    import step_variants
 
-    for spec in common.csv_strs(args.models):
-        model, patch, batch = spec.split(":")
-        cargs = compare.parse_args(["--model", model, "--patch", patch, "--batch", batch])
-        host = common.synthetic_batch(cargs.batch, cargs.patch, num_classes=compare.NUM_CLASSES)
-        runners = {}
-        for choice in choices:
-            runner = compare.CamjaxRunner(cargs, {"conv_impl": choice}, host)
-            runner.setup.state, metrics = runner.setup.train_step(runner.setup.state, runner.batch)  # compiles once
-            runner.first_loss = float(jax.device_get(metrics["train/loss"]))
-            for _ in range(args.warmup - 1):
-                runner.step()
-            runners[choice] = runner
-        load_before = common.load_average()
-        compare.time_in_rounds(list(runners.values()), args.rounds, args.steps)
-        ips = {c: cargs.batch / common.median(r.times) for c, r in runners.items()}
-        first = choices[0]
-        for choice, r in runners.items():
-            common.emit(
-                common.record(
-                    "conv_lowering",
-                    model=model,
-                    patch=cargs.patch,
-                    batch=cargs.batch,
-                    impl=choice,
-                    images_per_sec=common.rounded(ips[choice], 3),
-                    ratio_to_first=common.rounded(ips[choice] / ips[first], 3),
-                    first_loss=r.first_loss,
-                    loss_rel_diff=abs(r.first_loss - runners[first].first_loss) / abs(runners[first].first_loss),
-                    **compare.spread(r.times),
-                    timed_steps=len(r.times),
-                    load_avg_before=load_before,
-                    peak_rss_mb=common.peak_rss_mb(),
-                    compiles_after_warmup=r.compiles,
-                )
-            )
+    step_variants.time_variants(
+        args.models,
+        [{"conv_impl": choice} for choice in choices],
+        steps=args.steps,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        benchmark="conv_lowering",
+        label=lambda kwargs: {"impl": kwargs["conv_impl"]},
+    )
 
 
 def main(argv=None) -> None:

@@ -229,6 +229,14 @@ def test_conv_lowering_choices_agree_per_layer_and_per_train_step(env):
     assert all(r["images_per_sec"] > 0 and r["compiles_after_warmup"] == 0 for r in steps)
 
 
+def test_step_variants_times_each_model_kwargs_variant_in_one_process(env):
+    variants = ['{"bn_grad": "autodiff"}', '{"bn_grad": "written"}']
+    recs = run("step_variants.py", "--models", "camnet:32:4", "--variants", *variants, env=env)
+    assert [r["model_kwargs"] for r in recs] == [{"bn_grad": "autodiff"}, {"bn_grad": "written"}]
+    assert recs[0]["ratio_to_first"] == 1.0 and recs[1]["loss_rel_diff"] < 1e-5  # the same network
+    assert all(r["images_per_sec"] > 0 and r["compiles_after_warmup"] == 0 for r in recs)
+
+
 def test_trace_time_traces_and_lowers_the_train_step(env):
     (rec,) = run("trace_time.py", env=env)
     assert rec["model"] == "camnet" and rec["patch"] == 64 and len(rec["seconds"]) == 1

@@ -372,6 +372,73 @@ def test_batchnorm_updates_like_flax_and_tracing_never_asks_a_tracer_for_its_sha
     assert len(messages) >= 16  # the probe it guards against: flax asks at each statistic update
 
 
+def _bn_fit(grad, x, weights, *, dtype=jnp.float32, use_scale=True, axis_name=None):
+    """Loss, gradients (input, scale, bias) and running statistics after one training-mode call
+    of a BatchNorm with the given gradient, under a ReLU6 and a weighted sum."""
+    bn = layers.BatchNorm(6, grad=grad, dtype=dtype, use_scale=use_scale, axis_name=axis_name, rngs=nnx.Rngs(0))
+    if use_scale:
+        bn.scale[...] = jnp.arange(1.0, 7.0)
+    bn.bias[...] = jnp.arange(6.0) - 2.0
+
+    def loss(x, bn):
+        return jnp.vdot(jnp.clip(bn(x, use_running_average=False).astype(jnp.float32), 0, 6), weights)
+
+    value, (dx, dbn) = nnx.value_and_grad(loss, argnums=(0, 1))(x, bn)
+    out = {"loss": value, "dx": dx, "dbias": dbn["bias"][...], "mean": bn.mean[...], "var": bn.var[...]}
+    if use_scale:
+        out["dscale"] = dbn["scale"][...]
+    return out
+
+
+@pytest.mark.parametrize(
+    "dtype,use_scale,rtol",
+    [(jnp.float32, True, 1e-5), (jnp.float32, False, 1e-5), (jnp.bfloat16, True, 1e-2)],
+)
+def test_batchnorm_written_gradient_equals_autodiff_of_flax(dtype, use_scale, rtol):
+    """BatchNorm's written gradient (two reductions, one elementwise pass) against JAX's
+    autodiff of flax's forward: the same loss, running statistics and gradients, to rounding
+    (bfloat16: the input's gradient is rounded to it at other points of autodiff's graph)."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(1.0, 3.0, size=(4, 9, 9, 6)), dtype)
+    x = x.at[..., 5].set(2.0)  # a constant channel: variance 0, clipped
+    weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    ours, theirs = (_bn_fit(grad, x, weights, dtype=dtype, use_scale=use_scale) for grad in ("written", "autodiff"))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        a, b = np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32)
+        assert np.all(np.isfinite(a)), name
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+    assert ours["dx"].dtype == dtype
+
+
+def test_batchnorm_written_gradient_averages_over_devices_like_autodiff():
+    """Under a named device axis (pmap's `bn_axis_name`; `vmap` names one here) the statistics
+    and the input's gradient see every device's batch, the parameters' gradients each
+    device's own, as autodiff of flax's pmean gives them."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(0.5, 2.0, size=(4, 2, 5, 5, 6)), jnp.float32)  # 4 devices, 2 images each
+    weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    fit = {
+        grad: jax.vmap(lambda x, w, grad=grad: _bn_fit(grad, x, w, axis_name="devices"), axis_name="devices")
+        for grad in ("written", "autodiff")
+    }
+    ours, theirs = fit["written"](x, weights), fit["autodiff"](x, weights)
+    for name in ours:
+        np.testing.assert_allclose(np.asarray(ours[name]), np.asarray(theirs[name]), rtol=1e-5, atol=1e-5, err_msg=name)
+    assert not np.allclose(np.asarray(ours["dscale"][0]), np.asarray(ours["dscale"][1]))  # each device's own
+    np.testing.assert_allclose(np.asarray(ours["mean"][0]), np.asarray(ours["mean"][3]), rtol=1e-6)  # global
+
+
+def test_batch_norm_train_refuses_a_gradient_through_its_statistics():
+    """Its mean and variance feed the running averages under stop_gradient; a loss that
+    differentiates them would get a wrong gradient, so it is an error instead."""
+    x = jnp.ones((2, 3, 3, 4)) * jnp.arange(4.0)
+    with pytest.raises(ValueError, match="differentiate y only"):
+        jax.grad(lambda x: layers.batch_norm_train(x, jnp.ones(4), jnp.zeros(4), 1e-3, None)[1].sum())(x)
+    with pytest.raises(ValueError, match="grad must be one of"):
+        layers.BatchNorm(4, grad="fast", rngs=nnx.Rngs(0))
+
+
 @pytest.mark.parametrize(
     "shape,window,strides",
     [

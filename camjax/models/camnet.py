@@ -38,6 +38,7 @@ class CamNet(nnx.Module):
         blocks: int = 2,
         in_channels: int = 3,
         conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
+        bn_grad: str = "autodiff",  # written | autodiff: see layers.BatchNorm (written lost here)
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -52,6 +53,7 @@ class CamNet(nnx.Module):
             bn_momentum=0.9,
             bn_epsilon=1e-5,
             conv_impl=conv_impl,
+            bn_grad=bn_grad,
         )
         layers = []
         cin = in_channels * stem * stem

@@ -73,6 +73,7 @@ class DenseNet(nnx.Module):
         stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
         in_channels: int = 3,
         conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
+        bn_grad: str = "written",  # written | autodiff: see layers.BatchNorm
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -88,6 +89,7 @@ class DenseNet(nnx.Module):
             bn_momentum=0.99,
             bn_epsilon=_BN_EPSILON,
             conv_impl=conv_impl,
+            bn_grad=bn_grad,
         )
         if stem_stride not in (1, 2):
             raise ValueError(f"DenseNet needs stem_stride 1 or 2, got {stem_stride}")

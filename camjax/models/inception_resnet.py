@@ -140,6 +140,7 @@ class InceptionResNetV2(nnx.Module):
         *,
         in_channels: int = 3,
         conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
+        bn_grad: str = "written",  # written | autodiff: see layers.BatchNorm
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -153,6 +154,7 @@ class InceptionResNetV2(nnx.Module):
             bn_momentum=0.99,
             bn_epsilon=1e-3,
             conv_impl=conv_impl,
+            bn_grad=bn_grad,
         )
         stem = []
         c = in_channels

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -556,13 +557,89 @@ class RunningStat(nnx.BatchStat):
             super().__setitem__(key, value)
 
 
-class BatchNorm(nnx.BatchNorm):
-    """`nnx.BatchNorm` with `RunningStat` statistics (same computation, same state layout)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x, scale, bias, epsilon: float, axis_name: str | None):
+    """Training-mode batch normalisation over every axis but the last: (y, mean, var).
 
-    def __init__(self, *args, **kwargs):
+    The same forward as flax's (`use_fast_variance`, statistics in float32, the variance
+    clipped at 0, `axis_name`'s devices averaged) with its gradient written out: two
+    per-channel reductions of the cotangent, then one elementwise pass for the input's
+    gradient. Autodiff of flax's forward reaches the same numbers through more passes over
+    the activations, which dominate the step of a network of thin layers on XLA:CPU
+    (MobileNetV2 at patch 224; benchmarks/RESULTS.md, "A batch norm with its own gradient").
+    `mean` and `var` are for the running averages only: their cotangents must be zero.
+    """
+    y, mean, var, _ = _batch_norm_forward(x, scale, bias, epsilon, axis_name)
+    return y, mean, var
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, axis_name):
+    axes = tuple(range(x.ndim - 1))
+    x32 = x.astype(jnp.float32)
+    moments = jnp.stack([x32.mean(axes), (x32 * x32).mean(axes)])
+    if axis_name is not None:
+        moments = jax.lax.pmean(moments, axis_name)
+    mean, mean_sq = moments[0], moments[1]
+    var = jnp.maximum(0.0, mean_sq - mean * mean)
+    inv = jax.lax.rsqrt(var + epsilon)
+    y = (x32 - mean) * (inv * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+    return y.astype(x.dtype), mean, var, inv
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name):
+    y, mean, var, inv = _batch_norm_forward(x.value, scale.value, bias.value, epsilon, axis_name)
+    return (y, mean, var), (x.value, scale.value, bias.value, mean, inv)
+
+
+def _batch_norm_train_bwd(epsilon, axis_name, residuals, cotangents):
+    x, scale, bias, mean, inv = residuals
+    g, g_mean, g_var = cotangents
+    if not (isinstance(g_mean, SymbolicZero) and isinstance(g_var, SymbolicZero)):
+        raise ValueError("batch_norm_train: differentiate y only; mean and var feed the running averages")
+    axes = tuple(range(x.ndim - 1))
+    g32 = g.astype(jnp.float32)
+    centred = x.astype(jnp.float32) - mean
+    sums = jnp.stack([g32.sum(axes), (g32 * centred).sum(axes)])  # this device's: the parameters' gradients
+    d_bias, d_scale = sums[0], sums[1] * inv
+    count = x.size // x.shape[-1]
+    if axis_name is not None:  # the input's gradient sees every device's batch, as the statistics did
+        sums = jax.lax.psum(sums, axis_name)
+        count = count * jax.lax.psum(1, axis_name)
+    scale32 = scale.astype(jnp.float32)
+    d_x = (scale32 * inv) * (g32 - sums[0] / count - centred * (inv * inv * sums[1] / count))
+    return d_x.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd, symbolic_zeros=True)
+
+BN_GRADS = ("written", "autodiff")
+
+
+class BatchNorm(nnx.BatchNorm):
+    """`nnx.BatchNorm` with `RunningStat` statistics (same state layout), whose training-mode
+    forward is `batch_norm_train` when `grad` is 'written' (the default) and flax's own,
+    differentiated by JAX, when it is 'autodiff'. Inference is flax's either way."""
+
+    def __init__(self, *args, grad: str = "written", **kwargs):
+        if grad not in BN_GRADS:
+            raise ValueError(f"BatchNorm grad must be one of {BN_GRADS}, got {grad!r}")
         super().__init__(*args, **kwargs)
+        self.grad = grad
         self.mean = RunningStat(self.mean.get_value())
         self.var = RunningStat(self.var.get_value())
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        training = not (self.use_running_average if use_running_average is None else use_running_average)
+        flax_only = mask is not None or self.axis_index_groups is not None or not self.use_fast_variance
+        if not training or self.grad == "autodiff" or flax_only or self.axis not in (-1, x.ndim - 1):
+            return super().__call__(x, use_running_average, mask=mask)
+        scale = self.scale[...] if self.scale is not None else jnp.ones((x.shape[-1],), self.param_dtype)
+        bias = self.bias[...] if self.bias is not None else jnp.zeros((x.shape[-1],), self.param_dtype)
+        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)  # as flax casts them
+        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
+        self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
+        self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
+        return y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -585,6 +662,7 @@ class Layers:
     conv_padding: typing.Any = "SAME"
     depthwise_impl: str = "auto"  # auto | shifts | conv: see conv_lowering
     conv_impl: str = "auto"  # auto | gather | taps | conv: see conv_lowering
+    bn_grad: str = "written"  # written | autodiff: see BatchNorm
 
     def conv(self, cin: int, cout: int, kernel, **overrides) -> nnx.Conv:
         kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
@@ -604,6 +682,7 @@ class Layers:
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             axis_name=self.bn_axis_name,
+            grad=self.bn_grad,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             rngs=self.rngs,

@@ -87,6 +87,7 @@ class MobileNet(nnx.Module):
         depth_multiplier: int = 1,
         depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.conv_lowering
         conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
+        bn_grad: str = "written",  # written | autodiff: see layers.BatchNorm
         stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
         in_channels: int = 3,
         dtype=jnp.float32,
@@ -105,6 +106,7 @@ class MobileNet(nnx.Module):
             bn_epsilon=1e-3,
             depthwise_impl=depthwise_impl,
             conv_impl=conv_impl,
+            bn_grad=bn_grad,
         )
         cin = int(32 * alpha)
         if stem_stride not in (1, 2):
@@ -186,6 +188,7 @@ class MobileNetV2(nnx.Module):
         alpha: float = 1.0,
         depthwise_impl: str = "auto",  # auto | shifts | conv: see layers.conv_lowering
         conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
+        bn_grad: str = "written",  # written | autodiff: see layers.BatchNorm
         stem_stride: int = 2,  # the first convolution's stride (Keras: 2)
         zero_init_residual: bool = False,  # residual blocks' projection BatchNorm scale starts at 0
         in_channels: int = 3,
@@ -205,6 +208,7 @@ class MobileNetV2(nnx.Module):
             bn_epsilon=1e-3,
             depthwise_impl=depthwise_impl,
             conv_impl=conv_impl,
+            bn_grad=bn_grad,
         )
         cin = make_divisible(32 * alpha)
         if stem_stride not in (1, 2):

@@ -96,6 +96,7 @@ class ResNet50(nnx.Module):
         stem_pool: bool = True,  # the 3x3 stride-2 max pool after the stem (Keras: True)
         zero_init_residual: bool = False,  # each block's last BatchNorm scale starts at 0 (Goyal et al.)
         conv_impl: str = "auto",  # auto | gather | taps | conv: see layers.conv_lowering
+        bn_grad: str = "written",  # written | autodiff: see layers.BatchNorm
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         bn_axis_name: str | None = None,
@@ -111,6 +112,7 @@ class ResNet50(nnx.Module):
             conv_bias=True,
             conv_padding="VALID",
             conv_impl=conv_impl,
+            bn_grad=bn_grad,
         )
         if stem_stride not in (1, 2):
             raise ValueError(f"ResNet50 needs stem_stride 1 or 2, got {stem_stride}")
