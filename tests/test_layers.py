@@ -203,8 +203,9 @@ TAPS_CASES = [  # size, cin, cout, kernel (h, w), padding: stride 1 only
 
 
 @pytest.mark.parametrize("size,cin,cout,k,padding", TAPS_CASES)
-def test_taps_product_conv_matches_lax_forward_and_takes_its_gradients(size, cin, cout, k, padding):
-    """The forward to float rounding; the gradients are XLA's convolution's own, so equal."""
+def test_taps_product_conv_matches_lax_forward_and_gradients(size, cin, cout, k, padding):
+    """The forward and the kernel's gradient (a product of the cotangent's shifted taps) to float
+    rounding; the input's gradient is XLA's convolution's own, so equal."""
     rng = np.random.default_rng(size * 10 + cout)
     x = jnp.asarray(rng.normal(size=(2, size, size + 1, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*k, cin, cout)), jnp.float32)
@@ -213,8 +214,35 @@ def test_taps_product_conv_matches_lax_forward_and_takes_its_gradients(size, cin
     got, pull_got = jax.vjp(lambda x, w: layers.taps_product_conv(x, w, pads), x, kernel)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
-    for got_grad, want_grad in zip(pull_got(cotangent), pull_want(cotangent)):
-        np.testing.assert_array_equal(got_grad, want_grad)
+    (got_dx, got_dk), (want_dx, want_dk) = pull_got(cotangent), pull_want(cotangent)
+    np.testing.assert_array_equal(got_dx, want_dx)
+    assert got_dk.dtype == want_dk.dtype and got_dk.shape == want_dk.shape
+    np.testing.assert_allclose(got_dk, want_dk, rtol=1e-5, atol=1e-5 * float(jnp.abs(want_dk).max()))
+
+
+def test_taps_product_conv_kernel_gradient_in_bfloat16_accumulates_in_float32():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, 12, 12, 16)), jnp.float32).astype(jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 4)), jnp.float32).astype(jnp.bfloat16)
+    g = jnp.asarray(rng.normal(size=(2, 12, 12, 4)), jnp.float32).astype(jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    _, pull = jax.vjp(lambda w: layers.taps_product_conv(x, w, pads), kernel)
+    (got,) = pull(g)
+    f32 = [a.astype(jnp.float32) for a in (x, kernel, g)]
+    (exact,) = jax.vjp(lambda w: lax_conv(f32[0], w, (1, 1), pads), f32[1])[1](f32[2])
+    assert got.dtype == jnp.bfloat16
+    # 288 products per entry summed in float32, then one rounding to bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), exact, rtol=2**-8, atol=2**-8 * float(jnp.abs(exact).max()))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_written_out_returns_its_input_exactly_through_a_product(dtype):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 5, 7, 6)) * 10.0 ** rng.integers(-20, 20, size=(2, 5, 7, 6)), dtype)
+    got = layers.written_out(x)
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(x, np.float32))
+    assert "dot_general" in str(jax.make_jaxpr(layers.written_out)(x))  # what XLA does not fuse into consumers
 
 
 def test_taps_product_conv_sums_bfloat16_taps_in_float32():

@@ -99,7 +99,8 @@ def test_layers_and_features_match_keras(pair):
 def test_densenet_growth_layers_on_the_cpu_are_products_of_their_taps_forward():
     """At patch 224, batch 4, `conv_impl='auto'` runs DenseNet121's 3x3 growth layers (128 -> 32)
     on the 56x56, 28x28 and 14x14 maps (6 + 12 + 24 of its 58) as `layers.taps_product_conv`;
-    the 7x7 ones (196 positions) and the stem stay XLA convolutions."""
+    the 7x7 ones (196 positions) and the stem stay XLA convolutions. The stem's max pool is
+    `layers.max_pool`'s slices."""
     graphdef, state = nnx.split(_abstract("densenet121"))
     loss = lambda state, x: nnx.merge(graphdef, state)(x).sum()  # noqa: E731
     images = jax.ShapeDtypeStruct((4, 224, 224, 3), jnp.float32)
@@ -107,6 +108,7 @@ def test_densenet_growth_layers_on_the_cpu_are_products_of_their_taps_forward():
     assert forward.count("fwd=_taps_product_conv_fwd") == 6 + 12 + 24
     assert forward.count("fwd=_batch_norm_train_fwd") == 121  # every BatchNorm, training mode
     assert forward.count("conv_general_dilated[") == 1 + 16  # the stem, the last block's growth layers
+    assert forward.count("fwd=_shifted_max_fwd") == 1 and "reduce_window_max" not in forward
 
 
 def test_bfloat16_forward_close_to_float32():

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.layers import Layers
+from camjax.models.layers import Layers, max_pool
 from camjax.models.registry import register
 
 _BN_EPSILON = 1.001e-5
@@ -115,8 +115,7 @@ class DenseNet(nnx.Module):
         x = nnx.relu(self.conv1_bn(self.conv1_conv(x)))
         if self.stem_pool:  # Keras' ZeroPadding2D(1) before the 'valid' max pool.
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            # lax's pool: the slices of layers.max_pool lose here (its docstring says why).
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+            x = max_pool(x, (3, 3), (2, 2))
         for stage in self.stages:
             for layer in stage:
                 x = layer(x)

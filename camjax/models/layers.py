@@ -183,10 +183,8 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], im
     Why: autodiff's gradient of `lax.reduce_window` max tracks each window's argmax through a
     variadic reduce-window over four int32 index maps the size of the input, which XLA:CPU
     writes out on one thread (`wrapped_iota`, 22-27 ms of ResNet50's step at patch 224;
-    benchmarks/RESULTS.md, "Where the train step's time goes", "Max pools from slices").
-    DenseNet keeps `nnx.max_pool`: its pooled map feeds a whole dense block, and XLA fuses that
-    block's summed cotangent into this gradient's loop, recomputing it per window position
-    (0.93-1.01x there)."""
+    benchmarks/RESULTS.md, "Where the train step's time goes", "DenseNet's cotangents written
+    out once")."""
     if impl not in ("auto", "shifts", "lax"):
         raise ValueError(f"unknown max pool implementation {impl!r}; expected auto, shifts or lax")
     (kh, kw), (sh, sw) = window, strides
@@ -199,6 +197,21 @@ def max_pool(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], im
 def _window_taps(x: jax.Array, window: tuple[int, int], strides: tuple[int, int]) -> list[jax.Array]:
     out_hw = (_out_size(x.shape[1], window[0], strides[0]), _out_size(x.shape[2], window[1], strides[1]))
     return [_tap(x, i, j, out_hw, strides) for i in range(window[0]) for j in range(window[1])]
+
+
+def written_out(x: jax.Array) -> jax.Array:
+    """`x`, as the product of its last axis with the identity: the same values (ones times
+    finite values plus zeros, at full precision), but written to memory once. XLA:CPU fuses an
+    elementwise producer into each of its consumers and recomputes it there; a product it
+    computes once. Gradients that read their cotangent as several shifted taps take it through
+    here, since in DenseNet that cotangent is a sum of many BatchNorm gradients, and a taps
+    loop with the sum fused in ran at 0.70-0.93x the step without it (benchmarks/RESULTS.md,
+    "Narrow convolutions as products of their taps", "DenseNet's cotangents written out once").
+    XLA:CPU drops `lax.optimization_barrier` before fusion, so a barrier cannot say this."""
+    c = x.shape[-1]
+    eye = jnp.eye(c, dtype=x.dtype)
+    flat = jax.lax.dot_general(x.reshape(-1, c), eye, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
+    return flat.reshape(x.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -223,6 +236,7 @@ def _shifted_max_bwd(window, strides, residuals, g):
     interleave into the input grid with one reshape."""
     first, (n, h, w, c) = residuals
     (kh, kw), (sh, sw) = window, strides
+    g = written_out(g)  # read once per window position below
     oh, ow = g.shape[1:3]
     ph, pw = -(-h // sh), -(-w // sw)  # rows and columns per phase
     zero = jnp.zeros((), g.dtype)
@@ -271,9 +285,8 @@ def taps_product_conv(lhs, rhs, pads, precision=None, preferred_element_type=Non
     then each tap's outputs shifted into place and summed. XLA:CPU runs the product on every
     core, where YNNPACK runs a convolution with 64 or fewer output channels on one, and for a
     layer that narrows (DenseNet's 128 -> 32) the taps' outputs are small to shift. The
-    gradients are XLA's convolution's: autodiff of the product would gather the cotangent's
-    shifted taps, and in a whole step that gather and its products lost to the convolution's
-    gradients (benchmarks/RESULTS.md, "Narrow convolutions as products of their taps")."""
+    gradients are `_taps_product_conv_bwd`'s (benchmarks/RESULTS.md, "Narrow convolutions as
+    products of their taps", "DenseNet's cotangents written out once")."""
     kh, kw, cin, cout = rhs.shape
     n, h, w, _ = lhs.shape
     (pt, pb), (pl, pr) = pads
@@ -312,8 +325,32 @@ def _taps_product_conv_fwd(lhs, rhs, pads, precision, preferred_element_type):
 
 
 def _taps_product_conv_bwd(pads, precision, preferred_element_type, residuals, g):
-    _, pullback = jax.vjp(lambda x, k: _xla_conv(x, k, pads, precision, preferred_element_type), *residuals)
-    return pullback(g)
+    """The input's gradient is XLA's convolution's. The kernel's is one product of the
+    cotangent's kh*kw shifted taps side by side with the input, (kh*kw*cout, positions) x
+    (positions, cin), which XLA:CPU runs on every core straight from the input's NHWC layout.
+    XLA's kernel-gradient convolution runs on one core (YNNPACK, 32 outputs) after a copy of the
+    input transposed batch-minor, which XLA fills by recomputing the layer's BatchNorm and ReLU
+    at a poor stride (5-12 ms a layer on DenseNet121's 56x56 maps at batch 4). The cotangent is
+    written out first (`written_out`): in a dense block it is the sum of every later layer's
+    BatchNorm gradient, which XLA would otherwise recompute in each tap."""
+    x, k = residuals
+    g = written_out(g)
+    _, pullback = jax.vjp(lambda x: _xla_conv(x, k, pads, precision, preferred_element_type), x)
+    (dx,) = pullback(g)
+    kh, kw, cin, cout = k.shape
+    n, h, w, _ = x.shape
+    (pt, _), (pl, _) = pads
+    # Input position q meets kernel tap (i, j) at output position q + (pt - i, pl - j).
+    gp = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    taps = [gp[:, kh - 1 + pt - i :][:, :h, kw - 1 + pl - j :][:, :, :w] for i in range(kh) for j in range(kw)]
+    dk = jax.lax.dot_general(
+        jnp.concatenate(taps, axis=-1).reshape(n * h * w, kh * kw * cout),
+        x.reshape(n * h * w, cin),
+        (((0,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=jnp.float32,
+    )
+    return dx, dk.reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2).astype(k.dtype)
 
 
 taps_product_conv.defvjp(_taps_product_conv_fwd, _taps_product_conv_bwd)
