@@ -340,9 +340,11 @@ def _taps_product_conv_bwd(pads, precision, preferred_element_type, residuals, g
     kh, kw, cin, cout = k.shape
     n, h, w, _ = x.shape
     (pt, _), (pl, _) = pads
-    # Input position q meets kernel tap (i, j) at output position q + (pt - i, pl - j).
+    # Input position q meets kernel tap (i, j) at output position q + (pt - i, pl - j); the
+    # cotangent padded by kh - 1 and kw - 1 on every side holds that for every q of the input.
     gp = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
-    taps = [gp[:, kh - 1 + pt - i :][:, :h, kw - 1 + pl - j :][:, :, :w] for i in range(kh) for j in range(kw)]
+    top, left = kh - 1 + pt, kw - 1 + pl
+    taps = [gp[:, top - i : top - i + h, left - j : left - j + w] for i in range(kh) for j in range(kw)]
     dk = jax.lax.dot_general(
         jnp.concatenate(taps, axis=-1).reshape(n * h * w, kh * kw * cout),
         x.reshape(n * h * w, cin),
