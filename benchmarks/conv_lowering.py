@@ -1,7 +1,7 @@
 """Dense convolutions on the CPU: XLA's convolution ('conv') against the lowerings of
 camjax.models.layers.conv_lowering - the matrix product over gathered taps ('gather'), the
-product with every tap's kernel and a shifted sum ('taps', stride 1; its gradients are the
-convolution's) - and the rule 'auto' applies (a gathered product for 1x1 kernels, for kernels
+product with every tap's kernel and a shifted sum ('taps', stride 1; its input's gradient is the
+convolution's, its kernel's a product of the cotangent's shifted taps) - and the rule 'auto' applies (a gathered product for 1x1 kernels, for kernels
 larger than their input map, and for convolutions with 256 or more channels in and out over at
 most 256 positions: `layers._gather_wins`; the taps' product for narrow layers over mid-sized
 maps: `layers._taps_product_wins`).
