@@ -467,6 +467,88 @@ def test_batch_norm_train_refuses_a_gradient_through_its_statistics():
         layers.BatchNorm(4, grad="fast", rngs=nnx.Rngs(0))
 
 
+def _relu_concat_fit(path, pieces, weights, *, dtype=jnp.float32, axis_name=None, train=True):
+    """Loss, gradients (the concatenated pieces', scale, bias) and running statistics after one
+    call of relu(BatchNorm(concatenate(pieces))): `path` 'pieces' is `BatchNorm.relu_concat`,
+    'flax' concatenates and runs flax's BatchNorm under JAX's autodiff."""
+    c = sum(p.shape[-1] for p in pieces)
+    bn = layers.BatchNorm(
+        c, grad="written" if path == "pieces" else "autodiff", dtype=dtype, axis_name=axis_name, rngs=nnx.Rngs(0)
+    )
+    bn.scale[...] = jnp.linspace(0.5, 1.5, c)
+    bn.bias[...] = jnp.linspace(-1.0, 0.5, c)
+    bn.mean[...] = jnp.linspace(-0.2, 0.2, c)
+    if not train:
+        bn.eval()
+
+    def loss(pieces, bn):
+        if path == "pieces":
+            z = bn.relu_concat(pieces, [bn.piece_moments(p) for p in pieces])
+        else:
+            z = jax.nn.relu(bn(jnp.concatenate(pieces, axis=-1)))
+        assert z.dtype == dtype
+        return jnp.vdot(z.astype(jnp.float32), weights)
+
+    value, (d_pieces, dbn) = nnx.value_and_grad(loss, argnums=(0, 1))(pieces, bn)
+    return {
+        "loss": value,
+        "dx": jnp.concatenate(d_pieces, axis=-1),
+        "dscale": dbn["scale"][...],
+        "dbias": dbn["bias"][...],
+        "mean": bn.mean[...],
+        "var": bn.var[...],
+    }
+
+
+def _pieces(shape, widths, dtype, seed):
+    rng = np.random.default_rng(seed)
+    pieces = [jnp.asarray(rng.normal(0.5, 2.0, size=(*shape, w)), dtype) for w in widths]
+    pieces[1] = pieces[1].at[..., 0].set(2.0)  # a constant channel: variance 0, clipped
+    return pieces, jnp.asarray(rng.normal(size=(*shape, sum(widths))), jnp.float32)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_relu_concat_of_pieces_equals_flax_on_the_concatenation(dtype, rtol):
+    """A dense block's BatchNorm-ReLU over its feature maps kept apart, from each map's own
+    statistics, against concatenating them and running flax's BatchNorm under autodiff: the
+    same output, running statistics and gradients (the pieces', through the statistics too)."""
+    pieces, weights = _pieces((3, 5, 4), (4, 3, 1, 8), dtype, seed=0)
+    ours, theirs = (_relu_concat_fit(path, pieces, weights, dtype=dtype) for path in ("pieces", "flax"))
+    for name in ours:
+        a, b = np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32)
+        assert np.all(np.isfinite(a)), name
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+    assert ours["dx"].dtype == dtype
+
+
+def test_relu_concat_of_pieces_averages_over_devices_and_is_flax_in_eval_mode():
+    """Under a named device axis the statistics and the input's gradient see every device's
+    batch, as flax's pmean gives them; in eval mode it is flax's BatchNorm on the
+    concatenation, running averages and all."""
+    pieces, weights = _pieces((4, 2, 3, 3), (2, 5), jnp.float32, seed=1)  # 4 devices, 2 images each
+    fit = {
+        path: jax.vmap(lambda p, w, path=path: _relu_concat_fit(path, p, w, axis_name="devices"), axis_name="devices")
+        for path in ("pieces", "flax")
+    }
+    ours, theirs = fit["pieces"](pieces, weights), fit["flax"](pieces, weights)
+    for name in ours:
+        np.testing.assert_allclose(np.asarray(ours[name]), np.asarray(theirs[name]), rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(np.asarray(ours["mean"][0]), np.asarray(ours["mean"][3]), rtol=1e-6)  # global
+    pieces, weights = _pieces((2, 3, 3), (2, 5), jnp.float32, seed=2)
+    ours, theirs = (_relu_concat_fit(path, pieces, weights, train=False) for path in ("pieces", "flax"))
+    for name in ours:
+        np.testing.assert_array_equal(np.asarray(ours[name]), np.asarray(theirs[name]), err_msg=name)
+
+
+def test_relu_concat_of_pieces_refuses_a_gradient_through_its_statistics():
+    pieces = [jnp.ones((2, 3, 3, 2)) * jnp.arange(2.0), jnp.ones((2, 3, 3, 1))]
+    moments = [layers.moments(p, None) for p in pieces]
+    with pytest.raises(ValueError, match="differentiate z only"):
+        jax.grad(lambda p: layers.batch_norm_relu_concat(p, moments, jnp.ones(3), jnp.zeros(3), 1e-3, None)[2].sum())(
+            pieces
+        )
+
+
 @pytest.mark.parametrize(
     "shape,window,strides",
     [

@@ -100,15 +100,44 @@ def test_densenet_growth_layers_on_the_cpu_are_products_of_their_taps_forward():
     """At patch 224, batch 4, `conv_impl='auto'` runs DenseNet121's 3x3 growth layers (128 -> 32)
     on the 56x56, 28x28 and 14x14 maps (6 + 12 + 24 of its 58) as `layers.taps_product_conv`;
     the 7x7 ones (196 positions) and the stem stay XLA convolutions. The stem's max pool is
-    `layers.max_pool`'s slices."""
+    `layers.max_pool`'s slices. Every BatchNorm on a dense block's feature maps takes them
+    apart (`relu_concat`): the 58 growth layers' first, the 3 transitions' and the last."""
     graphdef, state = nnx.split(_abstract("densenet121"))
     loss = lambda state, x: nnx.merge(graphdef, state)(x).sum()  # noqa: E731
     images = jax.ShapeDtypeStruct((4, 224, 224, 3), jnp.float32)
     forward = str(jax.make_jaxpr(loss)(state, images))
     assert forward.count("fwd=_taps_product_conv_fwd") == 6 + 12 + 24
-    assert forward.count("fwd=_batch_norm_train_fwd") == 121  # every BatchNorm, training mode
+    assert forward.count("fwd=_batch_norm_train_fwd") == 1 + 58  # the stem's, the growth layers' second
+    assert forward.count("fwd=_bn_relu_concat_fwd") == 58 + 3 + 1
     assert forward.count("conv_general_dilated[") == 1 + 16  # the stem, the last block's growth layers
     assert forward.count("fwd=_shifted_max_fwd") == 1 and "reduce_window_max" not in forward
+
+
+def test_training_gradients_equal_flax_batchnorm_on_each_concatenation():
+    """Training mode, a short DenseNet: its feature maps kept apart (`BatchNorm.relu_concat`)
+    against the same weights with flax's BatchNorm on every concatenation under autodiff
+    (`bn_grad='autodiff'`): the same loss, running statistics and gradients, to rounding."""
+
+    def fit(bn_grad):
+        model = densenet.DenseNet(blocks=(2, 3, 1, 1), bn_grad=bn_grad, rngs=nnx.Rngs(0))
+        graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64, 64, 3)), jnp.float32)
+        weights = jnp.asarray(np.random.default_rng(1).normal(size=(4, 2, 2, model.num_features)), jnp.float32)
+
+        def loss(params, stats):
+            model = nnx.merge(graphdef, params, stats, copy=True)
+            return jnp.vdot(model(x), weights), nnx.state(model, nnx.BatchStat)
+
+        (value, stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, stats)
+        return value, jax.tree.leaves(grads), jax.tree.leaves(stats), str(jax.make_jaxpr(loss)(params, stats))
+
+    ours, theirs = fit("written"), fit("autodiff")
+    assert ours[3].count("_bn_relu_concat_fwd") == 2 + 3 + 1 + 1 + 3 + 1 and "_bn_relu_concat_fwd" not in theirs[3]
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-5)
+    for name, a, b in (("gradients", ours[1], theirs[1]), ("statistics", ours[2], theirs[2])):
+        scale = max(float(np.abs(np.asarray(t)).max()) for t in b)
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-3, atol=1e-4 * scale, err_msg=name)
 
 
 def test_bfloat16_forward_close_to_float32():

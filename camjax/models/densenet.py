@@ -20,7 +20,9 @@ _BN_EPSILON = 1.001e-5
 
 
 class ConvBlock(nnx.Module):
-    """BN-ReLU-1x1 conv (4k) - BN-ReLU-3x3 conv (k), concatenated to its input (Keras' conv_block)."""
+    """BN-ReLU-1x1 conv (4k) - BN-ReLU-3x3 conv (k) on the concatenation of the block's feature
+    maps so far (Keras' conv_block): returns the k new channels, which Keras concatenates to
+    its input. The maps stay apart (`BatchNorm.relu_concat`)."""
 
     def __init__(self, cin: int, growth_rate: int, name: str, make: Layers):
         self.name = name
@@ -29,10 +31,9 @@ class ConvBlock(nnx.Module):
         self.bn1 = make.bn(4 * growth_rate)
         self.conv2 = make.conv(4 * growth_rate, growth_rate, 3)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.conv1(nnx.relu(self.bn0(x)))
-        y = self.conv2(nnx.relu(self.bn1(y)))
-        return jnp.concatenate([x, y], axis=-1)
+    def __call__(self, pieces: list[jax.Array], piece_moments: list) -> jax.Array:
+        y = self.conv1(self.bn0.relu_concat(pieces, piece_moments))
+        return self.conv2(nnx.relu(self.bn1(y)))
 
     def keras_layers(self) -> list[tuple[str, nnx.Module]]:
         n = self.name
@@ -53,8 +54,8 @@ class Transition(nnx.Module):
         self.bn = make.bn(cin)
         self.conv = make.conv(cin, self.num_features, 1)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(nnx.relu(self.bn(x)))
+    def __call__(self, pieces: list[jax.Array], piece_moments: list) -> jax.Array:
+        x = self.conv(self.bn.relu_concat(pieces, piece_moments))
         return nnx.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
     def keras_layers(self) -> list[tuple[str, nnx.Module]]:
@@ -116,10 +117,17 @@ class DenseNet(nnx.Module):
         if self.stem_pool:  # Keras' ZeroPadding2D(1) before the 'valid' max pool.
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
             x = max_pool(x, (3, 3), (2, 2))
+        # A dense block's feature maps stay a list (`ConvBlock`), each with its BatchNorm
+        # statistics, computed once: every later layer of the block normalises it again.
+        pieces, piece_moments = [x], [self.bn.piece_moments(x)]
         for stage in self.stages:
             for layer in stage:
-                x = layer(x)
-        return nnx.relu(self.bn(x))
+                y = layer(pieces, piece_moments)
+                if isinstance(layer, Transition):
+                    pieces, piece_moments = [], []
+                pieces.append(y)
+                piece_moments.append(self.bn.piece_moments(y))
+        return self.bn.relu_concat(pieces, piece_moments)
 
     def keras_layers(self) -> list[tuple[str, nnx.Module]]:
         """(Keras layer name, module) in the order of the Keras model's weighted layers."""

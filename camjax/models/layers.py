@@ -612,16 +612,25 @@ def batch_norm_train(x, scale, bias, epsilon: float, axis_name: str | None):
     return y, mean, var
 
 
-def _batch_norm_forward(x, scale, bias, epsilon, axis_name):
+def moments(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """(2, channels) float32: each channel's mean and mean square over every other axis (and
+    over `axis_name`'s devices), the statistics a training-mode BatchNorm normalises with."""
     axes = tuple(range(x.ndim - 1))
     x32 = x.astype(jnp.float32)
-    moments = jnp.stack([x32.mean(axes), (x32 * x32).mean(axes)])
-    if axis_name is not None:
-        moments = jax.lax.pmean(moments, axis_name)
-    mean, mean_sq = moments[0], moments[1]
+    stacked = jnp.stack([x32.mean(axes), (x32 * x32).mean(axes)])
+    return stacked if axis_name is None else jax.lax.pmean(stacked, axis_name)
+
+
+def _statistics(stacked_moments: jax.Array, epsilon: float):
+    """(mean, variance clipped at 0, 1 / sqrt(variance + epsilon)) from `moments`."""
+    mean, mean_sq = stacked_moments[0], stacked_moments[1]
     var = jnp.maximum(0.0, mean_sq - mean * mean)
-    inv = jax.lax.rsqrt(var + epsilon)
-    y = (x32 - mean) * (inv * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+    return mean, var, jax.lax.rsqrt(var + epsilon)
+
+
+def _batch_norm_forward(x, scale, bias, epsilon, axis_name):
+    mean, var, inv = _statistics(moments(x, axis_name), epsilon)
+    y = (x.astype(jnp.float32) - mean) * (inv * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
     return y.astype(x.dtype), mean, var, inv
 
 
@@ -651,6 +660,76 @@ def _batch_norm_train_bwd(epsilon, axis_name, residuals, cotangents):
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd, symbolic_zeros=True)
 
+
+def _channel_slices(pieces) -> list[slice]:
+    ends = np.cumsum([p.shape[-1] for p in pieces])
+    return [slice(int(end - p.shape[-1]), int(end)) for p, end in zip(pieces, ends)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def batch_norm_relu_concat(pieces, piece_moments, scale, bias, epsilon: float, axis_name: str | None):
+    """relu(training-mode BatchNorm(concatenate(pieces, -1))) from each piece's `moments`:
+    (z, mean, var), as `batch_norm_train` gives them for the concatenation.
+
+    Each layer of a dense block normalises the concatenation of every feature map before it.
+    Concatenating the maps first means copying them all once per layer, reading the copy
+    again for its statistics, and slicing its cotangent apart in the backward pass. Here
+    each map is normalised where it lies and only the normalised maps, which the 1x1
+    convolution reads, are concatenated; a map's statistics, the same in every layer, come
+    in computed once (`moments`). The gradient is BatchNorm's written one (`batch_norm_train`)
+    through the ReLU, piece by piece; it includes the path through the statistics, so
+    `piece_moments` get a zero cotangent.
+    """
+    z, mean, var, _ = _bn_relu_concat_forward(pieces, piece_moments, scale, bias, epsilon)
+    return z, mean, var
+
+
+def _bn_relu_concat_forward(pieces, piece_moments, scale, bias, epsilon):
+    mean, var, inv = _statistics(jnp.concatenate(piece_moments, axis=1), epsilon)
+    a, b = inv * scale.astype(jnp.float32), bias.astype(jnp.float32)
+    normalised = [
+        jax.nn.relu((p.astype(jnp.float32) - mean[s]) * a[s] + b[s]) for p, s in zip(pieces, _channel_slices(pieces))
+    ]
+    return jnp.concatenate(normalised, axis=-1).astype(pieces[0].dtype), mean, var, inv
+
+
+def _bn_relu_concat_fwd(pieces, piece_moments, scale, bias, epsilon, axis_name):
+    pieces = tuple(p.value for p in pieces)
+    moments_, scale, bias = tuple(m.value for m in piece_moments), scale.value, bias.value
+    z, mean, var, inv = _bn_relu_concat_forward(pieces, moments_, scale, bias, epsilon)
+    return (z, mean, var), (pieces, moments_, scale, bias, mean, inv)
+
+
+def _bn_relu_concat_bwd(epsilon, axis_name, residuals, cotangents):
+    pieces, piece_moments, scale, bias, mean, inv = residuals
+    g, g_mean, g_var = cotangents
+    if not (isinstance(g_mean, SymbolicZero) and isinstance(g_var, SymbolicZero)):
+        raise ValueError("batch_norm_relu_concat: differentiate z only; mean and var feed the running averages")
+    axes = tuple(range(g.ndim - 1))
+    a, b = inv * scale.astype(jnp.float32), bias.astype(jnp.float32)
+    slices = _channel_slices(pieces)
+    centred, g_kept = [], []  # per piece: x - mean, and the cotangent where the ReLU passed it
+    for p, s in zip(pieces, slices):
+        c = p.astype(jnp.float32) - mean[s]
+        centred.append(c)
+        g_kept.append(jnp.where(c * a[s] + b[s] > 0, g[..., s].astype(jnp.float32), 0.0))
+    sums = jnp.concatenate([jnp.stack([gk.sum(axes), (gk * c).sum(axes)]) for gk, c in zip(g_kept, centred)], axis=1)
+    d_bias, d_scale = sums[0], sums[1] * inv
+    count = g.size // g.shape[-1]
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+        count = count * jax.lax.psum(1, axis_name)
+    gain, shift, slope = a, sums[0] / count, inv * inv * sums[1] / count
+    d_pieces = tuple(
+        (gain[s] * (gk - shift[s] - c * slope[s])).astype(p.dtype)
+        for p, s, gk, c in zip(pieces, slices, g_kept, centred)
+    )
+    zeros = tuple(jnp.zeros_like(m) for m in piece_moments)
+    return d_pieces, zeros, d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
+
+
+batch_norm_relu_concat.defvjp(_bn_relu_concat_fwd, _bn_relu_concat_bwd, symbolic_zeros=True)
+
 BN_GRADS = ("written", "autodiff")
 
 
@@ -668,17 +747,44 @@ class BatchNorm(nnx.BatchNorm):
         self.var = RunningStat(self.var.get_value())
 
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
-        training = not (self.use_running_average if use_running_average is None else use_running_average)
-        flax_only = mask is not None or self.axis_index_groups is not None or not self.use_fast_variance
-        if not training or self.grad == "autodiff" or flax_only or self.axis not in (-1, x.ndim - 1):
+        if not self._written(x, use_running_average, mask):
             return super().__call__(x, use_running_average, mask=mask)
         scale = self.scale[...] if self.scale is not None else jnp.ones((x.shape[-1],), self.param_dtype)
         bias = self.bias[...] if self.bias is not None else jnp.zeros((x.shape[-1],), self.param_dtype)
         x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)  # as flax casts them
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
+        self._update_running_averages(mean, var)
+        return y
+
+    def _written(self, x, use_running_average=None, mask=None) -> bool:
+        """Whether a call on `x` takes the written training-mode path rather than flax's."""
+        training = not (self.use_running_average if use_running_average is None else use_running_average)
+        flax_only = mask is not None or self.axis_index_groups is not None or not self.use_fast_variance
+        return training and self.grad == "written" and not flax_only and self.axis in (-1, x.ndim - 1)
+
+    def _update_running_averages(self, mean, var) -> None:
         self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
         self.var[...] = jax.lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
-        return y
+
+    def piece_moments(self, x: jax.Array) -> jax.Array | None:
+        """`moments(x)` for `relu_concat`, where this BatchNorm would use them; None elsewhere."""
+        return moments(x, self.axis_name) if self._written(x) else None
+
+    def relu_concat(self, pieces: typing.Sequence[jax.Array], piece_moments: typing.Sequence) -> jax.Array:
+        """relu(self(jnp.concatenate(pieces, -1))). In training mode the pieces are normalised
+        apart and only the result is concatenated (`batch_norm_relu_concat`); `piece_moments`
+        holds `self.piece_moments` of each piece, computed once however many layers read it."""
+        if any(m is None for m in piece_moments) or not self._written(pieces[0]):
+            return jax.nn.relu(self(jnp.concatenate(pieces, axis=-1)))
+        c = sum(p.shape[-1] for p in pieces)
+        scale = self.scale[...] if self.scale is not None else jnp.ones((c,), self.param_dtype)
+        bias = self.bias[...] if self.bias is not None else jnp.zeros((c,), self.param_dtype)
+        *pieces, scale, bias = self.promote_dtype((*pieces, scale, bias), dtype=self.dtype)
+        z, mean, var = batch_norm_relu_concat(
+            tuple(pieces), tuple(piece_moments), scale, bias, self.epsilon, self.axis_name
+        )
+        self._update_running_averages(mean, var)
+        return z
 
 
 @dataclasses.dataclass(frozen=True)
