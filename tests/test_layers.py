@@ -418,6 +418,22 @@ def _bn_fit(grad, x, weights, *, dtype=jnp.float32, use_scale=True, axis_name=No
     return out
 
 
+def _assert_fits_agree(ours, theirs, rtol):
+    """Every entry of two fits (loss, gradients, statistics) finite and equal to `rtol`, each
+    entry's absolute tolerance scaled to its largest value."""
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        a, b = np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32)
+        assert np.all(np.isfinite(a)), name
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+
+
+def _on_devices(fit, variants, *args):
+    """`fit(variant, *args)` of each variant with the leading axis of `args` as a named device
+    axis (pmap's `bn_axis_name`; `vmap` names it here)."""
+    return [jax.vmap(lambda *a, v=v: fit(v, *a, axis_name="devices"), axis_name="devices")(*args) for v in variants]
+
+
 @pytest.mark.parametrize(
     "dtype,use_scale,rtol",
     [(jnp.float32, True, 1e-5), (jnp.float32, False, 1e-5), (jnp.bfloat16, True, 1e-2)],
@@ -431,11 +447,7 @@ def test_batchnorm_written_gradient_equals_autodiff_of_flax(dtype, use_scale, rt
     x = x.at[..., 5].set(2.0)  # a constant channel: variance 0, clipped
     weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
     ours, theirs = (_bn_fit(grad, x, weights, dtype=dtype, use_scale=use_scale) for grad in ("written", "autodiff"))
-    assert ours.keys() == theirs.keys()
-    for name in ours:
-        a, b = np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32)
-        assert np.all(np.isfinite(a)), name
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+    _assert_fits_agree(ours, theirs, rtol)
     assert ours["dx"].dtype == dtype
 
 
@@ -446,13 +458,8 @@ def test_batchnorm_written_gradient_averages_over_devices_like_autodiff():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(0.5, 2.0, size=(4, 2, 5, 5, 6)), jnp.float32)  # 4 devices, 2 images each
     weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
-    fit = {
-        grad: jax.vmap(lambda x, w, grad=grad: _bn_fit(grad, x, w, axis_name="devices"), axis_name="devices")
-        for grad in ("written", "autodiff")
-    }
-    ours, theirs = fit["written"](x, weights), fit["autodiff"](x, weights)
-    for name in ours:
-        np.testing.assert_allclose(np.asarray(ours[name]), np.asarray(theirs[name]), rtol=1e-5, atol=1e-5, err_msg=name)
+    ours, theirs = _on_devices(_bn_fit, ("written", "autodiff"), x, weights)
+    _assert_fits_agree(ours, theirs, 1e-5)
     assert not np.allclose(np.asarray(ours["dscale"][0]), np.asarray(ours["dscale"][1]))  # each device's own
     np.testing.assert_allclose(np.asarray(ours["mean"][0]), np.asarray(ours["mean"][3]), rtol=1e-6)  # global
 
@@ -514,10 +521,7 @@ def test_relu_concat_of_pieces_equals_flax_on_the_concatenation(dtype, rtol):
     same output, running statistics and gradients (the pieces', through the statistics too)."""
     pieces, weights = _pieces((3, 5, 4), (4, 3, 1, 8), dtype, seed=0)
     ours, theirs = (_relu_concat_fit(path, pieces, weights, dtype=dtype) for path in ("pieces", "flax"))
-    for name in ours:
-        a, b = np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32)
-        assert np.all(np.isfinite(a)), name
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+    _assert_fits_agree(ours, theirs, rtol)
     assert ours["dx"].dtype == dtype
 
 
@@ -526,13 +530,8 @@ def test_relu_concat_of_pieces_averages_over_devices_and_is_flax_in_eval_mode():
     batch, as flax's pmean gives them; in eval mode it is flax's BatchNorm on the
     concatenation, running averages and all."""
     pieces, weights = _pieces((4, 2, 3, 3), (2, 5), jnp.float32, seed=1)  # 4 devices, 2 images each
-    fit = {
-        path: jax.vmap(lambda p, w, path=path: _relu_concat_fit(path, p, w, axis_name="devices"), axis_name="devices")
-        for path in ("pieces", "flax")
-    }
-    ours, theirs = fit["pieces"](pieces, weights), fit["flax"](pieces, weights)
-    for name in ours:
-        np.testing.assert_allclose(np.asarray(ours[name]), np.asarray(theirs[name]), rtol=1e-5, atol=1e-5, err_msg=name)
+    ours, theirs = _on_devices(_relu_concat_fit, ("pieces", "flax"), pieces, weights)
+    _assert_fits_agree(ours, theirs, 1e-5)
     np.testing.assert_allclose(np.asarray(ours["mean"][0]), np.asarray(ours["mean"][3]), rtol=1e-6)  # global
     pieces, weights = _pieces((2, 3, 3), (2, 5), jnp.float32, seed=2)
     ours, theirs = (_relu_concat_fit(path, pieces, weights, train=False) for path in ("pieces", "flax"))
