@@ -418,14 +418,15 @@ def _bn_fit(grad, x, weights, *, dtype=jnp.float32, use_scale=True, axis_name=No
     return out
 
 
-def _assert_fits_agree(ours, theirs, rtol):
-    """Every entry of two fits (loss, gradients, statistics) finite and equal to `rtol`, each
-    entry's absolute tolerance scaled to its largest value."""
+def _assert_fits_agree(ours, theirs, rtol, atol=None):
+    """Every entry of two fits (loss, gradients, statistics) finite and equal to `rtol` and
+    `atol` (by default `rtol` times the entry's largest value)."""
     assert ours.keys() == theirs.keys()
     for name in ours:
         a, b = np.asarray(ours[name], np.float32), np.asarray(theirs[name], np.float32)
         assert np.all(np.isfinite(a)), name
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max(), err_msg=name)
+        tolerance = rtol * np.abs(b).max() if atol is None else atol
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=tolerance, err_msg=name)
 
 
 def _on_devices(fit, variants, *args):
@@ -459,7 +460,7 @@ def test_batchnorm_written_gradient_averages_over_devices_like_autodiff():
     x = jnp.asarray(rng.normal(0.5, 2.0, size=(4, 2, 5, 5, 6)), jnp.float32)  # 4 devices, 2 images each
     weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
     ours, theirs = _on_devices(_bn_fit, ("written", "autodiff"), x, weights)
-    _assert_fits_agree(ours, theirs, 1e-5)
+    _assert_fits_agree(ours, theirs, 1e-5, atol=1e-5)
     assert not np.allclose(np.asarray(ours["dscale"][0]), np.asarray(ours["dscale"][1]))  # each device's own
     np.testing.assert_allclose(np.asarray(ours["mean"][0]), np.asarray(ours["mean"][3]), rtol=1e-6)  # global
 
@@ -531,7 +532,7 @@ def test_relu_concat_of_pieces_averages_over_devices_and_is_flax_in_eval_mode():
     concatenation, running averages and all."""
     pieces, weights = _pieces((4, 2, 3, 3), (2, 5), jnp.float32, seed=1)  # 4 devices, 2 images each
     ours, theirs = _on_devices(_relu_concat_fit, ("pieces", "flax"), pieces, weights)
-    _assert_fits_agree(ours, theirs, 1e-5)
+    _assert_fits_agree(ours, theirs, 1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ours["mean"][0]), np.asarray(ours["mean"][3]), rtol=1e-6)  # global
     pieces, weights = _pieces((2, 3, 3), (2, 5), jnp.float32, seed=2)
     ours, theirs = (_relu_concat_fit(path, pieces, weights, train=False) for path in ("pieces", "flax"))

@@ -118,7 +118,8 @@ class DenseNet(nnx.Module):
             x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
             x = max_pool(x, (3, 3), (2, 2))
         # A dense block's feature maps stay a list (`ConvBlock`), each with its BatchNorm
-        # statistics, computed once: every later layer of the block normalises it again.
+        # statistics, computed once: every later layer of the block normalises it again. Every
+        # BatchNorm here shares the settings that decide them, so `self.bn` computes them all.
         pieces, piece_moments = [x], [self.bn.piece_moments(x)]
         for stage in self.stages:
             for layer in stage:

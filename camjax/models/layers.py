@@ -647,15 +647,23 @@ def _batch_norm_train_bwd(epsilon, axis_name, residuals, cotangents):
     axes = tuple(range(x.ndim - 1))
     g32 = g.astype(jnp.float32)
     centred = x.astype(jnp.float32) - mean
-    sums = jnp.stack([g32.sum(axes), (g32 * centred).sum(axes)])  # this device's: the parameters' gradients
+    sums = jnp.stack([g32.sum(axes), (g32 * centred).sum(axes)])
+    d_scale, d_bias, shift, slope = _gradient_terms(sums, x.size // x.shape[-1], inv, axis_name)
+    d_x = (scale.astype(jnp.float32) * inv) * (g32 - shift - centred * slope)
+    return d_x.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
+
+
+def _gradient_terms(sums, count: int, inv, axis_name: str | None):
+    """BatchNorm's gradient from the per-channel sums of the cotangent g and of g times the
+    centred input over this device's `count` positions: (d_scale, d_bias, shift, slope), the
+    parameters' gradients this device's own, and the input's gradient
+    scale * inv * (g - shift - centred * slope), which sees every device's batch, as the
+    statistics did."""
     d_bias, d_scale = sums[0], sums[1] * inv
-    count = x.size // x.shape[-1]
-    if axis_name is not None:  # the input's gradient sees every device's batch, as the statistics did
+    if axis_name is not None:
         sums = jax.lax.psum(sums, axis_name)
         count = count * jax.lax.psum(1, axis_name)
-    scale32 = scale.astype(jnp.float32)
-    d_x = (scale32 * inv) * (g32 - sums[0] / count - centred * (inv * inv * sums[1] / count))
-    return d_x.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
+    return d_scale, d_bias, sums[0] / count, inv * inv * sums[1] / count
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd, symbolic_zeros=True)
@@ -678,7 +686,7 @@ def batch_norm_relu_concat(pieces, piece_moments, scale, bias, epsilon: float, a
     convolution reads, are concatenated; a map's statistics, the same in every layer, come
     in computed once (`moments`). The gradient is BatchNorm's written one (`batch_norm_train`)
     through the ReLU, piece by piece; it includes the path through the statistics, so
-    `piece_moments` get a zero cotangent.
+    `piece_moments` get a zero cotangent. Both are tuples (`BatchNorm.relu_concat` passes them).
     """
     z, mean, var, _ = _bn_relu_concat_forward(pieces, piece_moments, scale, bias, epsilon)
     return z, mean, var
@@ -714,15 +722,9 @@ def _bn_relu_concat_bwd(epsilon, axis_name, residuals, cotangents):
         centred.append(c)
         g_kept.append(jnp.where(c * a[s] + b[s] > 0, g[..., s].astype(jnp.float32), 0.0))
     sums = jnp.concatenate([jnp.stack([gk.sum(axes), (gk * c).sum(axes)]) for gk, c in zip(g_kept, centred)], axis=1)
-    d_bias, d_scale = sums[0], sums[1] * inv
-    count = g.size // g.shape[-1]
-    if axis_name is not None:
-        sums = jax.lax.psum(sums, axis_name)
-        count = count * jax.lax.psum(1, axis_name)
-    gain, shift, slope = a, sums[0] / count, inv * inv * sums[1] / count
+    d_scale, d_bias, shift, slope = _gradient_terms(sums, g.size // g.shape[-1], inv, axis_name)
     d_pieces = tuple(
-        (gain[s] * (gk - shift[s] - c * slope[s])).astype(p.dtype)
-        for p, s, gk, c in zip(pieces, slices, g_kept, centred)
+        (a[s] * (gk - shift[s] - c * slope[s])).astype(p.dtype) for p, s, gk, c in zip(pieces, slices, g_kept, centred)
     )
     zeros = tuple(jnp.zeros_like(m) for m in piece_moments)
     return d_pieces, zeros, d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
@@ -749,9 +751,8 @@ class BatchNorm(nnx.BatchNorm):
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         if not self._written(x, use_running_average, mask):
             return super().__call__(x, use_running_average, mask=mask)
-        scale = self.scale[...] if self.scale is not None else jnp.ones((x.shape[-1],), self.param_dtype)
-        bias = self.bias[...] if self.bias is not None else jnp.zeros((x.shape[-1],), self.param_dtype)
-        x, scale, bias = self.promote_dtype((x, scale, bias), dtype=self.dtype)  # as flax casts them
+        scale_and_bias = self._scale_and_bias(x.shape[-1])
+        x, scale, bias = self.promote_dtype((x, *scale_and_bias), dtype=self.dtype)  # as flax casts them
         y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.axis_name)
         self._update_running_averages(mean, var)
         return y
@@ -761,6 +762,12 @@ class BatchNorm(nnx.BatchNorm):
         training = not (self.use_running_average if use_running_average is None else use_running_average)
         flax_only = mask is not None or self.axis_index_groups is not None or not self.use_fast_variance
         return training and self.grad == "written" and not flax_only and self.axis in (-1, x.ndim - 1)
+
+    def _scale_and_bias(self, features: int):
+        """The scale and bias, ones and zeros where `use_scale` or `use_bias` turned them off."""
+        scale = self.scale[...] if self.scale is not None else jnp.ones((features,), self.param_dtype)
+        bias = self.bias[...] if self.bias is not None else jnp.zeros((features,), self.param_dtype)
+        return scale, bias
 
     def _update_running_averages(self, mean, var) -> None:
         self.mean[...] = jax.lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
@@ -776,10 +783,8 @@ class BatchNorm(nnx.BatchNorm):
         holds `self.piece_moments` of each piece, computed once however many layers read it."""
         if any(m is None for m in piece_moments) or not self._written(pieces[0]):
             return jax.nn.relu(self(jnp.concatenate(pieces, axis=-1)))
-        c = sum(p.shape[-1] for p in pieces)
-        scale = self.scale[...] if self.scale is not None else jnp.ones((c,), self.param_dtype)
-        bias = self.bias[...] if self.bias is not None else jnp.zeros((c,), self.param_dtype)
-        *pieces, scale, bias = self.promote_dtype((*pieces, scale, bias), dtype=self.dtype)
+        scale_and_bias = self._scale_and_bias(sum(p.shape[-1] for p in pieces))
+        *pieces, scale, bias = self.promote_dtype((*pieces, *scale_and_bias), dtype=self.dtype)
         z, mean, var = batch_norm_relu_concat(
             tuple(pieces), tuple(piece_moments), scale, bias, self.epsilon, self.axis_name
         )
