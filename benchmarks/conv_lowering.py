@@ -2,9 +2,11 @@
 camjax.models.layers.conv_lowering - the matrix product over gathered taps ('gather'), the
 product with every tap's kernel and a shifted sum ('taps', stride 1; its input's gradient is the
 convolution's, its kernel's a product of the cotangent's shifted taps) - and the rule 'auto' applies (a gathered product for 1x1 kernels, for kernels
-larger than their input map, and for convolutions with 256 or more channels in and out over at
-most 256 positions: `layers._gather_wins`; the taps' product for narrow layers over mid-sized
-maps: `layers._taps_product_wins`).
+larger than their input map, for kernels over an image's few channels, and for convolutions with
+256 or more channels in and out over at most 256 positions: `layers._gather_wins`; the taps'
+product for narrow layers over mid-sized maps: `layers._taps_product_wins`; otherwise XLA's
+convolution, its kernel gradient in runs of the batch where its operands outgrow 2 MiB:
+`layers._kernel_grad_slices`).
 
     python benchmarks/conv_lowering.py --layers [--shapes 8x2x512x3,4x56x64x3,...]
     python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...
@@ -38,7 +40,7 @@ def parse_args(argv=None):
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--layers", action="store_true", help="time single convolutions (--shapes)")
     what.add_argument("--models", help="model:patch:batch,... - time whole train steps")
-    p.add_argument("--shapes", default="2x2x8x3,2x6x8x3,2x12x8x1x4,2x12x8x3x2" if smoke else DEFAULT_SHAPES)
+    p.add_argument("--shapes", default="2x2x8x3,2x6x8x3,2x12x8x1x4,2x12x8x3x2,4x48x64x3" if smoke else DEFAULT_SHAPES)
     p.add_argument("--choices", default=",".join(CHOICES), help="conv_impl values to compare")
     p.add_argument("--repeats", type=int, default=2 if smoke else 7, help="timed calls per layer and round (median)")
     p.add_argument("--steps", type=int, default=2 if smoke else 5, help="timed steps per round (--models)")
@@ -96,6 +98,7 @@ def time_layers(args, choices) -> None:
                     positions=side * side,
                     gathered_by_auto=layers._gather_wins(x.shape, kernel.shape),
                     taps_by_auto=layers._taps_product_wins(x.shape, kernel.shape),
+                    kernel_grad_slices_by_auto=layers._kernel_grad_slices(x.shape, kernel.shape, x.dtype.itemsize),
                     impl=choice,
                     batch=batch,
                     train_ms=common.rounded(ms[choice], 3),

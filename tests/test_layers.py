@@ -140,7 +140,7 @@ def test_gathered_taps_conv_keeps_bfloat16():
 
 def _dense_conv(dense, k=3, strides=1, padding="SAME"):
     return nnx.Conv(
-        4,
+        8,  # more channels than an image's: `_gather_wins` takes those whole
         6,
         (k, k),
         strides=strides,
@@ -163,7 +163,7 @@ def _has_convolution(fn, *args) -> bool:
     ],
 )
 def test_conv_lowering_auto_gathers_pointwise_and_overhanging_kernels_on_the_cpu(side, k, auto_gathers):
-    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, side, side, 4)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, side, side, 8)), jnp.float32)
     outs = {}
     for dense in ("conv", "gather", "auto"):
         conv = _dense_conv(dense, k)
@@ -190,6 +190,21 @@ def test_conv_lowering_auto_gathers_pointwise_and_overhanging_kernels_on_the_cpu
 def test_conv_lowering_auto_gathers_wide_convolutions_over_few_positions(batch, side, cin, cout, auto_gathers):
     conv = nnx.Conv(cin, cout, (3, 3), conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
     x = jax.ShapeDtypeStruct((batch, side, side, cin), jnp.float32)
+    assert _has_convolution(lambda x: conv(x), x) != auto_gathers
+
+
+@pytest.mark.parametrize(
+    "side,cin,cout,k,strides,auto_gathers",
+    [
+        (224, 3, 64, 7, 2, True),  # ResNet50's and DenseNet's stem
+        (224, 3, 32, 3, 2, True),  # MobileNetV2's
+        (64, 1, 16, 5, 1, True),  # a grey image
+        (56, 5, 64, 3, 1, False),  # more channels than an image has
+    ],
+)
+def test_conv_lowering_auto_gathers_kernels_over_an_images_few_channels(side, cin, cout, k, strides, auto_gathers):
+    conv = nnx.Conv(cin, cout, (k, k), strides=strides, conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
+    x = jax.ShapeDtypeStruct((4, side, side, cin), jnp.float32)
     assert _has_convolution(lambda x: conv(x), x) != auto_gathers
 
 
@@ -272,17 +287,83 @@ def test_taps_product_conv_sums_bfloat16_taps_in_float32():
 def test_conv_lowering_auto_takes_taps_for_narrow_layers_on_the_cpu(batch, side, cin, cout, kernel, auto_takes_taps):
     conv = nnx.Conv(cin, cout, (kernel, kernel), conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
     jaxpr = str(jax.make_jaxpr(lambda x: conv(x))(jax.ShapeDtypeStruct((batch, side, side, cin), jnp.float32)))
-    assert ("custom_vjp_call" in jaxpr) == auto_takes_taps
+    assert ("fwd=_taps_product_conv_fwd" in jaxpr) == auto_takes_taps
     assert ("conv_general_dilated" in jaxpr) == (kernel > 1 and not auto_takes_taps)
 
 
 def test_conv_lowering_taps_on_request_everywhere_stride_one():
-    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 5, 5, 4)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 5, 5, 8)), jnp.float32)
     taps, conv = _dense_conv("taps"), _dense_conv("conv")
     assert not _has_convolution(lambda x: taps(x), x)
     np.testing.assert_allclose(taps(x), conv(x), rtol=1e-5, atol=1e-5)
     strided = _dense_conv("taps", strides=2)
     assert _has_convolution(lambda x: strided(x), x)  # a strided layer stays XLA's
+
+
+@pytest.mark.parametrize(
+    "batch,slices,k,padding",
+    [
+        (4, 4, (3, 3), "SAME"),  # one image a run
+        (5, 3, (3, 3), "VALID"),  # runs of 2, 1 and 2 images
+        (3, 2, (1, 5), ((0, 0), (3, 1))),  # uneven pads
+    ],
+)
+def test_sliced_kernel_grad_conv_matches_lax_forward_and_gradients(batch, slices, k, padding):
+    """The forward and the input's gradient are XLA's own, so equal; the kernel's gradient is
+    the sum of each run's, equal to float rounding."""
+    rng = np.random.default_rng(batch * 10 + slices)
+    x = jnp.asarray(rng.normal(size=(batch, 7, 8, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(*k, 5, 6)), jnp.float32)
+    pads = layers._explicit_pads(x.shape, kernel.shape, (1, 1), padding)
+    want, pull_want = jax.vjp(lambda x, w: lax_conv(x, w, (1, 1), padding), x, kernel)
+    got, pull_got = jax.vjp(lambda x, w: layers.sliced_kernel_grad_conv(x, w, pads, slices), x, kernel)
+    np.testing.assert_array_equal(got, want)
+    cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    (got_dx, got_dk), (want_dx, want_dk) = pull_got(cotangent), pull_want(cotangent)
+    np.testing.assert_array_equal(got_dx, want_dx)
+    assert got_dk.dtype == want_dk.dtype and got_dk.shape == want_dk.shape
+    np.testing.assert_allclose(got_dk, want_dk, rtol=1e-5, atol=1e-5 * float(jnp.abs(want_dk).max()))
+    one_run = jax.vjp(lambda w: lax_conv(x[:1], w, (1, 1), padding), kernel)[1](cotangent[:1])[0]
+    assert not np.allclose(got_dk, one_run, rtol=0.1)  # every run counts, not only the first
+
+
+def test_sliced_kernel_grad_conv_sums_bfloat16_parts_in_float32():
+    rng = np.random.default_rng(5)
+    x, kernel, g = (
+        jnp.asarray(rng.normal(size=shape), jnp.float32).astype(jnp.bfloat16)
+        for shape in ((8, 6, 6, 16), (3, 3, 16, 4), (8, 6, 6, 4))
+    )
+    pads = ((1, 1), (1, 1))
+    (got,) = jax.vjp(lambda w: layers.sliced_kernel_grad_conv(x, w, pads, 8), kernel)[1](g)
+    f32 = [a.astype(jnp.float32) for a in (x, kernel, g)]
+    (exact,) = jax.vjp(lambda w: lax_conv(f32[0], w, (1, 1), pads), f32[1])[1](f32[2])
+    assert got.dtype == jnp.bfloat16
+    # eight parts, each rounded to bfloat16 once, summed in float32, rounded once more
+    np.testing.assert_allclose(np.asarray(got, np.float32), exact, rtol=2**-7, atol=2**-7 * float(jnp.abs(exact).max()))
+
+
+@pytest.mark.parametrize(
+    "batch,side,cin,cout,kernel,slices",
+    [
+        (4, 56, 64, 64, 3, 4),  # ResNet50's first stage at patch 224, batch 4: 6.4 MB, one image a run
+        (4, 28, 128, 128, 3, 2),  # its second: 3.2 MB, two images a run
+        (4, 14, 256, 256, 3, 1),  # its third: 1.6 MB, whole
+        (8, 16, 64, 64, 3, 1),  # its first at patch 64, batch 8
+        (64, 32, 64, 64, 3, 16),  # camnet's at patch 128, batch 64: 34 MB
+        (4, 35, 32, 48, 3, 1),  # InceptionResNetV2's 35x35 layers
+        (4, 56, 64, 64, 1, 1),  # a 1x1 kernel is a plain product
+    ],
+)
+def test_conv_lowering_auto_slices_kernel_gradients_whose_operands_outgrow_the_budget(
+    batch, side, cin, cout, kernel, slices
+):
+    """Counted in the gradient's jaxpr: a sliced layer has its forward, its input gradient and
+    one kernel gradient a run as convolutions."""
+    conv = nnx.Conv(cin, cout, (kernel, kernel), conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(conv)
+    grad = jax.grad(lambda params, x: nnx.merge(graphdef, params)(x).sum(), argnums=(0, 1))
+    jaxpr = str(jax.make_jaxpr(grad)(params, jax.ShapeDtypeStruct((batch, side, side, cin), jnp.float32)))
+    assert jaxpr.count("conv_general_dilated[") == (0 if kernel == 1 else 2 + slices)
 
 
 def test_conv_lowering_leaves_dilated_and_grouped_convolutions_to_xla():

@@ -306,16 +306,19 @@ def test_resnet_train_step_has_no_convolution_over_a_dilated_input():
 def test_resnet_train_step_on_the_cpu_takes_the_product_where_it_wins():
     """At patch 64, batch 2, with `conv_impl='auto'` every 1x1 convolution, the last stage's 3x3
     ones (their kernel overhangs the 2x2 maps, where XLA:CPU's convolution is about 36x slower
-    than the product) and the third stage's (256 channels over 2x4x4 positions) are matrix
-    products; the other 3x3 ones and the 7x7 stem stay convolutions: forward, and for the 3x3
-    ones both gradients (the stem's input needs none)."""
+    than the product), the third stage's (256 channels over 2x4x4 positions) and the 7x7 stem
+    (over the image's 3 channels) are matrix products; the other 3x3 ones stay convolutions:
+    forward and both gradients. At patch 224, batch 4, the first two stages' 3x3 layers take
+    their kernel gradients in runs of the batch: four of one image, then two of two."""
 
-    def convolutions(**kwargs) -> int:
+    def gradient(batch=2, patch=64, **kwargs) -> str:
         graphdef, state = nnx.split(abstract("resnet50", **kwargs))
         loss = lambda state, x: nnx.merge(graphdef, state)(x).sum()  # noqa: E731
-        jaxpr = jax.make_jaxpr(jax.grad(loss))(state, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
-        return str(jaxpr).count("conv_general_dilated[")
+        return str(jax.make_jaxpr(jax.grad(loss))(state, jax.ShapeDtypeStruct((batch, patch, patch, 3), jnp.float32)))
 
     narrow_three_by_three = 3 + 4  # the conv2 and conv3 blocks (64 and 128 channels)
-    assert convolutions() == 2 + 3 * narrow_three_by_three
-    assert convolutions(conv_impl="conv") == 2 + 3 * (16 * 3 + 4)  # 16 blocks of three, 4 projections
+    assert gradient().count("conv_general_dilated[") == 3 * narrow_three_by_three
+    assert gradient(conv_impl="conv").count("conv_general_dilated[") == 2 + 3 * (16 * 3 + 4)  # 16 blocks, 4 projections
+    at_224 = gradient(batch=4, patch=224)
+    # forward and input gradient, then one kernel gradient a run; the conv4 blocks' six whole
+    assert at_224.count("conv_general_dilated[") == 3 * (2 + 4) + 4 * (2 + 2) + 6 * 3

@@ -358,6 +358,43 @@ def _taps_product_conv_bwd(pads, precision, preferred_element_type, residuals, g
 taps_product_conv.defvjp(_taps_product_conv_fwd, _taps_product_conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def sliced_kernel_grad_conv(lhs, rhs, pads, slices: int, precision=None, preferred_element_type=None):
+    """XLA's stride-1 NHWC x HWIO convolution, whose kernel gradient is the sum of XLA's kernel
+    gradients over `slices` runs of the batch. XLA:CPU computes a kernel gradient as one
+    convolution of the input, transposed channel-major, with the cotangent as its window.
+    Once those two operands outgrow about 2 MiB (one core's L2 on the VM measured), YNNPACK
+    runs it at a third to a half of its rate: ResNet50's first-stage layers (4 x 56x56 x 64 ->
+    64) took 25-26 ms, against 9-11 ms as four single-image gradients, which XLA also runs two
+    at a time on two cores (benchmarks/RESULTS.md, "Kernel gradients in slices of the batch").
+    The forward and the input's gradient are left whole; sliced, they ran no faster."""
+    return _xla_conv(lhs, rhs, pads, precision, preferred_element_type)
+
+
+def _sliced_kernel_grad_conv_fwd(lhs, rhs, pads, slices, precision, preferred_element_type):
+    return _xla_conv(lhs, rhs, pads, precision, preferred_element_type), (lhs, rhs)
+
+
+def _sliced_kernel_grad_conv_bwd(pads, slices, precision, preferred_element_type, residuals, g):
+    x, k = residuals
+    (dx,) = jax.linear_transpose(lambda x: _xla_conv(x, k, pads, precision, preferred_element_type), x)(g)
+    bounds = np.linspace(0, x.shape[0], slices + 1).round().astype(int)
+    parts = [
+        _xla_kernel_grad(x[start:stop], k, g[start:stop], pads, precision, preferred_element_type)
+        for start, stop in zip(bounds[:-1], bounds[1:])
+    ]
+    # a bfloat16 kernel's parts are summed in float32 and rounded once
+    return dx, functools.reduce(jnp.add, [part.astype(jnp.float32) for part in parts]).astype(k.dtype)
+
+
+def _xla_kernel_grad(x, k, g, pads, precision, preferred_element_type):
+    (dk,) = jax.linear_transpose(lambda k: _xla_conv(x, k, pads, precision, preferred_element_type), k)(g)
+    return dk
+
+
+sliced_kernel_grad_conv.defvjp(_sliced_kernel_grad_conv_fwd, _sliced_kernel_grad_conv_bwd)
+
+
 @functools.cache  # one function per choice: equal static attributes, equal graph definitions
 def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     """A `lax.conv_general_dilated` stand-in for nnx.Conv(conv_general_dilated=...), choosing per
@@ -415,6 +452,11 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
                     return taps_product_conv(
                         lhs, rhs, pads, kwargs.get("precision"), kwargs.get("preferred_element_type")
                     )
+                slices = _kernel_grad_slices(lhs.shape, rhs.shape, jnp.dtype(lhs.dtype).itemsize)
+                if dense == "auto" and on_cpu and slices > 1:
+                    return sliced_kernel_grad_conv(
+                        lhs, rhs, pads, slices, kwargs.get("precision"), kwargs.get("preferred_element_type")
+                    )
         return jax.lax.conv_general_dilated(
             lhs,
             rhs,
@@ -458,6 +500,24 @@ _TAPS_GROWTH = 4
 _TAPS_ELEMENTS = 4 * 2**20
 
 
+def _kernel_grad_slices(lhs_shape, rhs_shape, itemsize: int) -> int:
+    """How many runs of the batch `sliced_kernel_grad_conv` takes a stride-1 layer's kernel
+    gradient in: enough that each run's input and cotangent fit `_KERNEL_GRAD_BYTES`, at most
+    one image each; 1 (whole) for a 1x1 kernel or where they fit already. Measured on 4 x
+    28x28 to 56x56 maps of 32 to 128 channels and camnet's at batch 32 and 64, this split
+    every layer that gained and none that lost more than 5% (a 4 x 35x35 x 48 -> 64 layer;
+    RESULTS, "Kernel gradients in slices of the batch")."""
+    n, h, w, cin = lhs_shape
+    kh, kw, _, cout = rhs_shape
+    if kh * kw == 1:
+        return 1
+    per_image = h * w * (cin + cout) * itemsize  # stride 1: the cotangent has about the input's positions
+    return min(n, -(-n * per_image // _KERNEL_GRAD_BYTES))
+
+
+_KERNEL_GRAD_BYTES = 2 * 2**20
+
+
 def _gather_wins(lhs_shape, rhs_shape) -> bool:
     """Where XLA:CPU's convolution loses to the product (benchmarks/conv_lowering.py; RESULTS,
     "Convolutions as matrix products on the CPU" and "Wide convolutions over few positions"):
@@ -468,17 +528,22 @@ def _gather_wins(lhs_shape, rhs_shape) -> bool:
       most `_FEW_POSITIONS` map positions: ResNet50's last stage at patch 224, batch 4) runs
       YNNPACK's convolution and both its gradients well below the product's rate, while the
       gathered copy stays small (nine times a few hundred positions).
+    - a kernel over the image's own few channels (the stems: ResNet50's and DenseNet's 7x7
+      stride 2 from 3 channels, MobileNetV2's 3x3) took 1.2-2.4x as long, forward and kernel
+      gradient, as the product of its gathered taps, which are at most `_FEW_CHANNELS_IN` *
+      kh*kw values a position ("The stems as products of their gathered taps").
     On other maps the convolution holds its own, and the gathered taps would cost kh*kw times
     the activation memory."""
     n, h, w, cin = lhs_shape
     kh, kw, _, cout = rhs_shape
-    if kh == kw == 1 or kh > h or kw > w:
+    if kh == kw == 1 or kh > h or kw > w or cin <= _FEW_CHANNELS_IN:
         return True
     return n * h * w <= _FEW_POSITIONS and min(cin, cout) >= _WIDE
 
 
 _FEW_POSITIONS = 256
 _WIDE = 256
+_FEW_CHANNELS_IN = 4
 
 
 def _fixed_filter(x: jax.Array, kernel: np.ndarray) -> jax.Array:
