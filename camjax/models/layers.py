@@ -1,6 +1,6 @@
 """Layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth, the CPU
 convolution lowerings (depthwise as shifted slices, dense as products of gathered taps or of
-every tap's kernel), and `Layers`, the one factory every family builds its convolutions with."""
+every tap's kernel, kernel gradients in runs of the batch), and `Layers`, the one factory every family builds its convolutions with."""
 
 from __future__ import annotations
 
@@ -366,8 +366,9 @@ def sliced_kernel_grad_conv(lhs, rhs, pads, slices: int, precision=None, preferr
     Once those two operands outgrow about 2 MiB (one core's L2 on the VM measured), YNNPACK
     runs it at a third to a half of its rate: ResNet50's first-stage layers (4 x 56x56 x 64 ->
     64) took 25-26 ms, against 9-11 ms as four single-image gradients, which XLA also runs two
-    at a time on two cores (benchmarks/RESULTS.md, "Kernel gradients in slices of the batch").
-    The forward and the input's gradient are left whole; sliced, they ran no faster."""
+    at a time on two cores (benchmarks/RESULTS.md, "Kernel gradients in slices of the batch, and
+    the stems as products"). The forward pass and the input's gradient stay whole: sliced,
+    they ran faster on some maps and slower on others."""
     return _xla_conv(lhs, rhs, pads, precision, preferred_element_type)
 
 
@@ -403,11 +404,13 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     Depthwise (one input channel per group), undilated NHWC convolutions go through
     `shifted_depthwise` when `depthwise` is 'shifts', or 'auto' on the CPU backend. Ungrouped,
     undilated NHWC convolutions go through `gathered_taps_conv` when `dense` is 'gather', or
-    'auto' on the CPU backend for a 1x1 kernel, a kernel larger than its input map, or a wide
-    kernel over few positions (`_gather_wins`); stride-1 ones go through `taps_product_conv`
-    when `dense` is 'taps', or 'auto' on the CPU backend for a narrow layer over a mid-sized
-    map (`_taps_product_wins`: DenseNet's growth layers). Everything else, and 'conv', goes
-    through XLA's convolution. The kernel parameter is the same either way, so checkpoints and imported Keras
+    'auto' on the CPU backend for a 1x1 kernel, a kernel larger than its input map, a kernel
+    over an image's few channels, or a wide kernel over few positions (`_gather_wins`);
+    stride-1 ones go through `taps_product_conv` when `dense` is 'taps', or 'auto' on the CPU
+    backend for a narrow layer over a mid-sized map (`_taps_product_wins`: DenseNet's growth
+    layers). Everything else, and 'conv', goes through XLA's convolution; with 'auto' on the
+    CPU backend a stride-1 one takes its kernel gradient in runs of the batch where its
+    operands outgrow a core's cache (`sliced_kernel_grad_conv`, `_kernel_grad_slices`). The kernel parameter is the same either way, so checkpoints and imported Keras
     weights do not depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
     """
     if depthwise not in ("auto", "shifts", "conv"):
@@ -506,7 +509,7 @@ def _kernel_grad_slices(lhs_shape, rhs_shape, itemsize: int) -> int:
     one image each; 1 (whole) for a 1x1 kernel or where they fit already. Measured on 4 x
     28x28 to 56x56 maps of 32 to 128 channels and camnet's at batch 32 and 64, this split
     every layer that gained and none that lost more than 5% (a 4 x 35x35 x 48 -> 64 layer;
-    RESULTS, "Kernel gradients in slices of the batch")."""
+    RESULTS, "Kernel gradients in slices of the batch, and the stems as products")."""
     n, h, w, cin = lhs_shape
     kh, kw, _, cout = rhs_shape
     if kh * kw == 1:
@@ -531,7 +534,8 @@ def _gather_wins(lhs_shape, rhs_shape) -> bool:
     - a kernel over the image's own few channels (the stems: ResNet50's and DenseNet's 7x7
       stride 2 from 3 channels, MobileNetV2's 3x3) took 1.2-2.4x as long, forward and kernel
       gradient, as the product of its gathered taps, which are at most `_FEW_CHANNELS_IN` *
-      kh*kw values a position ("The stems as products of their gathered taps").
+      kh*kw values a position ("Kernel gradients in slices of the batch, and the stems as
+      products").
     On other maps the convolution holds its own, and the gathered taps would cost kh*kw times
     the activation memory."""
     n, h, w, cin = lhs_shape
