@@ -1,6 +1,7 @@
 """Layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth, the CPU
 convolution lowerings (depthwise as shifted slices, dense as products of gathered taps or of
-every tap's kernel, kernel gradients in runs of the batch), and `Layers`, the one factory every family builds its convolutions with."""
+every tap's kernel, kernel gradients in runs of the batch), and `Layers`, the one factory
+every family builds its convolutions with."""
 
 from __future__ import annotations
 
@@ -410,8 +411,9 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     backend for a narrow layer over a mid-sized map (`_taps_product_wins`: DenseNet's growth
     layers). Everything else, and 'conv', goes through XLA's convolution; with 'auto' on the
     CPU backend a stride-1 one takes its kernel gradient in runs of the batch where its
-    operands outgrow a core's cache (`sliced_kernel_grad_conv`, `_kernel_grad_slices`). The kernel parameter is the same either way, so checkpoints and imported Keras
-    weights do not depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
+    operands outgrow a core's cache (`sliced_kernel_grad_conv`, `_kernel_grad_slices`). The
+    kernel parameter is the same either way, so checkpoints and imported Keras weights do not
+    depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
     """
     if depthwise not in ("auto", "shifts", "conv"):
         raise ValueError(f"unknown depthwise lowering {depthwise!r}; expected auto, shifts or conv")
@@ -505,8 +507,9 @@ _TAPS_ELEMENTS = 4 * 2**20
 
 def _kernel_grad_slices(lhs_shape, rhs_shape, itemsize: int) -> int:
     """How many runs of the batch `sliced_kernel_grad_conv` takes a stride-1 layer's kernel
-    gradient in: enough that each run's input and cotangent fit `_KERNEL_GRAD_BYTES`, at most
-    one image each; 1 (whole) for a 1x1 kernel or where they fit already. Measured on 4 x
+    gradient in: as many images a run as fit their input and cotangent in
+    `_KERNEL_GRAD_BYTES`, or one where a single image outgrows it; 1 (whole) for a 1x1 kernel
+    or where the whole batch fits. Measured on 4 x
     28x28 to 56x56 maps of 32 to 128 channels and camnet's at batch 32 and 64, this split
     every layer that gained and none that lost more than 5% (a 4 x 35x35 x 48 -> 64 layer;
     RESULTS, "Kernel gradients in slices of the batch, and the stems as products")."""
@@ -515,7 +518,8 @@ def _kernel_grad_slices(lhs_shape, rhs_shape, itemsize: int) -> int:
     if kh * kw == 1:
         return 1
     per_image = h * w * (cin + cout) * itemsize  # stride 1: the cotangent has about the input's positions
-    return min(n, -(-n * per_image // _KERNEL_GRAD_BYTES))
+    images_per_run = max(1, _KERNEL_GRAD_BYTES // per_image)
+    return -(-n // images_per_run)
 
 
 _KERNEL_GRAD_BYTES = 2 * 2**20
