@@ -140,7 +140,7 @@ def test_gathered_taps_conv_keeps_bfloat16():
 
 def _dense_conv(dense, k=3, strides=1, padding="SAME"):
     return nnx.Conv(
-        8,  # more channels than an image's: `_gather_wins` takes those whole
+        8,  # more channels than an image's, which `_gather_wins` gathers
         6,
         (k, k),
         strides=strides,

@@ -336,8 +336,7 @@ def _taps_product_conv_bwd(pads, precision, preferred_element_type, residuals, g
     BatchNorm gradient, which XLA would otherwise recompute in each tap."""
     x, k = residuals
     g = written_out(g)
-    _, pullback = jax.vjp(lambda x: _xla_conv(x, k, pads, precision, preferred_element_type), x)
-    (dx,) = pullback(g)
+    dx = _xla_input_grad(x, k, g, pads, precision, preferred_element_type)
     kh, kw, cin, cout = k.shape
     n, h, w, _ = x.shape
     (pt, _), (pl, _) = pads
@@ -379,7 +378,7 @@ def _sliced_kernel_grad_conv_fwd(lhs, rhs, pads, slices, precision, preferred_el
 
 def _sliced_kernel_grad_conv_bwd(pads, slices, precision, preferred_element_type, residuals, g):
     x, k = residuals
-    (dx,) = jax.linear_transpose(lambda x: _xla_conv(x, k, pads, precision, preferred_element_type), x)(g)
+    dx = _xla_input_grad(x, k, g, pads, precision, preferred_element_type)
     bounds = np.linspace(0, x.shape[0], slices + 1).round().astype(int)
     parts = [
         _xla_kernel_grad(x[start:stop], k, g[start:stop], pads, precision, preferred_element_type)
@@ -387,6 +386,13 @@ def _sliced_kernel_grad_conv_bwd(pads, slices, precision, preferred_element_type
     ]
     # a bfloat16 kernel's parts are summed in float32 and rounded once
     return dx, functools.reduce(jnp.add, [part.astype(jnp.float32) for part in parts]).astype(k.dtype)
+
+
+def _xla_input_grad(x, k, g, pads, precision, preferred_element_type):
+    """XLA's own gradient of `_xla_conv` with respect to its input: the transpose of the linear
+    map, so no forward convolution is traced beside it."""
+    (dx,) = jax.linear_transpose(lambda x: _xla_conv(x, k, pads, precision, preferred_element_type), x)(g)
+    return dx
 
 
 def _xla_kernel_grad(x, k, g, pads, precision, preferred_element_type):
@@ -457,11 +463,12 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
                     return taps_product_conv(
                         lhs, rhs, pads, kwargs.get("precision"), kwargs.get("preferred_element_type")
                     )
-                slices = _kernel_grad_slices(lhs.shape, rhs.shape, jnp.dtype(lhs.dtype).itemsize)
-                if dense == "auto" and on_cpu and slices > 1:
-                    return sliced_kernel_grad_conv(
-                        lhs, rhs, pads, slices, kwargs.get("precision"), kwargs.get("preferred_element_type")
-                    )
+                if dense == "auto" and on_cpu:
+                    slices = _kernel_grad_slices(lhs.shape, rhs.shape, jnp.dtype(lhs.dtype).itemsize)
+                    if slices > 1:
+                        return sliced_kernel_grad_conv(
+                            lhs, rhs, pads, slices, kwargs.get("precision"), kwargs.get("preferred_element_type")
+                        )
         return jax.lax.conv_general_dilated(
             lhs,
             rhs,
@@ -509,10 +516,10 @@ def _kernel_grad_slices(lhs_shape, rhs_shape, itemsize: int) -> int:
     """How many runs of the batch `sliced_kernel_grad_conv` takes a stride-1 layer's kernel
     gradient in: as many images a run as fit their input and cotangent in
     `_KERNEL_GRAD_BYTES`, or one where a single image outgrows it; 1 (whole) for a 1x1 kernel
-    or where the whole batch fits. Measured on 4 x
-    28x28 to 56x56 maps of 32 to 128 channels and camnet's at batch 32 and 64, this split
-    every layer that gained and none that lost more than 5% (a 4 x 35x35 x 48 -> 64 layer;
-    RESULTS, "Kernel gradients in slices of the batch, and the stems as products")."""
+    or where the whole batch fits. Measured on 4 x 28x28 to 56x56 maps of 32 to 128 channels
+    and camnet's at batch 32 and 64, this split every layer that gained and none that lost
+    more than 5% (a 4 x 35x35 x 48 -> 64 layer; RESULTS, "Kernel gradients in slices of the
+    batch, and the stems as products")."""
     n, h, w, cin = lhs_shape
     kh, kw, _, cout = rhs_shape
     if kh * kw == 1:
