@@ -365,7 +365,7 @@ def sliced_kernel_grad_conv(lhs, rhs, pads, slices: int, precision=None, preferr
     convolution of the input, transposed channel-major, with the cotangent as its window.
     Once those two operands outgrow about 2 MiB (one core's L2 on the VM measured), YNNPACK
     runs it at a third to a half of its rate: ResNet50's first-stage layers (4 x 56x56 x 64 ->
-    64) took 25-26 ms, against 9-11 ms as four single-image gradients, which XLA also runs two
+    64) took 25-27 ms, against 9-11 ms as four single-image gradients, which XLA also runs two
     at a time on two cores (benchmarks/RESULTS.md, "Kernel gradients in slices of the batch, and
     the stems as products"). The forward pass and the input's gradient stay whole: sliced,
     they ran faster on some maps and slower on others."""
