@@ -5,8 +5,8 @@ convolution's, its kernel's a product of the cotangent's shifted taps) - and the
 larger than their input map, for kernels over an image's few channels, and for convolutions with
 256 or more channels in and out over at most 256 positions: `layers._gather_wins`; the taps'
 product for narrow layers over mid-sized maps: `layers._taps_product_wins`; otherwise XLA's
-convolution, its kernel gradient in runs of the batch where its operands outgrow 2 MiB:
-`layers._kernel_grad_slices`).
+convolution, its kernel gradient in runs of the batch, or bands of an image's rows, where its
+operands outgrow 2 MiB: `layers._kernel_grad_slices`, recorded as [runs, bands]).
 
     python benchmarks/conv_lowering.py --layers [--shapes 8x2x512x3,4x56x64x3,...]
     python benchmarks/conv_lowering.py --models resnet50:64:8,resnet50:224:4,...

@@ -215,11 +215,11 @@ def test_conv_lowering_choices_agree_per_layer_and_per_train_step(env):
     assert {r["impl"] for r in recs} == {"conv", "auto", "gather", "taps"}
     by_layer = {r["model"]: (r["gathered_by_auto"], r["taps_by_auto"], r["kernel_grad_slices_by_auto"]) for r in recs}
     assert by_layer == {
-        "conv3x3 2x2x8->8": (True, False, 1),
-        "conv3x3 6x6x8->8": (False, False, 1),
-        "conv1x1 12x12x8->4": (True, False, 1),
-        "conv3x3 12x12x8->2": (False, True, 1),  # 288 positions, taps' outputs 18 channels per 8 in
-        "conv3x3 48x48x64->64": (False, False, 4),  # 1.2 MB of input and cotangent an image: one a run
+        "conv3x3 2x2x8->8": (True, False, [1, 1]),
+        "conv3x3 6x6x8->8": (False, False, [1, 1]),
+        "conv1x1 12x12x8->4": (True, False, [1, 1]),
+        "conv3x3 12x12x8->2": (False, True, [1, 1]),  # 288 positions, taps' outputs 18 channels per 8 in
+        "conv3x3 48x48x64->64": (False, False, [4, 1]),  # 1.2 MB of input and cotangent an image: one a run
     }
     for r in recs:
         assert r["train_ms"] > 0 and r["compiles_after_warmup"] == 0

@@ -301,17 +301,21 @@ def test_conv_lowering_taps_on_request_everywhere_stride_one():
 
 
 @pytest.mark.parametrize(
-    "batch,slices,k,padding",
+    "batch,slices,k,padding,parts",
     [
-        (4, 4, (3, 3), "SAME"),  # one image a run
-        (5, 3, (3, 3), "VALID"),  # runs of 2, 1 and 2 images
-        (3, 2, (1, 5), ((0, 0), (3, 1))),  # uneven pads
+        (4, (4, 1), (3, 3), "SAME", 4),  # one image a run
+        (5, (3, 1), (3, 3), "VALID", 3),  # runs of 2, 1 and 2 images
+        (3, (2, 1), (1, 5), ((0, 0), (3, 1)), 2),  # uneven pads
+        (2, (2, 3), (3, 3), "SAME", 6),  # bands of 2, 3 and 2 rows, padded at the edges only
+        (3, (1, 7), (5, 3), ((3, 1), (1, 1)), 7),  # one row a band, the first three reading rows above the input
+        (2, (2, 2), (3, 3), "VALID", 4),  # bands whose inputs overlap by two rows
+        (2, (1, 5), (2, 2), ((0, 4), (1, 0)), 4),  # the last band reads padding alone and is left out
     ],
 )
-def test_sliced_kernel_grad_conv_matches_lax_forward_and_gradients(batch, slices, k, padding):
+def test_sliced_kernel_grad_conv_matches_lax_forward_and_gradients(batch, slices, k, padding, parts):
     """The forward and the input's gradient are XLA's own, so equal; the kernel's gradient is
-    the sum of each run's, equal to float rounding."""
-    rng = np.random.default_rng(batch * 10 + slices)
+    the sum of each run's and each band's (`parts` convolutions), equal to float rounding."""
+    rng = np.random.default_rng(batch * 10 + sum(slices))
     x = jnp.asarray(rng.normal(size=(batch, 7, 8, 5)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(*k, 5, 6)), jnp.float32)
     pads = layers._explicit_pads(x.shape, kernel.shape, (1, 1), padding)
@@ -319,6 +323,8 @@ def test_sliced_kernel_grad_conv_matches_lax_forward_and_gradients(batch, slices
     got, pull_got = jax.vjp(lambda x, w: layers.sliced_kernel_grad_conv(x, w, pads, slices), x, kernel)
     np.testing.assert_array_equal(got, want)
     cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    backward = str(jax.make_jaxpr(pull_got)(cotangent))
+    assert backward.count("conv_general_dilated[") == 1 + parts  # the input's gradient, then the kernel's parts
     (got_dx, got_dk), (want_dx, want_dk) = pull_got(cotangent), pull_want(cotangent)
     np.testing.assert_array_equal(got_dx, want_dx)
     assert got_dk.dtype == want_dk.dtype and got_dk.shape == want_dk.shape
@@ -334,7 +340,7 @@ def test_sliced_kernel_grad_conv_sums_bfloat16_parts_in_float32():
         for shape in ((8, 6, 6, 16), (3, 3, 16, 4), (8, 6, 6, 4))
     )
     pads = ((1, 1), (1, 1))
-    (got,) = jax.vjp(lambda w: layers.sliced_kernel_grad_conv(x, w, pads, 8), kernel)[1](g)
+    (got,) = jax.vjp(lambda w: layers.sliced_kernel_grad_conv(x, w, pads, (8, 1)), kernel)[1](g)
     f32 = [a.astype(jnp.float32) for a in (x, kernel, g)]
     (exact,) = jax.vjp(lambda w: lax_conv(f32[0], w, (1, 1), pads), f32[1])[1](f32[2])
     assert got.dtype == jnp.bfloat16
@@ -345,25 +351,30 @@ def test_sliced_kernel_grad_conv_sums_bfloat16_parts_in_float32():
 @pytest.mark.parametrize(
     "batch,side,cin,cout,kernel,slices",
     [
-        (4, 56, 64, 64, 3, 4),  # ResNet50's first stage at patch 224, batch 4: 6.4 MB, one image a run
-        (4, 28, 128, 128, 3, 2),  # its second: 3.2 MB, two images a run
-        (4, 14, 256, 256, 3, 1),  # its third: 1.6 MB, whole
-        (8, 16, 64, 64, 3, 1),  # its first at patch 64, batch 8
-        (64, 32, 64, 64, 3, 16),  # camnet's at patch 128, batch 64: 34 MB
-        (4, 35, 32, 48, 3, 1),  # InceptionResNetV2's 35x35 layers
-        (4, 56, 64, 64, 1, 1),  # a 1x1 kernel is a plain product
+        (4, 56, 64, 64, 3, (4, 1)),  # ResNet50's first stage at patch 224, batch 4: 6.4 MB, one image a run
+        (4, 28, 128, 128, 3, (2, 1)),  # its second: 3.2 MB, two images a run
+        (4, 14, 256, 256, 3, (1, 1)),  # its third: 1.6 MB, whole
+        (8, 16, 64, 64, 3, (1, 1)),  # its first at patch 64, batch 8
+        (4, 128, 64, 64, 3, (4, 4)),  # its first at patch 512: 8.4 MB an image, four bands of 32 rows
+        (4, 64, 128, 128, 3, (4, 2)),  # its second at patch 512: 4.2 MB an image, two bands
+        (2, 147, 32, 64, 3, (2, 4)),  # InceptionResNetV2's third stem layer at patch 299: 8.3 MB an image
+        (64, 32, 64, 64, 3, (16, 1)),  # camnet's at patch 128, batch 64: 34 MB
+        (4, 35, 32, 48, 3, (1, 1)),  # InceptionResNetV2's 35x35 layers
+        (4, 56, 64, 64, 1, (1, 1)),  # a 1x1 kernel is a plain product
     ],
 )
 def test_conv_lowering_auto_slices_kernel_gradients_whose_operands_outgrow_the_budget(
     batch, side, cin, cout, kernel, slices
 ):
     """Counted in the gradient's jaxpr: a sliced layer has its forward, its input gradient and
-    one kernel gradient a run as convolutions."""
+    one kernel gradient a run and band as convolutions."""
+    assert layers._kernel_grad_slices((batch, side, side, cin), (kernel, kernel, cin, cout), 4) == slices
     conv = nnx.Conv(cin, cout, (kernel, kernel), conv_general_dilated=layers.conv_lowering(), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(conv)
     grad = jax.grad(lambda params, x: nnx.merge(graphdef, params)(x).sum(), argnums=(0, 1))
     jaxpr = str(jax.make_jaxpr(grad)(params, jax.ShapeDtypeStruct((batch, side, side, cin), jnp.float32)))
-    assert jaxpr.count("conv_general_dilated[") == (0 if kernel == 1 else 2 + slices)
+    runs, bands = slices
+    assert jaxpr.count("conv_general_dilated[") == (0 if kernel == 1 else 2 + runs * bands)
 
 
 def test_conv_lowering_leaves_dilated_and_grouped_convolutions_to_xla():

@@ -309,7 +309,8 @@ def test_resnet_train_step_on_the_cpu_takes_the_product_where_it_wins():
     than the product), the third stage's (256 channels over 2x4x4 positions) and the 7x7 stem
     (over the image's 3 channels) are matrix products; the other 3x3 ones stay convolutions:
     forward and both gradients. At patch 224, batch 4, the first two stages' 3x3 layers take
-    their kernel gradients in runs of the batch: four of one image, then two of two."""
+    their kernel gradients in runs of the batch: four of one image, then two of two; at patch
+    512 in bands of each image's rows."""
 
     def gradient(batch=2, patch=64, **kwargs) -> str:
         graphdef, state = nnx.split(abstract("resnet50", **kwargs))
@@ -322,3 +323,8 @@ def test_resnet_train_step_on_the_cpu_takes_the_product_where_it_wins():
     at_224 = gradient(batch=4, patch=224)
     # forward and input gradient, then one kernel gradient a run; the conv4 blocks' six whole
     assert at_224.count("conv_general_dilated[") == 3 * (2 + 4) + 4 * (2 + 2) + 6 * 3
+    # at patch 512, batch 2, one image outgrows the budget in the first two stages: four bands of
+    # its rows, then two; the third stage's images (2 MiB each) go one a run; the last stage's
+    # 16x16 maps are whole, and no longer few enough positions to be products
+    at_512 = gradient(batch=2, patch=512).count("conv_general_dilated[")
+    assert at_512 == 3 * (2 + 2 * 4) + 4 * (2 + 2 * 2) + 6 * (2 + 2) + 3 * 3

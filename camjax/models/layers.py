@@ -359,16 +359,18 @@ taps_product_conv.defvjp(_taps_product_conv_fwd, _taps_product_conv_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def sliced_kernel_grad_conv(lhs, rhs, pads, slices: int, precision=None, preferred_element_type=None):
+def sliced_kernel_grad_conv(lhs, rhs, pads, slices: tuple[int, int], precision=None, preferred_element_type=None):
     """XLA's stride-1 NHWC x HWIO convolution, whose kernel gradient is the sum of XLA's kernel
-    gradients over `slices` runs of the batch. XLA:CPU computes a kernel gradient as one
-    convolution of the input, transposed channel-major, with the cotangent as its window.
-    Once those two operands outgrow about 2 MiB (one core's L2 on the VM measured), YNNPACK
-    runs it at a third to a half of its rate: ResNet50's first-stage layers (4 x 56x56 x 64 ->
-    64) took 25-27 ms, against 9-11 ms as four single-image gradients, which XLA also runs two
-    at a time on two cores (benchmarks/RESULTS.md, "Kernel gradients in slices of the batch, and
-    the stems as products"). The forward pass and the input's gradient stay whole: sliced,
-    they ran faster on some maps and slower on others."""
+    gradients over tiles: `slices` = (runs of the batch, bands of output rows in each run).
+    XLA:CPU computes a kernel gradient as one convolution of the input, transposed
+    channel-major, with the cotangent as its window. Once those two operands outgrow about 2 MiB
+    (one core's L2 on the VM measured), YNNPACK runs it at a third to a half of its rate:
+    ResNet50's first-stage layers (4 x 56x56 x 64 -> 64) took 25-27 ms, against 9-11 ms as four
+    single-image gradients, which XLA also runs two at a time on two cores (benchmarks/RESULTS.md,
+    "Kernel gradients in slices of the batch, and the stems as products"). Where one image
+    alone outgrows the budget, bands of its rows (each with the kernel's overlap of input rows)
+    keep each part small. The forward pass and the input's gradient stay whole: sliced, they ran
+    faster on some maps and slower on others."""
     return _xla_conv(lhs, rhs, pads, precision, preferred_element_type)
 
 
@@ -379,13 +381,29 @@ def _sliced_kernel_grad_conv_fwd(lhs, rhs, pads, slices, precision, preferred_el
 def _sliced_kernel_grad_conv_bwd(pads, slices, precision, preferred_element_type, residuals, g):
     x, k = residuals
     dx = _xla_input_grad(x, k, g, pads, precision, preferred_element_type)
-    bounds = np.linspace(0, x.shape[0], slices + 1).round().astype(int)
     parts = [
-        _xla_kernel_grad(x[start:stop], k, g[start:stop], pads, precision, preferred_element_type)
-        for start, stop in zip(bounds[:-1], bounds[1:])
+        _xla_kernel_grad(x_tile, k, g_tile, tile_pads, precision, preferred_element_type)
+        for x_tile, g_tile, tile_pads in _kernel_grad_tiles(x, g, k.shape[0], pads, *slices)
     ]
     # a bfloat16 kernel's parts are summed in float32 and rounded once
     return dx, functools.reduce(jnp.add, [part.astype(jnp.float32) for part in parts]).astype(k.dtype)
+
+
+def _kernel_grad_tiles(x, g, kh: int, pads, runs: int, bands: int):
+    """(input, cotangent, pads) of each run of the batch and band of output rows. Output rows
+    r0..r1-1 read the input's rows lo..hi-1 (lo = r0 - top, hi = r1 + kh - 1 - top); the part of
+    that range outside the input becomes the tile's padding. A band that reads padding alone
+    adds nothing to the gradient and is left out."""
+    n, h = x.shape[:2]
+    (top, _), width_pads = pads
+    images = np.linspace(0, n, runs + 1).round().astype(int)
+    rows = np.linspace(0, g.shape[1], bands + 1).round().astype(int)
+    for i0, i1 in zip(images[:-1], images[1:]):
+        for r0, r1 in zip(rows[:-1], rows[1:]):
+            lo, hi = r0 - top, r1 + kh - 1 - top
+            start, stop = min(max(lo, 0), h), max(min(hi, h), 0)
+            if start < stop:
+                yield x[i0:i1, start:stop], g[i0:i1, r0:r1], ((start - lo, hi - stop), width_pads)
 
 
 def _xla_input_grad(x, k, g, pads, precision, preferred_element_type):
@@ -465,7 +483,7 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
                     )
                 if dense == "auto" and on_cpu:
                     slices = _kernel_grad_slices(lhs.shape, rhs.shape, jnp.dtype(lhs.dtype).itemsize)
-                    if slices > 1:
+                    if slices != (1, 1):
                         return sliced_kernel_grad_conv(
                             lhs, rhs, pads, slices, kwargs.get("precision"), kwargs.get("preferred_element_type")
                         )
@@ -512,21 +530,24 @@ _TAPS_GROWTH = 4
 _TAPS_ELEMENTS = 4 * 2**20
 
 
-def _kernel_grad_slices(lhs_shape, rhs_shape, itemsize: int) -> int:
-    """How many runs of the batch `sliced_kernel_grad_conv` takes a stride-1 layer's kernel
-    gradient in: as many images a run as fit their input and cotangent in
-    `_KERNEL_GRAD_BYTES`, or one where a single image outgrows it; 1 (whole) for a 1x1 kernel
-    or where the whole batch fits. Measured on 4 x 28x28 to 56x56 maps of 32 to 128 channels
-    and camnet's at batch 32 and 64, this split every layer that gained and none that lost
-    more than 5% (a 4 x 35x35 x 48 -> 64 layer; RESULTS, "Kernel gradients in slices of the
-    batch, and the stems as products")."""
+def _kernel_grad_slices(lhs_shape, rhs_shape, itemsize: int) -> tuple[int, int]:
+    """(runs of the batch, bands of rows) that `sliced_kernel_grad_conv` takes a stride-1
+    layer's kernel gradient in: as many images a run as fit their input and cotangent in
+    `_KERNEL_GRAD_BYTES`; where a single image outgrows it, one image a run in as many bands as
+    bring each under it; (1, 1), whole, for a 1x1 kernel or where the whole batch fits.
+    Measured on 4 x 28x28 to 56x56 maps of 32 to 128 channels and camnet's at batch 32 and 64,
+    the runs split every layer that gained and none that lost more than 5% (a 4 x 35x35 x 48
+    -> 64 layer; RESULTS, "Kernel gradients in slices of the batch, and the stems as
+    products"); the bands were measured on ResNet50's and InceptionResNetV2's largest maps
+    (RESULTS, "Kernel gradients in bands of rows")."""
     n, h, w, cin = lhs_shape
     kh, kw, _, cout = rhs_shape
     if kh * kw == 1:
-        return 1
+        return 1, 1
     per_image = h * w * (cin + cout) * itemsize  # stride 1: the cotangent has about the input's positions
-    images_per_run = max(1, _KERNEL_GRAD_BYTES // per_image)
-    return -(-n // images_per_run)
+    if per_image > _KERNEL_GRAD_BYTES:
+        return n, min(h, -(-per_image // _KERNEL_GRAD_BYTES))
+    return -(-n // (_KERNEL_GRAD_BYTES // per_image)), 1
 
 
 _KERNEL_GRAD_BYTES = 2 * 2**20
