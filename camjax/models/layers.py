@@ -1,7 +1,7 @@
 """Layers shared by every backbone: preprocessing, high-pass residuals, space-to-depth, the CPU
 convolution lowerings (depthwise as shifted slices, dense as products of gathered taps or of
-every tap's kernel, kernel gradients in runs of the batch and bands of rows), and `Layers`, the one factory
-every family builds its convolutions with."""
+every tap's kernel, kernel gradients in runs of the batch and bands of rows), and `Layers`,
+the one factory every family builds its convolutions with."""
 
 from __future__ import annotations
 
@@ -435,9 +435,10 @@ def conv_lowering(depthwise: str = "auto", dense: str = "auto"):
     backend for a narrow layer over a mid-sized map (`_taps_product_wins`: DenseNet's growth
     layers). Everything else, and 'conv', goes through XLA's convolution; with 'auto' on the
     CPU backend a stride-1 one takes its kernel gradient in runs of the batch, or bands of
-    an image's rows, where its operands outgrow a core's cache (`sliced_kernel_grad_conv`, `_kernel_grad_slices`). The
-    kernel parameter is the same either way, so checkpoints and imported Keras weights do not
-    depend on the choice; on a GPU 'auto' leaves every convolution to XLA.
+    an image's rows, where its operands outgrow a core's cache (`sliced_kernel_grad_conv`,
+    `_kernel_grad_slices`). The kernel parameter is the same either way, so checkpoints and
+    imported Keras weights do not depend on the choice; on a GPU 'auto' leaves every
+    convolution to XLA.
     """
     if depthwise not in ("auto", "shifts", "conv"):
         raise ValueError(f"unknown depthwise lowering {depthwise!r}; expected auto, shifts or conv")
