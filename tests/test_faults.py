@@ -1,6 +1,7 @@
 """Faults injected into real runs: SIGKILL at several moments, corrupt and partial checkpoints,
 non-finite losses, bad command lines. Each asserts what happened and that no work was lost."""
 
+import gc
 import os
 import random
 import shutil
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import grain.python as grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,6 +169,16 @@ def test_one_run_owns_its_workdir_and_a_killed_run_leaves_neither_lock_nor_worke
     assert code == 0, err[-2000:]
     assert f"resumed from step {killed_at}" in err or killed_at == 0
     assert checksums(workdir)["step"] > killed_at
+
+
+def test_a_finished_run_frees_the_shared_memory_of_its_workers_last_batches(root, tmp_path):
+    """Grain's workers hand over batches in shared memory; those still in flight when a run ends
+    sit in reference cycles with the closed iterators. The run collects them, so a process that
+    trains again (benchmarks/recipe.py's seeds) does not hold their /dev/shm segments until a
+    later collection or its exit."""
+    trainer.train_and_evaluate(tiny_config(root, **{"data.workers": 2}), str(tmp_path / "run"))
+    alive = [o for o in gc.get_objects() if isinstance(o, grain.SharedMemoryArray)]
+    assert not alive, f"{len(alive)} batches' shared memory left to the garbage collector"
 
 
 @pytest.fixture(scope="module")
